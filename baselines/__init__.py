@@ -1,0 +1,1 @@
+"""Baselines compared with the SLIDE engine; see ``baselines/README.md``."""

@@ -1,0 +1,155 @@
+"""The interface every method implements (SLIDE, TF full softmax, TF sampled softmax).
+
+As in ann-benchmarks, a method is an adapter: it owns its parameters and knows how to train on a
+batch of rows and how to rank labels for rows. Everything else (batching, the evaluation schedule,
+timing, metrics, outputs) is done once, in :mod:`slide.training`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import re
+
+import numpy as np
+import yaml
+
+from .errors import ConfigError
+from .settings import available_cores
+
+
+class Method(ABC):
+    """A trainable extreme classifier.
+
+    Subclasses set ``DEFAULTS`` (every configuration key with its default) and may set
+    ``PRESETS`` (name -> partial config). They are constructed by :meth:`from_config`.
+    """
+
+    DEFAULTS: dict = {}
+    PRESETS: dict = {}
+
+    def __init__(self, num_features: int, num_labels: int, config: dict, seed: int = 0, threads: int = 0):
+        self.num_features = int(num_features)
+        self.num_labels = int(num_labels)
+        self.config = dict(config)
+        self.seed = int(seed)
+        self.threads = int(threads) if threads and threads > 0 else available_cores()
+
+    @classmethod
+    def resolve_config(cls, preset: str | None = None, overrides: dict | None = None) -> dict:
+        """Defaults, then the preset, then the overrides; unknown keys and presets are errors."""
+        config = dict(cls.DEFAULTS)
+        if preset:
+            if preset not in cls.PRESETS:
+                raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(cls.PRESETS)}")
+            config.update(cls.PRESETS[preset])
+        for key, value in (overrides or {}).items():
+            if key not in cls.DEFAULTS:
+                raise ConfigError(f"unknown key {key!r} for {cls.__name__}; known keys: {sorted(cls.DEFAULTS)}")
+            config[key] = value
+        return config
+
+    @classmethod
+    def from_config(cls, num_features, num_labels, *, preset=None, overrides=None, seed=0, threads=0, **kw):
+        return cls(num_features, num_labels, cls.resolve_config(preset, overrides), seed=seed, threads=threads, **kw)
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The method's name in results, e.g. ``slide`` or ``tf-full-cpu``."""
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config["batch_size"])
+
+    @property
+    def eval_every(self) -> int:
+        return int(self.config.get("eval_every", 0) or 0)
+
+    def hyperparameters(self) -> dict:
+        """The resolved configuration, as recorded in ``run.json``."""
+        return dict(self.config)
+
+    def estimate_memory_bytes(self) -> int:
+        """Bytes this method will allocate for its parameters and state (checked before building)."""
+        return 0
+
+    @abstractmethod
+    def train_batch(self, data, rows: np.ndarray) -> float:
+        """One optimisation step on points ``rows`` of ``data``; return the mean loss."""
+
+    @abstractmethod
+    def predict_topk(self, data, rows: np.ndarray, k: int = 5) -> np.ndarray:
+        """Label ids ranked best first for points ``rows`` of ``data``: ``(len(rows), k)`` int64."""
+
+    def stats(self) -> dict:
+        """Method-specific figures for ``run.json`` and ``bench`` (e.g. active neurons per sample)."""
+        return {}
+
+    @abstractmethod
+    def state_arrays(self) -> dict:
+        """Every array needed to resume training (weights, optimizer state, seeds, step)."""
+
+    @abstractmethod
+    def load_state_arrays(self, arrays: dict) -> None:
+        """Restore what :meth:`state_arrays` returned."""
+
+
+# YAML 1.1 reads "1e-4" as a string; numbers in scientific notation are floats here.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_overrides(items) -> dict:
+    """Parse ``key=value`` strings; values are read as YAML (``lr=1e-4``, ``hidden=[128]``)."""
+    out = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = float(raw) if _FLOAT.fullmatch(raw.strip()) else yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot read value {raw!r}") from None
+        out[key.strip()] = value
+    return out
+
+
+class PersistentMixin:
+    """``fit``, ``save`` and ``load`` for any :class:`Method`, built on the shared training loop."""
+
+    def fit(self, train_data, test_data=None, *, epochs: float = 1.0, out_dir=None, dataset="data", **kw):
+        """Train for ``epochs``; write run outputs to ``out_dir`` when given. Returns ``self``."""
+        import tempfile
+
+        from .training import train
+
+        test_data = train_data if test_data is None else test_data
+        if out_dir is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.last_run = train(self, train_data, test_data, tmp, dataset=dataset, epochs=epochs, **kw)
+        else:
+            self.last_run = train(self, train_data, test_data, out_dir, dataset=dataset, epochs=epochs, **kw)
+        return self
+
+    def save(self, path) -> None:
+        """Write the model (configuration, weights, optimizer and hash state) to ``path`` (.npz, no pickle)."""
+        import json
+
+        from .io import save_npz_atomic
+
+        header = json.dumps(dict(num_features=self.num_features, num_labels=self.num_labels,
+                                 config=self.config, seed=self.seed, threads=self.threads))
+        save_npz_atomic(path, model__header=np.array(header), **self.state_arrays())
+
+    @classmethod
+    def load(cls, path):
+        """Rebuild a model written by :meth:`save` (or a training checkpoint with a header)."""
+        import json
+
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        header = json.loads(str(arrays.pop("model__header")))
+        model = cls(header["num_features"], header["num_labels"], header["config"], seed=header["seed"],
+                    threads=header["threads"])
+        model.load_state_arrays({k: v for k, v in arrays.items() if not k.startswith("driver__")})
+        return model

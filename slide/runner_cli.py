@@ -1,0 +1,122 @@
+"""Command-line plumbing shared by ``slide train|bench`` and ``python -m baselines.tf train|bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .adapter import parse_overrides
+from .errors import ConfigError
+
+LIKE_CHOICES = ("delicious-200k", "amazon-670k")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", required=True, help="training data, XC text format")
+    p.add_argument("--test", required=True, help="test data, XC text format (may equal --train with splits)")
+    p.add_argument("--train-split", help="XC split file selecting the training points of --train")
+    p.add_argument("--test-split", help="XC split file selecting the test points of --test")
+    p.add_argument("--split-column", type=int, default=1, help="1-based split column (default 1)")
+    p.add_argument("--out", required=True, help="run directory for curve.csv, run.json and model.npz")
+    p.add_argument("--dataset", help="dataset name recorded in run.json (default: the train file's folder)")
+    p.add_argument("--epochs", type=float, default=1.0, help="epochs to train, may be fractional (default 1)")
+    p.add_argument("--max-steps", type=int, help="stop after this many batches")
+    p.add_argument("--max-train-seconds", type=float, help="stop once training time reaches this")
+    p.add_argument("--eval-points", type=int, default=2560,
+                   help="test points in the periodic evaluation sample (default 2560: the reference's 20 batches of 128)")
+    p.add_argument("--threads", type=int, default=0, help="threads (default: all usable cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one hyperparameter (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/model.npz when present")
+    p.add_argument("--keep-going", action="store_true",
+                   help="exit 0 when the run diverged (it is still recorded as failed in run.json)")
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--like", required=True, choices=LIKE_CHOICES, help="paper dataset shape to mimic")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink dimensions and counts (default 1: full size)")
+    p.add_argument("--batches", type=int, default=20, help="timed batches (default 20)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (JIT, allocation)")
+    p.add_argument("--threads", type=int, default=0, help="threads (default: all usable cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default="data", help="where generated benchmark data is cached")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def load_training_data(args):
+    from .data import load_train_test
+
+    return load_train_test(args.train, args.test, train_split=args.train_split, test_split=args.test_split,
+                           split_column=args.split_column)
+
+
+def run_train(args, make_method) -> int:
+    """Load data, build the method with ``make_method(num_features, num_labels, overrides, args)``, train."""
+    from .training import train
+
+    if args.epochs <= 0:
+        raise ConfigError("--epochs must be positive")
+    train_data, test_data = load_training_data(args)
+    if (train_data.num_features, train_data.num_labels) != (test_data.num_features, test_data.num_labels):
+        raise ConfigError(f"{args.test}: dimensions differ from {args.train}")
+    method = make_method(train_data.num_features, train_data.num_labels, parse_overrides(args.overrides), args)
+    dataset = args.dataset or Path(args.train).resolve().parent.name
+    record = train(method, train_data, test_data, args.out, dataset=dataset, epochs=args.epochs,
+                   eval_points=args.eval_points, seed=args.seed, max_steps=args.max_steps,
+                   max_train_seconds=args.max_train_seconds, resume=args.resume)
+    if record["status"] != "completed":
+        print(f"{sys.argv[0].rsplit('/', 1)[-1]}: run failed: {record['reason']} (recorded in {args.out}/run.json)",
+              file=sys.stderr)
+        return 0 if args.keep_going else 1
+    final = record["final"]
+    print(json.dumps({"out": str(args.out), "status": record["status"], "train_seconds": record["train_seconds"],
+                      "p_at_1": final["p_at_1"], "p_at_3": final["p_at_3"], "p_at_5": final["p_at_5"]}))
+    return 0
+
+
+def bench_dataset(like: str, scale: float, seed: int, root="data"):
+    """Synthetic training data of the ``like`` shape, generated once and cached under ``root/bench``."""
+    from .data import load_xc, synthesize, write_xc
+
+    folder = Path(root) / "bench" / f"{like}-scale{scale:g}-seed{seed}"
+    path = folder / "train.txt"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        train_data, _ = synthesize(like, scale, seed)
+        write_xc(path, train_data)
+    return load_xc(path)
+
+
+def run_bench(args, make_method) -> int:
+    from .training import bench
+
+    data = bench_dataset(args.like, args.scale, args.seed, args.data_root)
+    method = make_method(data.num_features, data.num_labels, parse_overrides(args.overrides), args)
+    result = bench(method, data, batches=args.batches, warmup=args.warmup, seed=args.seed)
+    result.update(like=args.like, scale=args.scale, features=data.num_features, labels=data.num_labels)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main_wrapper(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse, dispatch to ``args.func``, and turn expected errors into one line on stderr."""
+    from .errors import SlideError
+
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SlideError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"{parser.prog}: error: {err.filename}: no such file", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130

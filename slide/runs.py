@@ -1,0 +1,154 @@
+"""The outputs every method writes: ``curve.csv`` and ``run.json``, their schema, and run metadata."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import jsonschema
+
+from .settings import available_cores
+
+CURVE_COLUMNS = ("step", "epoch", "samples", "train_seconds", "wall_seconds", "loss",
+                 "p_at_1", "p_at_3", "p_at_5", "eval_points")
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "run.schema.json"
+_VERSIONED = ("numpy", "numba", "tensorflow", "pandas", "slide-repro")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def run_schema() -> dict:
+    """The JSON Schema of ``run.json`` shared by every method."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate_run(record: dict, source="run.json") -> None:
+    """Raise ``ValueError`` naming ``source`` when ``record`` breaks the shared schema."""
+    try:
+        jsonschema.validate(record, run_schema())
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "<root>"
+        raise ValueError(f"{source}: {where}: {err.message}") from None
+
+
+def read_curve(path):
+    """Read ``curve.csv`` as a pandas DataFrame, checking its columns."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if tuple(df.columns) != CURVE_COLUMNS:
+        raise ValueError(f"{path}: columns {list(df.columns)} != {list(CURVE_COLUMNS)}")
+    return df
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU model, usable cores and total memory of this machine."""
+    import psutil
+
+    return {"cpu": cpu_model(), "cores": available_cores(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform()}
+
+
+def versions() -> dict:
+    """Versions of Python and of the libraries a run depends on (installed ones only)."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class RunRecorder:
+    """Collects a run's learning curve and writes ``curve.csv`` / ``run.json`` atomically.
+
+    ``curve.csv`` is rewritten whole (temporary file, then rename) after every evaluation, so a
+    reader never sees a torn file; ``run.json`` is written once, when the run ends, and marks the
+    run complete (or failed).
+    """
+
+    def __init__(self, out_dir, *, method, dataset, seed, threads, hyperparameters):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        self.header = dict(method=method, dataset=dataset, seed=int(seed), threads=int(threads),
+                           hyperparameters=hyperparameters)
+        self.started = time.time()
+
+    @property
+    def curve_path(self) -> Path:
+        return self.out_dir / "curve.csv"
+
+    @property
+    def run_path(self) -> Path:
+        return self.out_dir / "run.json"
+
+    def add_point(self, **row) -> None:
+        missing = set(CURVE_COLUMNS) - set(row)
+        if missing:
+            raise ValueError(f"curve row lacks {sorted(missing)}")
+        self.rows.append({c: row[c] for c in CURVE_COLUMNS})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CURVE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        _atomic_text(self.curve_path, buf.getvalue())
+
+    def finish(self, *, status, reason=None, final=None, train_seconds=0.0, median_batch_seconds=None,
+               extra=None) -> dict:
+        """Write ``run.json`` (validated against the schema) and return the record."""
+        record = dict(self.header)
+        record.update(status=status, reason=reason, final=final, train_seconds=float(train_seconds),
+                      median_batch_seconds=median_batch_seconds, peak_rss_mb=round(peak_rss_mb(), 1),
+                      versions=versions(), machine=machine_info(),
+                      started=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+                      wall_seconds=round(time.time() - self.started, 3))
+        record.update(extra or {})
+        validate_run(record, self.run_path)
+        _atomic_text(self.run_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+        return record
+
+
+def load_run(path) -> dict:
+    """Read and validate a ``run.json``."""
+    path = Path(path)
+    record = json.loads(path.read_text())
+    validate_run(record, path)
+    return record
+
+
+def environment_threads() -> dict:
+    """Thread-related environment variables, recorded so a result can be reproduced."""
+    keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return {k: os.environ[k] for k in keys if k in os.environ}
