@@ -1,0 +1,658 @@
+"""Strict, fast reader and writer for the Extreme Classification (XC) text format.
+
+Format (Bhatia et al., XC repository)::
+
+    num_points num_features num_labels
+    l1,l2,... f1:v1 f2:v2 ...
+    ...
+
+Indices are 0-based. The label field may be empty (the line then starts with a
+space), CRLF line ends and trailing blanks are accepted, the last line may lack its
+newline. Everything else is an error: :func:`read_xc` raises
+:class:`~slide.errors.DatasetFormatError` naming the file and the 1-based line
+(header = line 1) for a malformed header, a record count that disagrees with the
+header, an index out of range or negative, a non-numeric token, a NaN/infinite value
+(or one that overflows float32), a feature or label repeated within a line, an empty
+file, and a record cut in the middle of a pair (``12:``).
+
+The parse runs in a Numba kernel over the raw bytes (one counting pass, one fill
+pass, no Python work per token); the wrapper only validates and raises. Feature
+values are decoded by hand (sign, digits, '.', exponent) into float64 and rounded
+once to float32; decimal inputs with at most 15 significant digits give exactly
+``np.float32(float(token))``.
+
+:func:`write_xc` writes a dataset back in the same format, atomically, with the
+shortest decimal that this reader maps back to the same float32 (``1`` rather than
+``1.000000``), so ``read_xc(write_xc(p, ds)) == ds`` bit for bit (-0.0 is written as 0).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from slide.data.dataset import XCDataset
+from slide.errors import DatasetFormatError
+from slide.io import atomic_path
+
+__all__ = ["read_xc", "write_xc", "read_header"]
+
+_INT32_MAX = 2**31 - 1
+_MARK_LIMIT = 1 << 26  # dims above this use a per-row sort for the duplicate check
+
+# kernel status codes
+OK = 0
+E_BAD_LABEL = 1
+E_NEG_LABEL = 2
+E_LABEL_RANGE = 3
+E_DUP_LABEL = 4
+E_LABEL_SEP = 5
+E_BAD_FEATURE = 6
+E_NEG_FEATURE = 7
+E_FEATURE_RANGE = 8
+E_DUP_FEATURE = 9
+E_MISSING_VALUE = 10
+E_BAD_VALUE = 11
+E_NONFINITE = 12
+E_TRUNCATED = 13
+E_TOO_MANY = 14
+E_BAD_CR = 15
+E_FEATURE_IN_LABELS = 16
+
+_POW10 = np.array([10.0 ** k for k in range(23)], dtype=np.float64)
+_F32_MAX = float(np.finfo(np.float32).max)
+
+_SP, _TAB, _NL, _CR = 32, 9, 10, 13
+_COMMA, _COLON, _DOT, _MINUS, _PLUS = 44, 58, 46, 45, 43
+_ZERO, _NINE = 48, 57
+
+
+@numba.njit(cache=True, inline="always")
+def _scale(mant, exp10):
+    """mant * 10**exp10 in float64 (correctly rounded when mant < 2**53, |exp10| <= 22)."""
+    x = np.float64(mant)
+    if exp10 >= 0:
+        if exp10 > 400:
+            return np.inf
+        while exp10 > 22:
+            x *= 1e22
+            exp10 -= 22
+        return x * _POW10[exp10]
+    e = -exp10
+    if e > 400:
+        return 0.0
+    while e > 22:
+        x /= 1e22
+        e -= 22
+    return x / _POW10[e]
+
+
+@numba.njit(cache=True)
+def _count_kernel(buf, start):
+    colons = 0
+    commas = 0
+    for i in range(start, buf.shape[0]):
+        c = buf[i]
+        if c == 58:
+            colons += 1
+        elif c == 44:
+            commas += 1
+    return colons, commas
+
+
+@numba.njit(cache=True)
+def _row_has_dup(indices, lo, hi):
+    if hi - lo < 2:
+        return -1
+    tmp = np.sort(indices[lo:hi])
+    for k in range(1, tmp.shape[0]):
+        if tmp[k] == tmp[k - 1]:
+            return tmp[k]
+    return -1
+
+
+@numba.njit(cache=True)
+def _parse_kernel(buf, start, n_points, num_features, num_labels,
+                  x_indptr, x_indices, x_data, y_indptr, y_indices,
+                  mark_f, mark_l, use_marks):
+    """Fill the CSR arrays. Returns (status, records, line, pos, value)."""
+    n = buf.shape[0]
+    pos = start
+    line = 2
+    rec = 0
+    nx = 0
+    ny = 0
+    x_indptr[0] = 0
+    y_indptr[0] = 0
+    while pos < n:
+        if rec == n_points:
+            # only blank space may follow the last declared record
+            while pos < n:
+                c = buf[pos]
+                if c == _NL:
+                    line += 1
+                elif c != _SP and c != _TAB and c != _CR:
+                    return E_TOO_MANY, rec, line, pos, 0
+                pos += 1
+            break
+        row_x0 = nx
+        row_y0 = ny
+        rec_line = line
+        # ---------------- label field ----------------
+        c = buf[pos]
+        if c >= _ZERO and c <= _NINE:
+            while True:
+                v = 0
+                nd = 0
+                while pos < n:
+                    c = buf[pos]
+                    if c < _ZERO or c > _NINE:
+                        break
+                    if nd < 11:
+                        v = v * 10 + (c - _ZERO)
+                    nd += 1
+                    pos += 1
+                if nd == 0:
+                    if pos < n and buf[pos] == _MINUS:
+                        return E_NEG_LABEL, rec, line, pos, 0
+                    return E_LABEL_SEP, rec, line, pos, 0
+                if nd > 10 or v >= num_labels:
+                    return E_LABEL_RANGE, rec, line, pos - 1, (v if nd <= 10 else -1)
+                if use_marks:
+                    if mark_l[v] == rec:
+                        return E_DUP_LABEL, rec, line, pos - 1, v
+                    mark_l[v] = rec
+                y_indices[ny] = v
+                ny += 1
+                if pos >= n:
+                    break
+                c = buf[pos]
+                if c == _COMMA:
+                    pos += 1
+                    continue
+                if c == _SP or c == _TAB or c == _NL or c == _CR:
+                    break
+                if c == _COLON:
+                    return E_FEATURE_IN_LABELS, rec, line, pos, 0
+                return E_BAD_LABEL, rec, line, pos, 0
+        elif c == _MINUS:
+            return E_NEG_LABEL, rec, line, pos, 0
+        elif c != _SP and c != _TAB and c != _NL and c != _CR:
+            return E_BAD_LABEL, rec, line, pos, 0
+        # ---------------- feature pairs ----------------
+        while True:
+            while pos < n and (buf[pos] == _SP or buf[pos] == _TAB):
+                pos += 1
+            if pos >= n:
+                break
+            c = buf[pos]
+            if c == _NL:
+                pos += 1
+                line += 1
+                break
+            if c == _CR:
+                if pos + 1 < n and buf[pos + 1] == _NL:
+                    pos += 2
+                    line += 1
+                    break
+                if pos + 1 >= n:
+                    pos += 1
+                    break
+                return E_BAD_CR, rec, line, pos, 0
+            if c == _MINUS:
+                return E_NEG_FEATURE, rec, line, pos, 0
+            if c < _ZERO or c > _NINE:
+                return E_BAD_FEATURE, rec, line, pos, 0
+            tok = pos
+            v = 0
+            nd = 0
+            while pos < n:
+                c = buf[pos]
+                if c < _ZERO or c > _NINE:
+                    break
+                if nd < 11:
+                    v = v * 10 + (c - _ZERO)
+                nd += 1
+                pos += 1
+            if pos >= n:
+                return E_TRUNCATED, rec, line, tok, 0
+            c = buf[pos]
+            if c != _COLON:
+                if c == _SP or c == _TAB or c == _NL or c == _CR:
+                    return E_MISSING_VALUE, rec, line, tok, 0
+                return E_BAD_FEATURE, rec, line, tok, 0
+            if nd > 10 or v >= num_features:
+                return E_FEATURE_RANGE, rec, line, tok, (v if nd <= 10 else -1)
+            pos += 1
+            # value: [+-]digits[.digits][(e|E)[+-]digits]
+            neg = False
+            if pos < n and (buf[pos] == _MINUS or buf[pos] == _PLUS):
+                neg = buf[pos] == _MINUS
+                pos += 1
+            mant = 0
+            exp10 = 0
+            ndig = 0
+            while pos < n:
+                c = buf[pos]
+                if c < _ZERO or c > _NINE:
+                    break
+                if mant < 100000000000000000:
+                    mant = mant * 10 + (c - _ZERO)
+                else:
+                    exp10 += 1
+                ndig += 1
+                pos += 1
+            dot = False
+            if pos < n and buf[pos] == _DOT:
+                dot = True
+                pos += 1
+                while pos < n:
+                    c = buf[pos]
+                    if c < _ZERO or c > _NINE:
+                        break
+                    if mant < 100000000000000000:
+                        mant = mant * 10 + (c - _ZERO)
+                        exp10 -= 1
+                    ndig += 1
+                    pos += 1
+            if ndig == 0:
+                if pos >= n:
+                    return E_TRUNCATED, rec, line, tok, 0
+                c = buf[pos]
+                if dot:
+                    return E_BAD_VALUE, rec, line, tok, 0
+                if c == _SP or c == _TAB or c == _NL or c == _CR:
+                    return E_MISSING_VALUE, rec, line, tok, 0
+                cl = c | 32  # lower case
+                if cl == 110 or cl == 105:  # 'n' (nan) or 'i' (inf)
+                    return E_NONFINITE, rec, line, tok, 0
+                return E_BAD_VALUE, rec, line, tok, 0
+            if pos < n and (buf[pos] == 101 or buf[pos] == 69):  # e / E
+                pos += 1
+                eneg = False
+                if pos < n and (buf[pos] == _MINUS or buf[pos] == _PLUS):
+                    eneg = buf[pos] == _MINUS
+                    pos += 1
+                ev = 0
+                end = 0
+                while pos < n:
+                    c = buf[pos]
+                    if c < _ZERO or c > _NINE:
+                        break
+                    if ev < 100000:
+                        ev = ev * 10 + (c - _ZERO)
+                    end += 1
+                    pos += 1
+                if end == 0:
+                    if pos >= n:
+                        return E_TRUNCATED, rec, line, tok, 0
+                    return E_BAD_VALUE, rec, line, tok, 0
+                exp10 += -ev if eneg else ev
+            if pos < n:
+                c = buf[pos]
+                if c != _SP and c != _TAB and c != _NL and c != _CR:
+                    return E_BAD_VALUE, rec, line, tok, 0
+            if mant == 0:
+                val = 0.0
+            else:
+                val = _scale(mant, exp10)
+            if val > _F32_MAX:
+                # may still round to FLT_MAX; test in float32
+                if np.isinf(np.float32(val)):
+                    return E_NONFINITE, rec, line, tok, 0
+            if use_marks:
+                if mark_f[v] == rec:
+                    return E_DUP_FEATURE, rec, line, tok, v
+                mark_f[v] = rec
+            x_indices[nx] = v
+            x_data[nx] = np.float32(-val if neg else val)
+            nx += 1
+        if not use_marks:
+            d = _row_has_dup(x_indices, row_x0, nx)
+            if d >= 0:
+                return E_DUP_FEATURE, rec, rec_line, -1, d
+            d = _row_has_dup(y_indices, row_y0, ny)
+            if d >= 0:
+                return E_DUP_LABEL, rec, rec_line, -1, d
+        rec += 1
+        x_indptr[rec] = nx
+        y_indptr[rec] = ny
+    return OK, rec, line, pos, 0
+
+
+# ----------------------------------------------------------------------------- reader
+
+
+def _read_bytes(path) -> np.ndarray:
+    size = os.path.getsize(path)
+    if size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return np.fromfile(path, dtype=np.uint8)
+
+
+def _parse_header(path, buf):
+    """Return (n, num_features, num_labels, body_start)."""
+    if buf.shape[0] == 0:
+        raise DatasetFormatError(path, 1, "empty file (expected header 'num_points num_features num_labels')")
+    head = bytes(buf[: min(buf.shape[0], 4096)])
+    nl = head.find(b"\n")
+    if nl < 0:
+        if buf.shape[0] > 4096:
+            raise DatasetFormatError(path, 1, "malformed header (no line end in the first 4096 bytes)")
+        first, start = head, buf.shape[0]
+    else:
+        first, start = head[:nl], nl + 1
+    text = first.rstrip(b"\r").decode("ascii", errors="replace")
+    parts = text.split()
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    if len(parts) != 3 or not all(p.isdigit() and p.isascii() for p in parts):
+        if not text.strip():
+            raise DatasetFormatError(path, 1, "empty header line (expected 'num_points num_features num_labels')")
+        raise DatasetFormatError(
+            path, 1, f"malformed header {shown!r} (expected 'num_points num_features num_labels')")
+    n, f, l = (int(p) for p in parts)
+    for what, v in (("num_points", n), ("num_features", f), ("num_labels", l)):
+        if v > _INT32_MAX:
+            raise DatasetFormatError(path, 1, f"header {what} {v} exceeds {_INT32_MAX}")
+    return n, f, l, start
+
+
+def _token_at(buf, pos) -> str:
+    if pos < 0 or pos >= buf.shape[0]:
+        if pos >= buf.shape[0] and buf.shape[0] > 0:
+            pos = buf.shape[0] - 1
+        else:
+            return ""
+    lo = pos
+    while lo > 0 and buf[lo - 1] not in (_SP, _TAB, _NL):
+        lo -= 1
+    hi = pos
+    while hi < buf.shape[0] and buf[hi] not in (_SP, _TAB, _NL, _CR):
+        hi += 1
+    tok = bytes(buf[lo:hi]).decode("utf-8", errors="replace")
+    return tok if len(tok) <= 40 else tok[:37] + "..."
+
+
+def _message(code, buf, pos, value, n_points, num_features, num_labels):
+    tok = _token_at(buf, pos) if pos >= 0 else ""
+    if code == E_BAD_LABEL:
+        return f"non-numeric label token {tok!r} (labels are comma-separated non-negative integers)"
+    if code == E_NEG_LABEL:
+        return f"negative label index in {tok!r}"
+    if code == E_LABEL_RANGE:
+        shown = value if value >= 0 else tok
+        return f"label index {shown} out of range [0, {num_labels})"
+    if code == E_DUP_LABEL:
+        return f"label {value} repeated within the record"
+    if code == E_LABEL_SEP:
+        return f"empty label between commas or trailing comma in {tok!r}"
+    if code == E_FEATURE_IN_LABELS:
+        return (f"feature pair {tok!r} where the label field should be "
+                "(a record without labels must start with a space)")
+    if code == E_BAD_FEATURE:
+        return f"malformed feature token {tok!r} (expected index:value)"
+    if code == E_NEG_FEATURE:
+        return f"negative feature index in {tok!r}"
+    if code == E_FEATURE_RANGE:
+        shown = value if value >= 0 else tok.split(":")[0]
+        return f"feature index {shown} out of range [0, {num_features})"
+    if code == E_DUP_FEATURE:
+        return f"feature index {value} repeated within the record"
+    if code == E_MISSING_VALUE:
+        return f"feature token {tok!r} has no value (expected index:value)"
+    if code == E_BAD_VALUE:
+        return f"non-numeric feature value in {tok!r}"
+    if code == E_NONFINITE:
+        return f"NaN or infinite feature value in {tok!r}"
+    if code == E_TRUNCATED:
+        return f"truncated record: file ends inside {tok!r}"
+    if code == E_TOO_MANY:
+        return f"more records than the {n_points} declared in the header"
+    if code == E_BAD_CR:
+        return "carriage return not followed by a line feed"
+    return f"parse error code {code}"
+
+
+def read_xc(path) -> XCDataset:
+    """Parse an XC-format file strictly (no cache). See the module docstring."""
+    path = Path(path)
+    try:
+        buf = _read_bytes(path)
+    except FileNotFoundError:
+        raise DatasetFormatError(path, None, "no such file") from None
+    except IsADirectoryError:
+        raise DatasetFormatError(path, None, "is a directory, not a data file") from None
+    return parse_xc_bytes(buf, path)
+
+
+def parse_xc_bytes(buf: np.ndarray, path="<bytes>") -> XCDataset:
+    """Parse XC-format content held in a uint8 array (``path`` only names errors)."""
+    buf = np.ascontiguousarray(buf, dtype=np.uint8)
+    n, nf, nl, start = _parse_header(path, buf)
+    colons, commas = _count_kernel(buf, start)
+    cap_x = colons
+    cap_y = commas + n
+    x_indptr = np.empty(n + 1, dtype=np.int64)
+    y_indptr = np.empty(n + 1, dtype=np.int64)
+    x_indices = np.empty(cap_x, dtype=np.int32)
+    x_data = np.empty(cap_x, dtype=np.float32)
+    y_indices = np.empty(cap_y, dtype=np.int32)
+    use_marks = nf <= _MARK_LIMIT and nl <= _MARK_LIMIT
+    mark_f = np.full(nf if use_marks else 1, -1, dtype=np.int32)
+    mark_l = np.full(nl if use_marks else 1, -1, dtype=np.int32)
+    code, rec, line, pos, value = _parse_kernel(
+        buf, start, n, nf, nl, x_indptr, x_indices, x_data, y_indptr, y_indices,
+        mark_f, mark_l, use_marks)
+    if code != OK:
+        raise DatasetFormatError(path, line, _message(code, buf, pos, value, n, nf, nl))
+    if rec < n:
+        # 'line' is the number of the line after the last record
+        raise DatasetFormatError(
+            path, line, f"file ends after {rec} records but the header declares {n}")
+    nx = int(x_indptr[n])
+    ny = int(y_indptr[n])
+    if nx != cap_x:
+        x_indices = x_indices[:nx].copy()
+        x_data = x_data[:nx].copy()
+    if ny != cap_y:
+        y_indices = y_indices[:ny].copy()
+    return XCDataset(x_indptr, x_indices, x_data, y_indptr, y_indices, nf, nl)
+
+
+def read_header(path):
+    """(num_points, num_features, num_labels) from the first line of an XC file."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    n, f, l, _ = _parse_header(path, np.frombuffer(head, dtype=np.uint8))
+    return n, f, l
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+@numba.njit(cache=True)
+def _fmt_value(v, out, o, digits):
+    """Write float32 ``v`` at out[o:], shortest decimal that _scale maps back to v."""
+    if v == 0.0:
+        out[o] = _ZERO
+        return o + 1
+    x = np.float64(v)
+    av = v
+    if x < 0.0:
+        out[o] = _MINUS
+        o += 1
+        x = -x
+        av = -v
+    e10 = int(np.floor(np.log10(x)))
+    m = np.int64(0)
+    q = 0
+    kind = 0
+    for p in range(1, 18):
+        q = e10 - p + 1
+        if q >= 0:
+            r = x / _scale(1, q)
+        else:
+            r = x * _scale(1, -q)
+        m = np.int64(np.floor(r + 0.5))
+        if m <= 0:
+            continue
+        # strip trailing zeros
+        while m % 10 == 0:
+            m //= 10
+            q += 1
+        nd = 0
+        t = m
+        while t > 0:
+            nd += 1
+            t //= 10
+        # representation the reader will see: (M, Q)
+        if q >= 0 and nd + q <= 15:
+            kind = 0
+            mm = m
+            for _ in range(q):
+                mm *= 10
+            back = _scale(mm, 0)
+        elif q < 0 and (nd + q > 0 or -(nd + q) <= 5):
+            kind = 1
+            back = _scale(m, q)
+        else:
+            kind = 2
+            back = _scale(m, q)
+        if np.float32(back) == av:
+            break
+    nd = 0
+    t = m
+    while t > 0:
+        digits[nd] = t % 10
+        nd += 1
+        t //= 10
+    if kind == 0:
+        for k in range(nd - 1, -1, -1):
+            out[o] = _ZERO + digits[k]
+            o += 1
+        for _ in range(q):
+            out[o] = _ZERO
+            o += 1
+    elif kind == 1:
+        ip = nd + q  # digits before the point
+        if ip <= 0:
+            out[o] = _ZERO
+            o += 1
+            out[o] = _DOT
+            o += 1
+            for _ in range(-ip):
+                out[o] = _ZERO
+                o += 1
+            for k in range(nd - 1, -1, -1):
+                out[o] = _ZERO + digits[k]
+                o += 1
+        else:
+            for k in range(nd - 1, -1, -1):
+                if k == nd - 1 - ip:
+                    out[o] = _DOT
+                    o += 1
+                out[o] = _ZERO + digits[k]
+                o += 1
+    else:
+        for k in range(nd - 1, -1, -1):
+            out[o] = _ZERO + digits[k]
+            o += 1
+        out[o] = 101  # 'e'
+        o += 1
+        o = _fmt_int(q, out, o, digits)
+    return o
+
+
+@numba.njit(cache=True, inline="always")
+def _fmt_int(v, out, o, digits):
+    if v < 0:
+        out[o] = _MINUS
+        o += 1
+        v = -v
+    if v == 0:
+        out[o] = _ZERO
+        return o + 1
+    nd = 0
+    while v > 0:
+        digits[nd] = v % 10
+        nd += 1
+        v //= 10
+    for k in range(nd - 1, -1, -1):
+        out[o] = _ZERO + digits[k]
+        o += 1
+    return o
+
+
+@numba.njit(cache=True)
+def _write_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, r0, out, crlf):
+    """Format rows r0.. into ``out`` while they surely fit. Returns (bytes, next_row)."""
+    digits = np.empty(24, dtype=np.int64)
+    n = x_indptr.shape[0] - 1
+    cap = out.shape[0]
+    o = 0
+    r = r0
+    while r < n:
+        xl = x_indptr[r + 1] - x_indptr[r]
+        yl = y_indptr[r + 1] - y_indptr[r]
+        worst = yl * 12 + xl * 40 + 4
+        if o + worst > cap:
+            break
+        for k in range(y_indptr[r], y_indptr[r + 1]):
+            if k > y_indptr[r]:
+                out[o] = _COMMA
+                o += 1
+            o = _fmt_int(np.int64(y_indices[k]), out, o, digits)
+        for k in range(x_indptr[r], x_indptr[r + 1]):
+            out[o] = _SP
+            o += 1
+            o = _fmt_int(np.int64(x_indices[k]), out, o, digits)
+            out[o] = _COLON
+            o += 1
+            o = _fmt_value(x_data[k], out, o, digits)
+        if xl == 0 and yl == 0:
+            out[o] = _SP
+            o += 1
+        if crlf:
+            out[o] = _CR
+            o += 1
+        out[o] = _NL
+        o += 1
+        r += 1
+    return o, r
+
+
+def write_xc(path, ds: XCDataset, crlf: bool = False, chunk_bytes: int = 64 << 20) -> Path:
+    """Write ``ds`` to ``path`` in XC format, atomically (header + one line per point).
+
+    Values are written with the shortest decimal that :func:`read_xc` maps back to the
+    same float32. A point without labels starts with a space; a point with neither
+    labels nor features is a line holding one space.
+    """
+    path = Path(path)
+    if not np.all(np.isfinite(ds.x_data)):
+        raise ValueError("write_xc: dataset holds NaN or infinite feature values")
+    x_indptr = np.ascontiguousarray(ds.x_indptr, dtype=np.int64)
+    y_indptr = np.ascontiguousarray(ds.y_indptr, dtype=np.int64)
+    x_indices = np.ascontiguousarray(ds.x_indices, dtype=np.int32)
+    y_indices = np.ascontiguousarray(ds.y_indices, dtype=np.int32)
+    x_data = np.ascontiguousarray(ds.x_data, dtype=np.float32)
+    n = len(x_indptr) - 1
+    eol = b"\r\n" if crlf else b"\n"
+    header = f"{n} {ds.num_features} {ds.num_labels}".encode() + eol
+    row_x = np.diff(x_indptr)
+    row_y = np.diff(y_indptr)
+    worst_row = int((row_y * 12 + row_x * 40 + 4).max()) if n else 0
+    buf = np.empty(max(chunk_bytes, worst_row + 1), dtype=np.uint8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(header)
+            r = 0
+            while r < n:
+                o, r = _write_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, r,
+                                     buf, crlf)
+                fh.write(memoryview(buf[:o]))
+    return path
