@@ -1,4 +1,4 @@
-"""The ``slide`` command: ``slide data ...``, ``slide train`` and ``slide bench``."""
+"""The ``slide`` command: ``slide data ...``, ``slide train``, ``slide bench`` and ``slide compare``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def _make_slide(num_features, num_labels, overrides, args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compare import add_compare_parser
     from .data.commands import add_data_parser
 
     parser = argparse.ArgumentParser(prog="slide", description=__doc__)
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time SLIDE training batches at a paper dataset's shape; print JSON")
     add_bench_arguments(p)
     p.set_defaults(func=lambda a: run_bench(a, _make_slide))
+    add_compare_parser(sub)
     return parser
 
 

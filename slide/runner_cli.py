@@ -78,16 +78,13 @@ def run_train(args, make_method) -> int:
 
 
 def bench_dataset(like: str, scale: float, seed: int, root="data"):
-    """Synthetic training data of the ``like`` shape, generated once and cached under ``root/bench``."""
-    from .data import load_xc, synthesize, write_xc
+    """Synthetic training data of the ``like`` shape, generated once and kept under ``root/bench``."""
+    from .data import load_xc
+    from .data.synth import SYNTH_TRAIN_FILE, bench_dir, ensure_synth
 
-    folder = Path(root) / "bench" / f"{like}-scale{scale:g}-seed{seed}"
-    path = folder / "train.txt"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        train_data, _ = synthesize(like, scale, seed)
-        write_xc(path, train_data)
-    return load_xc(path)
+    folder = bench_dir(like, scale, seed, root)
+    ensure_synth(folder, like, scale, seed)
+    return load_xc(folder / SYNTH_TRAIN_FILE)
 
 
 def run_bench(args, make_method) -> int:

@@ -170,28 +170,16 @@ def cmd_bench(args) -> int:
     import numba
 
     from slide.data.cache import read_cache, write_cache
-    from slide.data.synth import SYNTH_META_FILE, SYNTH_TRAIN_FILE, synth_shape, write_synth
+    from slide.data.synth import SYNTH_TRAIN_FILE, bench_dir, ensure_synth, synth_shape
     from slide.data.xc_format import parse_xc_bytes, read_xc
 
     synth_shape(args.like, args.scale)
-    bench_dir = Path(args.dir) if args.dir else Path("data") / "bench" / f"{args.like}-s{args.scale:g}-seed{args.seed}"
-    train = bench_dir / SYNTH_TRAIN_FILE
-    meta_file = bench_dir / SYNTH_META_FILE
+    folder = Path(args.dir) if args.dir else bench_dir(args.like, args.scale, args.seed)
+    train = folder / SYNTH_TRAIN_FILE
     result = {"like": args.like, "scale": args.scale, "seed": args.seed, "file": str(train)}
-    reuse = False
-    if train.is_file() and meta_file.is_file():
-        try:
-            meta = json.loads(meta_file.read_text())
-            reuse = (meta.get("like") == args.like and meta.get("scale") == args.scale
-                     and meta.get("seed") == args.seed)
-        except ValueError:
-            reuse = False
-    if reuse:
-        result["synth_seconds"] = None
-    else:
-        t0 = time.perf_counter()
-        write_synth(bench_dir, args.like, args.scale, args.seed)
-        result["synth_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    written = ensure_synth(folder, args.like, args.scale, args.seed)
+    result["synth_seconds"] = round(time.perf_counter() - t0, 2) if written else None
     # warm up (JIT compile or load the compiled kernels) on a tiny input
     parse_xc_bytes(np.frombuffer(b"1 3 2\n0 1:0.5\n", dtype=np.uint8))
     size = train.stat().st_size

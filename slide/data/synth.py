@@ -382,3 +382,25 @@ def write_synth(out_dir, like, scale: float = 1.0, seed: int = 0, **overrides) -
     meta_path = out_dir / SYNTH_META_FILE
     atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return {"train": str(train_path), "test": str(test_path), "meta": str(meta_path)}
+
+
+def bench_dir(like: str, scale: float, seed: int, root="data") -> Path:
+    """Where benchmark stand-ins live: ``<root>/bench/<like>-s<scale>-seed<seed>``."""
+    return Path(root) / "bench" / f"{like}-s{scale:g}-seed{seed}"
+
+
+def ensure_synth(out_dir, like, scale: float = 1.0, seed: int = 0) -> dict | None:
+    """Generate the stand-in in ``out_dir`` unless ``synth.json`` says it is already there.
+
+    Returns the paths written by :func:`write_synth`, or ``None`` when existing files were reused.
+    """
+    out_dir = Path(out_dir)
+    meta_file = out_dir / SYNTH_META_FILE
+    if (out_dir / SYNTH_TRAIN_FILE).is_file() and meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except ValueError:
+            meta = {}
+        if (meta.get("like"), meta.get("scale"), meta.get("seed")) == (_spec(like).name, scale, int(seed)):
+            return None
+    return write_synth(out_dir, like, scale, seed)

@@ -1,0 +1,78 @@
+"""Benchmark several methods at one paper shape in one run and report ratios to SLIDE.
+
+Each method's ``bench`` command runs in its own process (so peak memory and thread settings are its
+own), one after the other on the same machine, and the figures are compared as ratios measured in the
+same run: on shared, noisy machines that is the only fair comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .errors import SlideError
+
+METHOD_COMMANDS = {
+    "slide": ["-m", "slide.cli", "bench"],
+    "tf-full-cpu": ["-m", "baselines.tf", "bench", "--loss", "full", "--device", "cpu"],
+    "tf-sampled-cpu": ["-m", "baselines.tf", "bench", "--loss", "sampled", "--device", "cpu"],
+    "tf-full-gpu": ["-m", "baselines.tf", "bench", "--loss", "full", "--device", "gpu"],
+    "tf-sampled-gpu": ["-m", "baselines.tf", "bench", "--loss", "sampled", "--device", "gpu"],
+}
+
+
+def bench_method(method: str, like: str, scale: float, batches: int, threads: int, seed: int = 0) -> dict:
+    """Run one method's ``bench`` command in a subprocess and return its JSON."""
+    cmd = [sys.executable, *METHOD_COMMANDS[method], "--like", like, "--scale", str(scale),
+           "--batches", str(batches), "--threads", str(threads), "--seed", str(seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"method": method, "error": last}
+    return json.loads(proc.stdout)
+
+
+def compare(methods, like: str, scale: float = 1.0, batches: int = 10, threads: int = 0, seed: int = 0) -> dict:
+    """Bench ``methods`` one after another; add each one's time-per-batch ratio to SLIDE's."""
+    results = [bench_method(m, like, scale, batches, threads, seed) for m in methods]
+    slide = next((r for r in results if r["method"] == "slide" and "error" not in r), None)
+    for r in results:
+        if slide is not None and "error" not in r:
+            r["seconds_per_batch_vs_slide"] = r["median_batch_seconds"] / slide["median_batch_seconds"]
+    return {"like": like, "scale": scale, "batches": batches, "results": results}
+
+
+def format_table(report: dict) -> str:
+    rows = [f"{'method':16} {'median s/batch':>14} {'samples/s':>10} {'peak RSS MB':>11} {'x SLIDE':>8}"]
+    for r in report["results"]:
+        if "error" in r:
+            rows.append(f"{r['method']:16} not run: {r['error']}")
+            continue
+        ratio = r.get("seconds_per_batch_vs_slide")
+        rows.append(f"{r['method']:16} {r['median_batch_seconds']:14.4f} {r['samples_per_second']:10.1f} "
+                    f"{r['peak_rss_mb']:11.0f} {'' if ratio is None else f'{ratio:8.2f}'}")
+    return "\n".join(rows)
+
+
+def add_compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="bench several methods at one shape in one run; print ratios to SLIDE")
+    p.add_argument("--like", required=True, choices=("delicious-200k", "amazon-670k"))
+    p.add_argument("--methods", default="slide,tf-full-cpu,tf-sampled-cpu",
+                   help=f"comma-separated, from {', '.join(METHOD_COMMANDS)}")
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHOD_COMMANDS))
+    if unknown:
+        raise SlideError(f"unknown method(s) {unknown}; choose from {sorted(METHOD_COMMANDS)}")
+    report = compare(methods, args.like, args.scale, args.batches, args.threads, args.seed)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0 if all("error" not in r for r in report["results"]) else 1
