@@ -1,0 +1,350 @@
+"""The TensorFlow baselines as :class:`slide.adapter.Method` adapters.
+
+Four concrete classes, one per method name recorded in ``run.json``::
+
+    tf-full-cpu   tf-full-gpu   tf-sampled-cpu   tf-sampled-gpu
+
+(:func:`method_class` picks one from ``loss`` and ``device``). The loss and the device are part of
+the class, not of the configuration, so :meth:`~slide.adapter.PersistentMixin.load` rebuilds the
+right one. Each training step is one ``tf.function`` (forward, loss, gradients and the Keras Adam
+update, traced once with a fixed input signature); the only per-batch Python work is the vectorised
+NumPy conversion of the CSR batch into ``tf.SparseTensor`` parts.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from slide.adapter import Method, PersistentMixin
+from slide.errors import ConfigError, ResourceError
+from slide.metrics import scoring_chunk_rows
+from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT
+
+from . import model as M
+from .device import configure_threads, device_name, import_tf
+
+LOSSES = ("full", "sampled")
+
+_COMMON = {
+    "hidden": [128],     # widths of the hidden layers (an int means one layer)
+    "lr": 1e-4,          # Adam learning rate (the paper's presets)
+    "batch_size": 128,
+    "eval_every": 50,    # steps between evaluations on the test sample (0: epoch ends only)
+}
+_SAMPLED = {
+    "num_sampled": 0,                # sampled classes per batch; 0: use sample_fraction
+    "sample_fraction": 0.1,          # fraction of the classes sampled (the reference: n_classes // 10)
+    "label_mode": "single",          # single: one random true label per point; multi: num_true of them
+    "num_true": 1,                   # true columns per point (1 in single mode, >= 2 in multi mode)
+    "pad": "repeat",                 # rows with fewer labels: repeat them, or pad with a dummy class
+    "sampler": "log_uniform",        # TF candidate sampler: log_uniform (TF default, reference) or uniform
+    "remove_accidental_hits": True,  # drop sampled classes that are true labels of the point
+}
+_PRESETS = {
+    "delicious-200k": {"batch_size": 128, "hidden": [128], "lr": 1e-4},
+    "amazon-670k": {"batch_size": 128, "hidden": [128], "lr": 1e-4},
+}
+
+
+def memory_limit_bytes() -> tuple[int, str]:
+    """The memory a new model may use, and where the figure comes from.
+
+    The smaller of psutil's available memory and ``SLIDE_MEMORY_LIMIT_MB`` (when set).
+    """
+    import psutil
+
+    limit, source = int(psutil.virtual_memory().available), "available memory"
+    env = os.environ.get("SLIDE_MEMORY_LIMIT_MB")
+    if env:
+        try:
+            env_bytes = int(float(env) * 2**20)
+        except ValueError:
+            raise ConfigError(f"SLIDE_MEMORY_LIMIT_MB={env!r} is not a number") from None
+        if env_bytes < limit:
+            limit, source = env_bytes, f"SLIDE_MEMORY_LIMIT_MB={env}"
+    return limit, source
+
+
+class TFMethod(PersistentMixin, Method):
+    """Base of the TensorFlow baselines; use :func:`method_class` or one of the four subclasses."""
+
+    LOSS = "full"
+    DEVICE = "cpu"
+    DEFAULTS = dict(_COMMON)
+    PRESETS = _PRESETS
+
+    def __init__(self, num_features, num_labels, config, seed: int = 0, threads: int = 0):
+        # thread pools first: TensorFlow ignores them once it has run an op
+        threads = configure_threads(threads)
+        super().__init__(num_features, num_labels, config, seed=seed, threads=threads)
+        self._check_config()
+        self.device = device_name(self.DEVICE)  # ConfigError when a GPU is asked for and absent
+        need = self.estimate_memory_bytes()
+        limit, source = memory_limit_bytes()
+        if need > limit:
+            raise ResourceError(
+                f"{self.name} with {self.num_features} features, {self.num_labels} labels and hidden "
+                f"{self.config['hidden']} needs about {need / 2**30:.1f} GiB but {source} is "
+                f"{limit / 2**30:.1f} GiB; use a smaller --scale or a machine with more memory")
+        tf = import_tf()
+        tf.random.set_seed(self.seed)
+        self.step = 0
+        with tf.device(self.device):
+            self.net = M.Network(self.num_features, self.num_outputs, self.config["hidden"], self.seed)
+            self.optimizer = tf.keras.optimizers.Adam(learning_rate=float(self.config["lr"]), beta_1=ADAM_BETA1,
+                                                      beta_2=ADAM_BETA2, epsilon=ADAM_EPS)
+            self.optimizer.build(self.net.variables)
+        self._build_functions()
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def name(self) -> str:
+        return f"tf-{self.LOSS}-{self.DEVICE}"
+
+    @property
+    def num_outputs(self) -> int:
+        """Output neurons: the labels, plus one dummy class for ``pad: dummy`` sampled softmax."""
+        return self.num_labels
+
+    def _check_config(self) -> None:
+        c = self.config
+        hidden = c["hidden"]
+        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
+            hidden = [hidden]
+        if (not isinstance(hidden, (list, tuple)) or not hidden
+                or not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h > 0 for h in hidden)):
+            raise ConfigError(f"hidden must be a positive int or a list of them, got {c['hidden']!r}")
+        c["hidden"] = [int(h) for h in hidden]
+        try:
+            c["lr"] = float(c["lr"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"lr must be a number, got {c['lr']!r}") from None
+        if not c["lr"] > 0:
+            raise ConfigError(f"lr must be positive, got {c['lr']!r}")
+        for key, low in (("batch_size", 1), ("eval_every", 0)):
+            if not isinstance(c[key], (int, np.integer)) or isinstance(c[key], bool) or c[key] < low:
+                raise ConfigError(f"{key} must be an integer >= {low}, got {c[key]!r}")
+        self.config = c
+
+    def hyperparameters(self) -> dict:
+        out = dict(self.config)
+        out.update(loss=self.LOSS, device=self.DEVICE)
+        return out
+
+    def estimate_memory_bytes(self) -> int:
+        return M.estimate_memory_bytes(self.num_features, self.num_outputs, self.config["hidden"],
+                                       self.batch_size, loss=self.LOSS,
+                                       scoring_rows=scoring_chunk_rows(self.num_labels))
+
+    # ------------------------------------------------------------------ TF functions
+    def _build_functions(self) -> None:
+        tf = import_tf()
+        sparse_sig = [tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([None], tf.float32),
+                      tf.TensorSpec([], tf.int64)]
+        net, L = self.net, self.num_labels
+
+        @tf.function(input_signature=sparse_sig + [tf.TensorSpec([], tf.int32)])
+        def predict(indices, values, batch, k):
+            logits = net.logits(net.hidden_output(indices, values, batch))
+            return tf.math.top_k(logits[:, :L], k=k, sorted=True).indices
+
+        self._predict = predict
+        self._train = tf.function(self._train_step_fn(), input_signature=sparse_sig + self._label_signature())
+        # trace both graphs now (nothing runs), so the first timed batch does not pay for tracing
+        with tf.device(self.device):
+            self._predict.get_concrete_function()
+            self._train.get_concrete_function()
+
+    def _label_signature(self) -> list:
+        tf = import_tf()
+        return [tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([None], tf.float32)]
+
+    def _train_step_fn(self):
+        tf = import_tf()
+        net, opt = self.net, self.optimizer
+
+        def step(indices, values, batch, y_indices, y_values):
+            with tf.GradientTape() as tape:
+                loss = M.full_softmax_loss(net, indices, values, batch, y_indices, y_values)
+            grads = tape.gradient(loss, net.variables)
+            opt.apply_gradients(zip(grads, net.variables))
+            return loss
+
+        return step
+
+    def _label_inputs(self, data, rows):
+        return M.soft_targets(data, rows)
+
+    # ------------------------------------------------------------------ Method interface
+    def train_batch(self, data, rows: np.ndarray) -> float:
+        tf = import_tf()
+        indices, values = M.sparse_batch(data, rows)
+        labels = self._label_inputs(data, rows)
+        with tf.device(self.device):
+            loss = self._train(indices, values, np.int64(len(rows)), *labels)
+        self.step += 1
+        return float(loss.numpy())
+
+    def predict_topk(self, data, rows: np.ndarray, k: int = 5) -> np.ndarray:
+        tf = import_tf()
+        rows = np.asarray(rows, dtype=np.int64)
+        k = int(min(k, self.num_labels))
+        out = np.empty((len(rows), k), dtype=np.int64)
+        chunk = scoring_chunk_rows(self.num_labels)
+        with tf.device(self.device):
+            for a in range(0, len(rows), chunk):
+                part = rows[a:a + chunk]
+                indices, values = M.sparse_batch(data, part)
+                out[a:a + len(part)] = self._predict(indices, values, np.int64(len(part)), np.int32(k)).numpy()
+        return out
+
+    def stats(self) -> dict:
+        return {"active_per_sample_mean": float(self.num_labels), "device": self.device,
+                "rehash_seconds": None}
+
+    def _slots(self):
+        opt = self.optimizer
+        return list(zip(self.net.names, self.net.variables, opt._momentums, opt._velocities))
+
+    def state_arrays(self) -> dict:
+        out = {}
+        for name, var, m, v in self._slots():
+            out[name] = var.numpy()
+            out[f"adam_m__{name}"] = m.numpy()
+            out[f"adam_v__{name}"] = v.numpy()
+        out["adam_iterations"] = np.array(int(self.optimizer.iterations.numpy()), dtype=np.int64)
+        out["step"] = np.array(self.step, dtype=np.int64)
+        return out
+
+    def load_state_arrays(self, arrays: dict) -> None:
+        for name, var, m, v in self._slots():
+            for key, target in ((name, var), (f"adam_m__{name}", m), (f"adam_v__{name}", v)):
+                if key not in arrays:
+                    raise ConfigError(f"model state lacks {key!r}")
+                value = np.asarray(arrays[key])
+                if tuple(value.shape) != tuple(target.shape):
+                    raise ConfigError(f"model state {key!r} has shape {value.shape}, expected {tuple(target.shape)}")
+                target.assign(value.astype(FLOAT, copy=False))
+        self.optimizer.iterations.assign(int(arrays["adam_iterations"]))
+        self.step = int(arrays["step"])
+
+
+class TFSampledMethod(TFMethod):
+    """``tf.nn.sampled_softmax_loss`` on the same network (see :func:`model.true_label_matrix`)."""
+
+    LOSS = "sampled"
+    DEFAULTS = dict(_COMMON, **_SAMPLED)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_labels + (1 if self.config.get("pad") == "dummy" else 0)
+
+    @property
+    def num_sampled(self) -> int:
+        c = self.config
+        if c["num_sampled"]:
+            return int(c["num_sampled"])
+        return max(1, int(round(float(c["sample_fraction"]) * self.num_labels)))
+
+    def _check_config(self) -> None:
+        super()._check_config()
+        c = self.config
+        for key, choices in (("label_mode", M.LABEL_MODES), ("pad", M.PADDINGS), ("sampler", M.SAMPLERS)):
+            if c[key] not in choices:
+                raise ConfigError(f"{key} must be one of {list(choices)}, got {c[key]!r}")
+        if not isinstance(c["remove_accidental_hits"], bool):
+            raise ConfigError(f"remove_accidental_hits must be true or false, got {c['remove_accidental_hits']!r}")
+        n = c["num_sampled"]
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+            raise ConfigError(f"num_sampled must be an integer >= 0 (0: use sample_fraction), got {n!r}")
+        try:
+            frac = float(c["sample_fraction"])
+        except (TypeError, ValueError):
+            frac = -1.0
+        if not 0 < frac <= 1:
+            raise ConfigError(f"sample_fraction must be in (0, 1], got {c['sample_fraction']!r}")
+        nt = c["num_true"]
+        if not isinstance(nt, (int, np.integer)) or isinstance(nt, bool) or nt < 1:
+            raise ConfigError(f"num_true must be an integer >= 1, got {nt!r}")
+        if c["label_mode"] == "single" and nt != 1:
+            raise ConfigError(f"label_mode=single uses num_true=1, got {nt}; set label_mode=multi for more")
+        if c["label_mode"] == "multi" and nt < 2:
+            raise ConfigError("label_mode=multi needs num_true >= 2 (e.g. --set num_true=5)")
+        if self.num_sampled >= self.num_outputs:
+            raise ConfigError(f"num_sampled={self.num_sampled} must be smaller than the {self.num_outputs} classes")
+
+    def estimate_memory_bytes(self) -> int:
+        return M.estimate_memory_bytes(self.num_features, self.num_outputs, self.config["hidden"],
+                                       self.batch_size, loss="sampled", num_sampled=self.num_sampled,
+                                       num_true=int(self.config["num_true"]),
+                                       scoring_rows=scoring_chunk_rows(self.num_labels))
+
+    def hyperparameters(self) -> dict:
+        out = super().hyperparameters()
+        out["num_sampled_effective"] = self.num_sampled
+        return out
+
+    def _label_signature(self) -> list:
+        tf = import_tf()
+        return [tf.TensorSpec([None, int(self.config["num_true"])], tf.int64), tf.TensorSpec([None], tf.float32)]
+
+    def _train_step_fn(self):
+        tf = import_tf()
+        net, opt, c = self.net, self.optimizer, self.config
+        kw = dict(num_sampled=self.num_sampled, num_true=int(c["num_true"]), sampler=c["sampler"],
+                  remove_accidental_hits=bool(c["remove_accidental_hits"]), seed=self.seed)
+
+        def step(indices, values, batch, labels, weights):
+            with tf.GradientTape() as tape:
+                loss = M.sampled_softmax_loss(net, indices, values, batch, labels, weights, **kw)
+            grads = tape.gradient(loss, net.variables)
+            opt.apply_gradients(zip(grads, net.variables))
+            return loss
+
+        return step
+
+    def _label_inputs(self, data, rows):
+        # label choice is a function of (seed, step): reproducible and resumable
+        rng = np.random.default_rng([self.seed, 0x1AB, self.step])
+        return M.true_label_matrix(data, rows, int(self.config["num_true"]), self.config["pad"],
+                                   self.num_labels, rng)
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out.update(active_per_sample_mean=float(self.num_sampled + int(self.config["num_true"])),
+                   num_sampled=self.num_sampled)
+        return out
+
+
+class TFFullCPU(TFMethod):
+    LOSS, DEVICE = "full", "cpu"
+
+
+class TFFullGPU(TFMethod):
+    LOSS, DEVICE = "full", "gpu"
+
+
+class TFSampledCPU(TFSampledMethod):
+    LOSS, DEVICE = "sampled", "cpu"
+
+
+class TFSampledGPU(TFSampledMethod):
+    LOSS, DEVICE = "sampled", "gpu"
+
+
+METHODS = {f"tf-{c.LOSS}-{c.DEVICE}": c for c in (TFFullCPU, TFFullGPU, TFSampledCPU, TFSampledGPU)}
+
+
+def method_class(loss: str, device: str) -> type[TFMethod]:
+    """The adapter class for ``loss`` (full|sampled) on ``device`` (cpu|gpu)."""
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
+    if device not in ("cpu", "gpu"):
+        raise ConfigError(f"unknown device {device!r}; choose from ['cpu', 'gpu']")
+    return METHODS[f"tf-{loss}-{device}"]
+
+
+__all__ = ["TFMethod", "TFSampledMethod", "TFFullCPU", "TFFullGPU", "TFSampledCPU", "TFSampledGPU",
+           "METHODS", "method_class", "memory_limit_bytes", "LOSSES"]
