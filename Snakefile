@@ -1,0 +1,35 @@
+# SLIDE reproduction pipeline: data -> prepare -> train (SLIDE, TF-CPU, TF-GPU) -> aggregate
+# -> plot -> report.  Run with `snakemake --cores all` (preset `default`), choose another preset
+# with `--config preset=NAME` (workflow/config/presets/NAME.yaml).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: f"{workflow.basedir}/workflow/config/config.yaml"
+
+
+include: "workflow/rules/config.smk"
+
+
+# The preset is merged under the keys given in config.yaml / --config / --configfile, then the
+# result is validated against the schema (which also fills in every default).
+load_preset(config, workflow.basedir)
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,14 @@
+"""Aggregation, figures and the HTML report of the Snakemake pipeline.
+
+* :mod:`slide.report.aggregate` - every ``run.json`` / ``curve.csv`` / ``bench.json`` and job
+  benchmark into tidy CSV tables (``results/summary.csv`` and friends), time-to-target and the
+  SLIDE speedups at equal P@1.
+* :mod:`slide.report.figures` - the paper's figures 5-9 and two secondary ones (matplotlib, Agg).
+* :mod:`slide.report.html` - the self-contained ``reports/report.html``.
+
+Every file is written atomically (temporary file in the same folder, then rename).
+"""
+
+from .style import METHOD_COLORS, METHOD_LABELS, method_color, method_label
+
+__all__ = ["METHOD_COLORS", "METHOD_LABELS", "method_color", "method_label"]

@@ -1,0 +1,27 @@
+"""Atomic writers for the report's CSV tables, figures and HTML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slide.io import atomic_path, atomic_write_text
+
+__all__ = ["write_csv", "save_figure", "atomic_write_text"]
+
+
+def write_csv(df, path) -> Path:
+    """Write a DataFrame as CSV (no index), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    return path
+
+
+def save_figure(fig, png, svg=None, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG (and SVG), each atomically."""
+    for path, fmt in ((png, "png"), (svg, "svg")):
+        if path is None:
+            continue
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
+                        metadata={"Date": None} if fmt == "svg" else None)
