@@ -91,8 +91,11 @@ class Method(ABC):
         """Every array needed to resume training (weights, optimizer state, seeds, step)."""
 
     @abstractmethod
-    def load_state_arrays(self, arrays: dict) -> None:
-        """Restore what :meth:`state_arrays` returned."""
+    def load_state_arrays(self, arrays) -> None:
+        """Restore what :meth:`state_arrays` returned, from any mapping of names to arrays.
+
+        The mapping may hold other entries (the loop's own); read only the names you wrote.
+        """
 
 
 # YAML 1.1 reads "1e-4" as a string; numbers in scientific notation are floats here.
@@ -147,9 +150,8 @@ class PersistentMixin:
         import json
 
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        header = json.loads(str(arrays.pop("model__header")))
-        model = cls(header["num_features"], header["num_labels"], header["config"], seed=header["seed"],
-                    threads=header["threads"])
-        model.load_state_arrays({k: v for k, v in arrays.items() if not k.startswith("driver__")})
+            header = json.loads(str(z["model__header"]))
+            model = cls(header["num_features"], header["num_labels"], header["config"], seed=header["seed"],
+                        threads=header["threads"])
+            model.load_state_arrays(z)
         return model

@@ -59,11 +59,14 @@ def save_checkpoint(method, path, driver: dict) -> None:
 
 
 def load_checkpoint(method, path) -> dict:
+    """Restore ``method`` from ``model.npz`` and return the loop's position.
+
+    The open archive is handed over as a mapping, so arrays are read one at a time into the
+    method's buffers instead of all being held at once (at the Amazon-670K shape that is 1 GB).
+    """
     with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    driver = json.loads(str(arrays.pop(_DRIVER + "json")))
-    arrays.pop("model__header", None)
-    method.load_state_arrays(arrays)
+        driver = json.loads(str(z[_DRIVER + "json"]))
+        method.load_state_arrays(z)
     return driver
 
 

@@ -3,6 +3,9 @@
 Everything runs on CPU with small shapes; the Bibtex tests train for a few seconds on 2 threads.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -295,9 +298,15 @@ def test_keys_presets_and_names():
 
 
 def test_threads_recorded():
-    m = method_class("full", "cpu").from_config(12, 7, threads=THREADS)
-    assert m.threads == THREADS
-    assert m.hyperparameters()["device"] == "cpu" and m.name == "tf-full-cpu"
+    """TensorFlow's pools can be set once per process, so this runs in a fresh one."""
+    code = ("from baselines.tf.method import method_class\n"
+            f"a = method_class('full', 'cpu').from_config(12, 7, threads={THREADS})\n"
+            f"b = method_class('full', 'cpu').from_config(12, 7, threads={THREADS + 1})\n"
+            "print(a.threads, b.threads, a.hyperparameters()['device'], a.name)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(THREADS), str(THREADS), "cpu", "tf-full-cpu"]
+    assert "already started" in proc.stderr
 
 
 def test_gpu_variant_without_gpu_is_a_config_error():

@@ -1,0 +1,322 @@
+"""LSH families of the SLIDE engine: parameters drawn from a seed, codes computed in Numba.
+
+Four families, each giving ``K * L`` small integer codes per vector (``K`` per table, ``L`` tables):
+
+``simhash``
+    Signed sparse random projections, as the reference C++: projection ``h`` touches ``ceil(dim / 3)``
+    coordinates chosen at random with random signs; the code is one bit, ``sum >= 0``.
+``wta``
+    Winner-take-all: hash ``h`` looks at a random ordered prefix of ``bin_size`` distinct coordinates
+    and its code is the position of the largest value (ties: the lowest position; absent coordinates of a
+    sparse vector count as zeros).
+``dwta``
+    Densified WTA (the reference's ``DensifiedWtaHash``): ``ceil(K*L*bin_size / dim)`` random permutations
+    of the coordinates are laid end to end and cut into ``K*L`` bins of ``W = (n_perm*dim) // (K*L)``
+    consecutive positions (``W == bin_size`` whenever ``dim`` is small; the few positions past the last bin
+    are dropped). A bin's code is the offset of its largest NONZERO coordinate (ties: lowest offset), taken
+    modulo ``bin_size``. A bin without any nonzero coordinate copies the code of the first non-empty bin on a
+    seeded probe sequence that depends only on the bin (densified one permutation hashing, Shrivastava 2017):
+    32 pseudo-random probes, then a circular scan. An all-zero vector gets code 0 everywhere.
+``minhash``
+    Densified one-permutation MinHash of the set of the ``topk`` largest nonzero coordinates (ties: lower
+    coordinate): same bins as ``dwta``, a bin's code is the smallest offset of a set member in it, modulo
+    ``bin_size``; empty bins are densified as above.
+
+Codes take ``bits`` bits (1 for ``simhash``, ``log2(bin_size)`` otherwise); table ``t`` packs codes
+``t*K ... t*K+K-1`` into a 64-bit key, code ``j`` at bit ``j*bits`` (:func:`pack_key`), so distinct code
+tuples never share a key (the reference packs with too few bits and merges buckets).
+
+Parameter layout (inside the ``arrays`` tuple of :class:`slide.engine.tables.LSHIndex`):
+
+* ``proj`` int8 ``(dim, K*L)``: ``simhash`` signs (-1, 0, +1), coordinate-major so that a dense or a
+  sparse vector is hashed with one contiguous, vectorised row update per nonzero coordinate; ``(0, 0)``
+  for the other families.
+* ``dcoord`` int32 ``(W, K*L)``: ``dcoord[o, h]`` is the coordinate at position / offset ``o`` of WTA hash
+  or DWTA bin ``h`` (``W = bin_size`` for WTA). Dense vectors are gathered through it once, then every
+  hash is updated position by position in vectorised passes (ties go to the lowest position for free);
+  ``(0, 0)`` for ``simhash`` and ``minhash``.
+* ``cptr`` int64 ``(dim + 1,)``, ``chash`` int32, ``caux`` int32: the same map by coordinate, CSR
+  coordinate -> (hash or bin, position or offset), for sparse vectors (and dense ``minhash``, which only
+  visits its top-k coordinates); ``cptr`` all zeros and ``chash``/``caux`` empty for ``simhash``.
+
+Only nonzero coordinates of a sparse vector are visited (an explicit zero is the same as an absent one),
+and a sparse vector gets exactly the codes of its dense twin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ..errors import ConfigError
+from ..settings import NJIT
+
+KINDS = ("simhash", "wta", "dwta", "minhash")
+KIND_SIMHASH, KIND_WTA, KIND_DWTA, KIND_MINHASH = 0, 1, 2, 3
+#: Pseudo-random probes of an empty bin before the circular scan.
+DENSIFY_PROBES = 32
+#: Fields of the int64 ``meta`` array that opens the ``arrays`` tuple.
+(M_KIND, M_DIM, M_ITEMS, M_K, M_L, M_BITS, M_BIN, M_TOPK, M_SLOTS, M_DIRECT, M_BUCKET, M_INSERT, M_SEED) = range(13)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S27, _S30, _S31, _S32 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(32)
+
+
+def kind_code(name: str) -> int:
+    """Integer code of a hash family name; ConfigError if unknown."""
+    if name not in KINDS:
+        raise ConfigError(f"unknown LSH family {name!r}; choose one of {', '.join(KINDS)}")
+    return KINDS.index(name)
+
+
+def code_bits(kind: str, bin_size: int) -> int:
+    """Bits per code: 1 for SimHash, ``log2(bin_size)`` for the others."""
+    return 1 if kind == "simhash" else int(bin_size).bit_length() - 1
+
+
+def bin_layout(dim: int, n_hashes: int, bin_size: int) -> tuple[int, int]:
+    """``(n_perm, W)``: permutations and bin width of the DWTA / MinHash bins."""
+    n_perm = -(-n_hashes * bin_size // dim)
+    return n_perm, (n_perm * dim) // n_hashes
+
+
+def draw_params(kind: str, dim: int, K: int, L: int, bin_size: int, seed: int):
+    """Hash parameters of a family, reproducible from ``seed``.
+
+    Returns
+    -------
+    proj : int8 (dim, K*L) or (0, 0)
+    dcoord : int32 (W, K*L) or (0, 0)
+    cptr : int64 (dim + 1,)
+    chash, caux : int32 (nnz,)
+        See the module docstring.
+    """
+    n = K * L
+    rng = np.random.default_rng(seed)
+    none8, none32 = np.zeros((0, 0), np.int8), np.zeros((0, 0), np.int32)
+    if kind == "simhash":
+        proj = np.zeros((dim, n), dtype=np.int8)
+        sample = math.ceil(dim / 3)
+        for h in range(n):
+            coords = rng.choice(dim, sample, replace=False)
+            proj[coords, h] = rng.integers(0, 2, sample, dtype=np.int8) * 2 - 1
+        return proj, none32, np.zeros(dim + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32)
+    if kind == "wta":
+        width = bin_size
+        coord = np.concatenate([rng.choice(dim, bin_size, replace=False) for _ in range(n)])
+        hsh = np.repeat(np.arange(n), bin_size)
+        aux = np.tile(np.arange(bin_size), n)
+    else:
+        n_perm, width = bin_layout(dim, n, bin_size)
+        # position of coordinate d in permutation p, laid end to end: p*dim + rank
+        glob = np.concatenate([p * dim + np.argsort(rng.permutation(dim)) for p in range(n_perm)])
+        coord = np.tile(np.arange(dim), n_perm)
+        keep = glob < n * width
+        coord, glob = coord[keep], glob[keep]
+        hsh, aux = glob // width, glob % width
+    dcoord = none32
+    if kind != "minhash":
+        dcoord = np.empty((width, n), np.int32)
+        dcoord[aux, hsh] = coord
+    order = np.argsort(coord, kind="stable")
+    cptr = np.zeros(dim + 1, np.int64)
+    cptr[1:] = np.cumsum(np.bincount(coord, minlength=dim))
+    return none8, dcoord, cptr, hsh[order].astype(np.int32), aux[order].astype(np.int32)
+
+
+@numba.njit(**NJIT)
+def mix64(z):
+    """SplitMix64 finalizer of a uint64."""
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@numba.njit(**NJIT)
+def pack_key(codes, t, K, bits):
+    """Key of table ``t``: codes ``t*K .. t*K+K-1``, code ``j`` at bit ``j*bits`` (int64, all 64 bits used)."""
+    key = np.int64(0)
+    for j in range(K):
+        key |= np.int64(codes[t * K + j]) << np.int64(j * bits)
+    return key
+
+
+@numba.njit(**NJIT)
+def _simhash(proj, idx, val, dense, acc, codes):
+    acc[:] = 0.0
+    nnz = val.shape[0]
+    for j in range(nnz):
+        v = val[j]
+        if v == 0:
+            continue
+        row = proj[j if dense else idx[j]]
+        for h in range(acc.shape[0]):
+            acc[h] += row[h] * v
+    for h in range(acc.shape[0]):
+        codes[h] = 1 if acc[h] >= 0 else 0
+
+
+@numba.njit(**NJIT)
+def _gather(dcoord, x):
+    buf = np.empty(dcoord.shape, np.float32)
+    for o in range(dcoord.shape[0]):
+        for h in range(dcoord.shape[1]):
+            buf[o, h] = x[np.uint32(dcoord[o, h])]  # unsigned index: no negative-index wraparound code
+    return buf
+
+
+@numba.njit(**NJIT)
+def _argmax_dense(dcoord, x, skip_zeros, best, pos):
+    # position-major passes over all hashes vectorise; strict '>' keeps the lowest position on ties
+    buf = _gather(dcoord, x)
+    best[:] = -np.inf
+    pos[:] = -1 if skip_zeros else 0  # -1 marks an empty DWTA bin; a WTA hash is never empty
+    for o in range(buf.shape[0]):
+        row = buf[o]
+        for h in range(row.shape[0]):
+            v = row[h]
+            take = (v > best[h]) & ((v != 0) | (not skip_zeros))
+            best[h] = v if take else best[h]
+            pos[h] = o if take else pos[h]
+
+
+@numba.njit(**NJIT)
+def _wta_sparse(cptr, chash, caux, bin_size, idx, val, best, pos, codes):
+    # codes first holds the bit mask of the positions seen (present nonzero coordinates)
+    best[:] = -np.inf
+    pos[:] = 0
+    codes[:] = 0
+    for j in range(val.shape[0]):
+        v = val[j]
+        if v == 0:
+            continue
+        d = idx[j]
+        for e in range(cptr[d], cptr[d + 1]):
+            h, p = np.uint32(chash[e]), caux[e]
+            codes[h] |= np.int64(1) << np.int64(p)
+            b_v, b_p = best[h], pos[h]
+            take = (v > b_v) | ((v == b_v) & (p < b_p))  # branch-free: winners are unpredictable
+            best[h] = v if take else b_v
+            pos[h] = p if take else b_p
+    for h in range(codes.shape[0]):
+        # the first unseen position holds a zero, which beats negative values (seen values are nonzero)
+        for p in range(bin_size):
+            if not (codes[h] >> np.int64(p)) & 1:
+                if 0.0 > best[h]:
+                    pos[h] = p
+                break
+        codes[h] = pos[h]
+
+
+@numba.njit(**NJIT)
+def _topk_set(idx, val, dense, k):
+    # the k largest nonzero values (ties: lower coordinate), as coordinates
+    top_v = np.empty(k, np.float32)
+    top_d = np.empty(k, np.int64)
+    m = 0
+    for j in range(val.shape[0]):
+        v = val[j]
+        if v == 0:
+            continue
+        d = j if dense else np.int64(idx[j])
+        if m == k and not (v > top_v[k - 1] or (v == top_v[k - 1] and d < top_d[k - 1])):
+            continue
+        p = m if m < k else k - 1
+        while p > 0 and (v > top_v[p - 1] or (v == top_v[p - 1] and d < top_d[p - 1])):
+            top_v[p] = top_v[p - 1]
+            top_d[p] = top_d[p - 1]
+            p -= 1
+        top_v[p] = v
+        top_d[p] = d
+        m = min(m + 1, k)
+    return top_d[:m]
+
+
+@numba.njit(**NJIT)
+def _densify(pos, bin_size, seed, codes):
+    n = pos.shape[0]
+    mask = bin_size - 1
+    if (pos < 0).all():  # e.g. an all-zero vector: skip n fruitless scans of n bins
+        codes[:] = 0
+        return
+    base = np.uint64(seed) * _GOLDEN
+    for b in range(n):
+        src = b if pos[b] >= 0 else -1
+        attempt = 0
+        while src < 0 and attempt < DENSIFY_PROBES:
+            attempt += 1
+            z = mix64(base ^ (np.uint64(b) << _S32) ^ (np.uint64(attempt) * _GOLDEN))
+            c = np.int64(z % np.uint64(n))
+            if pos[c] >= 0:
+                src = c
+        step = 1
+        while src < 0 and step < n:
+            c = (b + step) % n
+            if pos[c] >= 0:
+                src = c
+            step += 1
+        codes[b] = pos[src] & mask
+
+
+@numba.njit(**NJIT)
+def _dwta_sparse(cptr, chash, caux, idx, val, best, pos):
+    best[:] = -np.inf
+    pos[:] = -1
+    for j in range(val.shape[0]):
+        v = val[j]
+        if v == 0:
+            continue
+        d = idx[j]
+        for e in range(cptr[d], cptr[d + 1]):
+            b, o = np.uint32(chash[e]), caux[e]
+            b_v, b_o = best[b], pos[b]
+            take = (v > b_v) | ((v == b_v) & (o < b_o))
+            best[b] = v if take else b_v
+            pos[b] = o if take else b_o
+
+
+@numba.njit(**NJIT)
+def _minhash(cptr, chash, caux, idx, val, dense, k, pos):
+    pos[:] = -1
+    for d in _topk_set(idx, val, dense, k):
+        for e in range(cptr[d], cptr[d + 1]):
+            b, o = np.uint32(chash[e]), caux[e]
+            if pos[b] < 0 or o < pos[b]:
+                pos[b] = o
+
+
+@numba.njit(**NJIT)
+def hash_into(arrays, idx, val, dense, codes, fbuf, ibuf):
+    """Write the ``K*L`` codes of one vector into ``codes`` (int64).
+
+    Parameters
+    ----------
+    arrays : tuple
+        ``LSHIndex.arrays``.
+    idx, val : int32 (nnz,), float32 (nnz,)
+        A sparse vector (unique indices); for a dense vector ``val`` is the (dim,) vector and ``idx`` is
+        ignored (pass an empty int32 array).
+    dense : bool
+    codes : int64 (K*L,) output; fbuf float32 (K*L,), ibuf int64 (K*L,) scratch.
+    """
+    meta, proj, dcoord, cptr, chash, caux = arrays[0], arrays[1], arrays[2], arrays[3], arrays[4], arrays[5]
+    kind, bin_size = meta[M_KIND], meta[M_BIN]
+    if kind == KIND_SIMHASH:
+        _simhash(proj, idx, val, dense, fbuf, codes)
+    elif kind == KIND_WTA:
+        if dense:
+            _argmax_dense(dcoord, val, False, fbuf, codes)
+        else:
+            _wta_sparse(cptr, chash, caux, bin_size, idx, val, fbuf, ibuf, codes)
+    else:
+        if kind == KIND_MINHASH:
+            _minhash(cptr, chash, caux, idx, val, dense, meta[M_TOPK], ibuf)
+        elif dense:
+            _argmax_dense(dcoord, val, True, fbuf, ibuf)
+        else:
+            _dwta_sparse(cptr, chash, caux, idx, val, fbuf, ibuf)
+        _densify(ibuf, bin_size, meta[M_SEED], codes)

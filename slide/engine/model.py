@@ -1,0 +1,665 @@
+"""``SlideMethod``: the SLIDE engine behind ``slide train`` and ``slide bench``.
+
+A sparse input (D features) feeds one or more ReLU hidden layers (default one of 128); the output
+layer has one neuron per label and is trained with softmax cross-entropy over the neurons *active*
+for the sample: those an LSH lookup of the last hidden activation retrieves, plus the true labels
+(adaptive dropout, Chen et al., MLSys 2020). Targets are soft, 1/|y| on each true label.
+
+Training is HOGWILD: the samples of a batch run in parallel and add their gradients into shared
+per-row buffers without locks; Adam then updates only the rows the batch touched
+(``optimizer: sparse``, the default) or every parameter (``optimizer: dense``, as the reference).
+Hash tables are refreshed on a schedule (:mod:`slide.engine.schedule`); the time it takes is part
+of the step's time and is also reported as ``rehash_seconds`` by :meth:`SlideMethod.stats`.
+
+Evaluation scores every label exactly (``inference: dense``): hidden activations per chunk of
+points with a Numba kernel, then BLAS ``h @ W2[block].T`` per block of labels, merged into running
+top-k lists while the block is still in cache, one single-threaded BLAS worker per thread, so no
+points x labels matrix is ever held. ``inference: sparse`` scores only the LSH-retrieved labels.
+
+Example
+-------
+>>> from slide.engine import SlideMethod
+>>> m = SlideMethod.from_config(1836, 159, overrides={"hidden": [128]}, seed=0, threads=2)
+>>> m.fit(train, test, epochs=5)            # doctest: +SKIP
+>>> m.predict_topk(test, np.arange(len(test)), k=5)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import math
+import os
+import threading
+import time
+
+import numba
+import numpy as np
+
+from ..adapter import Method, PersistentMixin
+from ..errors import ConfigError, ResourceError
+from ..metrics import scoring_chunk_rows
+from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores
+from . import network as net
+from .presets import DEFAULTS, PRESETS, validate
+from .schedule import REBUILD, REHASH, Schedule
+
+_LSH_PREFIX = "lsh__"
+#: Labels per BLAS block in dense scoring, and points per worker chunk.
+SCORE_BLOCK = 2048
+SCORE_ROWS = 512
+#: Samples a thread takes at a time from the batch (dynamic scheduling, so a thread delayed by
+#: another process does not hold up the step).
+SAMPLE_CHUNK = 2
+
+
+def _lsh_modules():
+    from . import sampling, tables
+
+    return tables, sampling
+
+
+class SlideMethod(PersistentMixin, Method):
+    """The SLIDE network trained with LSH-sampled output neurons and HOGWILD updates.
+
+    Parameters
+    ----------
+    num_features, num_labels : int
+    config : dict
+        A resolved configuration (see :mod:`slide.engine.presets` for every key); use
+        :meth:`from_config` to start from the defaults or a preset.
+    seed : int
+        Seeds the initial weights, the hash functions and every sample's random padding.
+    threads : int
+        Worker threads (0: every usable core, up to Numba's pool).
+
+    Raises
+    ------
+    ConfigError
+        A key has an invalid value.
+    ResourceError
+        The estimated memory exceeds what is available or ``SLIDE_MEMORY_LIMIT_MB``.
+    """
+
+    DEFAULTS = DEFAULTS
+    PRESETS = PRESETS
+    name = "slide"
+
+    def __init__(self, num_features, num_labels, config, seed=0, threads=0):
+        config = validate(dict(config))
+        if threads is None or threads <= 0:
+            threads = available_cores()
+        threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+        super().__init__(num_features, num_labels, config, seed=seed, threads=threads)
+        if self.num_features < 1 or self.num_labels < 1:
+            raise ConfigError(f"need at least one feature and one label, got {num_features} x {num_labels}")
+        self.dims = np.asarray(config["hidden"], dtype=np.int64)
+        self.sampled = config["output_sparsity"] < 1.0
+        self._check_memory()
+        self._init_parameters()
+        self._init_sampling()
+        self._alloc_scratch()
+        self.schedule = Schedule(config["schedule"], config["rehash_every"], config["rebuild_every"],
+                                 config["decay"], config["decay_start"])
+        self.step = 0
+        self.samples = 0
+        self.active_sum = 0.0
+        self.active_count = 0
+        self.rehash_seconds = 0.0
+        self.rehash_count = 0
+        self.rebuild_count = 0
+        self.build_seconds = 0.0
+        self.touched_sum = 0.0
+        if self.sampled:
+            t0 = time.perf_counter()
+            self.index.build(self.W2)
+            self.build_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ set-up
+    def _param_counts(self):
+        d, L = self.num_features, self.num_labels
+        dims = [int(h) for h in self.dims]
+        n_hidden = sum(dims[i] * dims[i - 1] for i in range(1, len(dims)))
+        return d * dims[0] + dims[0], n_hidden + sum(dims[1:]), L * dims[-1] + L
+
+    def _lsh_kwargs(self, seed):
+        c = self.config
+        return dict(bucket_size=c["bucket_size"], insertion=c["insertion"], seed=seed, bin_size=c["bin_size"],
+                    topk_minhash=c["topk_minhash"])
+
+    def _lsh_memory_estimate(self) -> int:
+        """Bytes of the hash tables (the layout of :class:`slide.engine.tables.LSHIndex`) plus the
+        temporary slot map a build allocates."""
+        if not self.sampled:
+            return 0
+        from . import tables
+        from .hashing import code_bits
+
+        c = self.config
+        own = getattr(tables.LSHIndex, "estimate_memory_bytes", None)
+        if own is not None:  # the index's own figure, when it offers one
+            return int(own(c["hash"], int(self.dims[-1]), self.num_labels, c["K"], c["L"], **self._lsh_kwargs(0)))
+        n, dim, K, L = self.num_labels, int(self.dims[-1]), c["K"], c["L"]
+        bits = code_bits(c["hash"], c["bin_size"])
+        hashed = max(16, 1 << (2 * n - 1).bit_length())
+        direct = K * bits <= hashed.bit_length() - 1
+        slots = (1 << (K * bits)) if direct else hashed
+        tables = L * (4 * (slots + 1) + (0 if direct else 8 * slots) + 4 * min(n, slots * c["bucket_size"]))
+        params = dim * K * L * (1 if c["hash"] == "simhash" else 0) + 8 * (dim + 1) + 8 * K * L * c["bin_size"]
+        build = 4 * L * n
+        return int(tables + params + build)
+
+    def estimate_memory_bytes(self) -> int:
+        """Weights, biases, Adam m and v, gradient buffers, LSH tables, scratch and scoring buffers."""
+        first, hidden, out = self._param_counts()
+        params = first + hidden + out
+        per_param = 4 * 4                       # weight, m, v, gradient (float32)
+        flags = self.num_features + self.num_labels
+        index_buffers = 8 * (self.num_features + self.num_labels)
+        scratch = self.threads * (6 * 4 * self.num_labels + 4 * 8 * int(self.dims.sum())
+                                  + 4 * (int(self.dims[0]) + hidden + int(self.dims.sum())))
+        scoring = self.threads * 4 * (SCORE_ROWS * SCORE_BLOCK + SCORE_ROWS * 12) \
+            + 4 * 16384 * int(self.dims[-1])
+        return int(params * per_param + flags + index_buffers + scratch + scoring + self._lsh_memory_estimate())
+
+    def _check_memory(self) -> None:
+        need = self.estimate_memory_bytes()
+        limit_mb = os.environ.get("SLIDE_MEMORY_LIMIT_MB")
+        if limit_mb:
+            try:
+                limit = float(limit_mb) * 2**20
+            except ValueError:
+                raise ConfigError(f"SLIDE_MEMORY_LIMIT_MB must be a number of MiB, got {limit_mb!r}") from None
+            source = f"SLIDE_MEMORY_LIMIT_MB={limit_mb}"
+        else:
+            import psutil
+
+            limit = psutil.virtual_memory().available
+            source = "available memory"
+        if need > limit:
+            raise ResourceError(
+                f"SLIDE needs about {need / 2**20:,.0f} MiB for {self.num_features:,} features x "
+                f"{self.num_labels:,} labels (hidden {list(self.dims)}: weights, Adam state, gradients, "
+                f"hash tables), more than the {limit / 2**20:,.0f} MiB of {source}; "
+                f"reduce hidden, K/L or bucket_size, or raise the limit")
+
+    def _init_parameters(self) -> None:
+        c = self.config
+        dims = [int(h) for h in self.dims]
+        d, L = self.num_features, self.num_labels
+        glorot = c["init"] == "glorot"
+
+        def init(tag, shape, fan_in, fan_out):
+            out = np.empty(shape, dtype=FLOAT)
+            if glorot:
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                _fill_random(out, (self.seed, 0x51DE, tag), "uniform", 2 * limit, -limit, self.threads)
+            else:
+                _fill_random(out, (self.seed, 0x51DE, tag), "normal", c["init_scale"], 0.0, self.threads)
+            return out
+
+        def bias(tag, n):
+            return np.zeros(n, dtype=FLOAT) if glorot else init(tag, (n,), 1, 1)
+
+        self.W0 = init(0, (d, dims[0]), d, dims[0])
+        self.b0 = bias(1, dims[0])
+        blocks, biases = [], []
+        for i in range(1, len(dims)):
+            blocks.append(init(2 * i, (dims[i] * dims[i - 1],), dims[i - 1], dims[i]))
+            biases.append(bias(2 * i + 1, dims[i]))
+        self.Wh = np.concatenate(blocks) if blocks else np.zeros(0, dtype=FLOAT)
+        self.bh = np.concatenate(biases) if biases else np.zeros(0, dtype=FLOAT)
+        self.W2 = init(1000, (L, dims[-1]), dims[-1], L)
+        self.b2 = bias(1001, L)
+        for name in ("W0", "b0", "Wh", "bh", "W2", "b2"):
+            p = getattr(self, name)
+            for prefix in ("m", "v", "g"):
+                # written now, in order: first touches scattered over training steps cost far more
+                setattr(self, prefix + name, _zeros(p.shape, self.threads))
+        self.flag0 = np.zeros(d, dtype=np.uint8)
+        self.flag2 = np.zeros(L, dtype=np.uint8)
+        self.rows0 = np.empty(d, dtype=np.int64)
+        self.rows2 = np.empty(L, dtype=np.int64)
+
+    def _init_sampling(self) -> None:
+        c = self.config
+        L = self.num_labels
+        target = max(1, int(math.ceil(c["output_sparsity"] * L)))
+        self.k_or_t = 0
+        self.mode = 0
+        self.index = None
+        if not self.sampled:
+            self.min_active = self.min_trigger = L
+            return
+        tables, sampling = _lsh_modules()
+        self.mode = int(sampling.mode_code(c["sampling"]))
+        if c["sampling"] == "topk":
+            self.k_or_t = target
+        elif c["sampling"] == "threshold":
+            self.k_or_t = int(c["threshold"])
+        self.min_active = min(L, target if c["min_active"] is None else c["min_active"])
+        self.min_trigger = self.min_active if c["min_active_trigger"] is None else c["min_active_trigger"]
+        self.index = tables.LSHIndex(c["hash"], int(self.dims[-1]), L, c["K"], c["L"], **self._lsh_kwargs(self._lsh_seed(0)))
+
+    def _lsh_seed(self, rebuilds: int) -> int:
+        return int(np.random.default_rng([self.seed, 0x1F5, rebuilds]).integers(2**31 - 1))
+
+    def _alloc_scratch(self) -> None:
+        T, L = self.threads, self.num_labels  # one row per Numba thread id (< self.threads)
+        total = int(self.dims.sum())
+        self.stamp = np.zeros((T, L), dtype=np.int32)
+        self.counts = np.zeros((T, L), dtype=np.int32)
+        self.stamp_values = np.zeros(T, dtype=np.int64)
+        self.active = np.empty((T, L), dtype=np.int32)
+        if not self.sampled:
+            self.active[:] = np.arange(L, dtype=np.int32)
+        self.tgt = np.zeros((T, L), dtype=FLOAT)
+        self.logits = np.empty((T, L), dtype=FLOAT)
+        self.acts = np.zeros((T, total), dtype=FLOAT)
+        self.dacts = np.zeros((T, total), dtype=FLOAT)
+        self.gb0_t = np.zeros((T, self.b0.shape[0]), dtype=FLOAT)
+        self.gWh_t = np.zeros((T, self.Wh.shape[0]), dtype=FLOAT)
+        self.gbh_t = np.zeros((T, self.bh.shape[0]), dtype=FLOAT)
+        self.gb2_t = np.zeros((T, L), dtype=FLOAT)
+
+    @contextlib.contextmanager
+    def _numba_threads(self):
+        before = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
+
+    @property
+    def _lsh_arrays(self):
+        return self.index.arrays if self.sampled else None
+
+    # ------------------------------------------------------------------ training
+    def _accumulate(self, data, rows):
+        """Forward and backward of the batch into the gradient buffers; per-sample losses and
+        active counts. (The first half of :meth:`train_batch`, exposed for the tests.)"""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        nb = rows.shape[0]
+        losses = np.zeros(nb, dtype=np.float64)
+        nactive = np.zeros(nb, dtype=np.int64)
+        with self._numba_threads():
+            old = numba.set_parallel_chunksize(SAMPLE_CHUNK)
+            try:
+                net.train_kernel(data.x_indptr, data.x_indices, data.x_data, data.y_indptr, data.y_indices,
+                                 rows, self.W0, self.b0, self.Wh, self.bh, self.dims, self.W2, self.b2,
+                                 self.gW0, self.flag0, self.gW2, self.gb2_t, self.flag2,
+                                 self.gb0_t, self.gWh_t, self.gbh_t,
+                                 self._lsh_arrays, self.mode, self.k_or_t, self.min_active, self.min_trigger,
+                                 self.stamp, self.counts, self.stamp_values, self.active, self.tgt,
+                                 self.logits, self.acts, self.dacts, self.seed, self.step, losses, nactive)
+            finally:
+                numba.set_parallel_chunksize(old)
+        return losses, nactive
+
+    def _pending_gradients(self) -> dict:
+        """The gradients accumulated since the last Adam step (per-thread parts summed), copies."""
+        out = {}
+        for name in self._PARAMS:
+            g = getattr(self, "g" + name).copy()
+            part = {"b0": self.gb0_t, "Wh": self.gWh_t, "bh": self.gbh_t, "b2": self.gb2_t}.get(name)
+            if part is not None:
+                g += part.sum(axis=0)
+            out[name] = g
+        return out
+
+    def _apply_adam(self) -> None:
+        """Adam step ``self.step + 1`` over the touched rows (sparse) or every parameter (dense)."""
+        t = self.step + 1
+        lr = self.config["lr"]
+        lr_t = np.float32(lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t))
+        eps_t = np.float32(ADAM_EPS * math.sqrt(1.0 - ADAM_BETA2 ** t))
+        b1, b2 = np.float32(ADAM_BETA1), np.float32(ADAM_BETA2)
+        small = (self.b0, self.mb0, self.vb0, self.gb0, self.gb0_t, self.Wh, self.mWh, self.vWh, self.gWh,
+                 self.gWh_t, self.bh, self.mbh, self.vbh, self.gbh, self.gbh_t)
+        with self._numba_threads():
+            if self.config["optimizer"] == "sparse":
+                n0, n2 = net.adam_sparse(self.W0, self.mW0, self.vW0, self.gW0, self.flag0, self.rows0, *small,
+                                         self.W2, self.mW2, self.vW2, self.gW2, self.b2, self.mb2, self.vb2,
+                                         self.gb2, self.gb2_t, self.flag2, self.rows2, lr_t, b1, b2, eps_t)
+                self.touched_sum += n2
+            else:
+                flat = [a.reshape(-1) for a in (self.W0, self.mW0, self.vW0, self.gW0)]
+                flat2 = [a.reshape(-1) for a in (self.W2, self.mW2, self.vW2, self.gW2)]
+                net.adam_dense(*flat, self.flag0, *small, *flat2, self.b2, self.mb2, self.vb2, self.gb2,
+                               self.gb2_t, self.flag2, lr_t, b1, b2, eps_t)
+                self.touched_sum += self.num_labels
+
+    def _refresh_tables(self, what: str) -> None:
+        t0 = time.perf_counter()
+        with self._numba_threads():
+            if what == REBUILD:
+                self.rebuild_count += 1
+                self.index.rebuild(self.W2, self._lsh_seed(self.rebuild_count))
+            else:
+                self.rehash_count += 1
+                self.index.build(self.W2)
+        self.rehash_seconds += time.perf_counter() - t0
+
+    def train_batch(self, data, rows) -> float:
+        """One HOGWILD step on points ``rows`` of ``data``: forward and backward of every sample in
+        parallel, Adam, then a rehash or rebuild when the schedule says so. Returns the mean loss
+        (NaN or inf when training diverged)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self._check_data(data)
+        if rows.shape[0] == 0:
+            return 0.0
+        losses, nactive = self._accumulate(data, rows)
+        self._apply_adam()
+        before = self.samples
+        self.step += 1
+        self.samples += int(rows.shape[0])
+        self.active_sum += float(nactive.sum())
+        self.active_count += int(rows.shape[0])
+        if self.sampled:
+            what = self.schedule.after_step(self.step, before, self.samples)
+            if what is not None:
+                self._refresh_tables(what)
+        return float(losses.mean())
+
+    def _check_data(self, data) -> None:
+        # the kernels index weights with the data's ids unchecked: refuse other dimensions
+        if (data.num_features, data.num_labels) != (self.num_features, self.num_labels):
+            raise ValueError(f"data has {data.num_features} features x {data.num_labels} labels, the model "
+                             f"{self.num_features} x {self.num_labels}")
+
+    # ------------------------------------------------------------------ inference
+    def hidden(self, data, rows) -> np.ndarray:
+        """Last hidden layer's activations of ``rows``: ``(len(rows), H)`` float32."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        out = np.empty((rows.shape[0], int(self.dims[-1])), dtype=FLOAT)
+        scratch = np.empty((self.threads, int(self.dims.sum())), dtype=FLOAT)
+        with self._numba_threads():
+            net.hidden_rows(data.x_indptr, data.x_indices, data.x_data, rows, self.W0, self.b0, self.Wh,
+                            self.bh, self.dims, scratch, out)
+        return out
+
+    def predict_topk(self, data, rows, k: int = 5) -> np.ndarray:
+        """The ``k`` best labels per point of ``rows``, best first: ``(len(rows), k)`` int64.
+
+        ``inference: dense`` scores every label exactly (ties: lowest id first); ``sparse``
+        ranks only the labels the hash tables retrieve for the point.
+        """
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self._check_data(data)
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be positive, got {k}")
+        if rows.shape[0] == 0:
+            return np.zeros((0, k), dtype=np.int64)
+        if self.config["inference"] == "sparse" and self.sampled:
+            return self._predict_sparse(data, rows, k)
+        return self._predict_dense(data, rows, k)
+
+    def _predict_sparse(self, data, rows, k):
+        out = np.empty((rows.shape[0], k), dtype=np.int64)
+        T, L = self.threads, self.num_labels
+        stamp = np.zeros((T, L), dtype=np.int32)
+        counts = np.zeros((T, L), dtype=np.int32)
+        active = np.empty((T, L), dtype=np.int32)
+        acts = np.zeros((T, int(self.dims.sum())), dtype=FLOAT)
+        with self._numba_threads():
+            net.sparse_predict(data.x_indptr, data.x_indices, data.x_data, rows, self.W0, self.b0, self.Wh,
+                               self.bh, self.dims, self.W2, self.b2, self.index.arrays, self.mode, self.k_or_t,
+                               self.min_active, self.min_trigger, stamp, counts, np.zeros(T, dtype=np.int64),
+                               active, acts, self.seed, out)
+        return out
+
+    def _predict_dense(self, data, rows, k):
+        L = self.num_labels
+        block = min(L, SCORE_BLOCK)
+        chunk = max(1, min(SCORE_ROWS, scoring_chunk_rows(block)))
+        n = rows.shape[0]
+        kk = min(k, L)
+        vals = np.full((n, kk), -np.inf, dtype=FLOAT)
+        idx = np.zeros((n, kk), dtype=np.int64)
+        super_rows = 16384
+        for s0 in range(0, n, super_rows):
+            s1 = min(n, s0 + super_rows)
+            h = self.hidden(data, rows[s0:s1])
+            _score_blocks(h, self.W2, self.b2, vals[s0:s1], idx[s0:s1], chunk, block, self.threads)
+        if kk < k:  # fewer labels than k: repeat the last one
+            idx = np.concatenate([idx, np.repeat(idx[:, -1:], k - kk, axis=1)], axis=1)
+        return idx
+
+    # ------------------------------------------------------------------ reporting and state
+    def stats(self) -> dict:
+        cnt = max(self.active_count, 1)
+        return {
+            "active_per_sample_mean": (self.active_sum / cnt) if self.active_count else None,
+            "rehash_seconds": round(self.rehash_seconds, 4),
+            "rehash_count": int(self.rehash_count),
+            "rebuild_count": int(self.rebuild_count),
+            "initial_build_seconds": round(self.build_seconds, 4),
+            "touched_output_rows_per_step": (self.touched_sum / self.step) if self.step else None,
+            "lsh_memory_mb": round(self.index.memory_bytes() / 2**20, 1) if self.sampled else 0.0,
+            "estimated_memory_mb": round(self.estimate_memory_bytes() / 2**20, 1),
+        }
+
+    _PARAMS = ("W0", "b0", "Wh", "bh", "W2", "b2")
+
+    def state_arrays(self) -> dict:
+        out = {}
+        for name in self._PARAMS:
+            out[name] = getattr(self, name)
+            out["adam_m__" + name] = getattr(self, "m" + name)
+            out["adam_v__" + name] = getattr(self, "v" + name)
+        out["counters__int"] = np.array([self.step, self.samples, self.active_count, self.rehash_count,
+                                         self.rebuild_count], dtype=np.int64)
+        out["counters__float"] = np.array([self.active_sum, self.rehash_seconds, self.build_seconds,
+                                           self.touched_sum], dtype=np.float64)
+        out.update(self.schedule.state_arrays())
+        if self.sampled:
+            for key, value in self.index.state_arrays().items():
+                out[_LSH_PREFIX + key] = value
+        return out
+
+    def load_state_arrays(self, arrays) -> None:
+        """Restore :meth:`state_arrays` (a dict, or any mapping such as an open ``NpzFile``)."""
+        for name in self._PARAMS:
+            for prefix, attr in (("", name), ("adam_m__", "m" + name), ("adam_v__", "v" + name)):
+                key = prefix + name
+                if key not in arrays:
+                    raise ConfigError(f"model state lacks {key!r}")
+                cur = getattr(self, attr)
+                arr = np.asarray(arrays[key])
+                if arr.shape != cur.shape:
+                    raise ConfigError(f"model state {key!r} has shape {arr.shape}, expected {cur.shape}")
+                # into the existing buffers: given a lazy mapping (an open NpzFile), only one array
+                # at a time is held twice
+                np.copyto(cur, arr, casting="same_kind")
+                del arr
+        ints = arrays["counters__int"]
+        self.step, self.samples, self.active_count, self.rehash_count, self.rebuild_count = (int(v) for v in ints)
+        floats = arrays["counters__float"]
+        self.active_sum, self.rehash_seconds, self.build_seconds, self.touched_sum = (float(v) for v in floats)
+        self.schedule.load_state_arrays(arrays)
+        if self.sampled:
+            self.index.load_state_arrays({k[len(_LSH_PREFIX):]: arrays[k] for k in arrays.keys()
+                                          if k.startswith(_LSH_PREFIX)})
+        for g in ("gW0", "gb0", "gWh", "gbh", "gW2", "gb2", "gb0_t", "gWh_t", "gbh_t", "gb2_t"):
+            getattr(self, g).fill(0)
+        self.flag0.fill(0)
+        self.flag2.fill(0)
+
+
+# ---------------------------------------------------------------------- initialisation
+_INIT_CHUNK = 1 << 22
+
+
+def _fill_random(out, key, kind, scale, shift, threads):
+    """Fill ``out`` with ``shift + scale * N(0, 1)`` (``normal``) or ``shift + scale * U[0, 1)``.
+
+    Chunks of 4 Mi entries draw from their own generator seeded by ``(*key, chunk)``, so the result
+    depends on the key only, never on ``threads`` (chunks are filled concurrently).
+    """
+    flat = out.reshape(-1)
+    starts = range(0, flat.shape[0], _INIT_CHUNK)
+
+    def one(i0):
+        part = flat[i0:i0 + _INIT_CHUNK]
+        rng = np.random.default_rng([*key, i0 // _INIT_CHUNK])
+        if kind == "normal":
+            rng.standard_normal(out=part, dtype=np.float32)
+        else:
+            rng.random(out=part, dtype=np.float32)
+        part *= np.float32(scale)
+        if shift:
+            part += np.float32(shift)
+
+    if threads > 1 and len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, starts))
+    else:
+        for i0 in starts:
+            one(i0)
+
+
+def _zeros(shape, threads):
+    """A float32 zero array whose pages are all written now, in order, by ``threads`` threads."""
+    out = np.empty(shape, dtype=FLOAT)
+    flat = out.reshape(-1)
+    starts = range(0, flat.shape[0], _INIT_CHUNK)
+
+    def one(i0):
+        flat[i0:i0 + _INIT_CHUNK].fill(0)
+
+    if threads > 1 and len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, starts))
+    else:
+        out.fill(0)
+    return out
+
+
+# ---------------------------------------------------------------------- dense scoring
+def _openblas_local_threads():
+    """``openblas_set_num_threads_local`` of NumPy's OpenBLAS, or None when unavailable."""
+    global _SET_LOCAL
+    if _SET_LOCAL is not False:
+        return _SET_LOCAL
+    _SET_LOCAL = None
+    candidates = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*"))
+    try:
+        with open("/proc/self/maps") as fh:
+            candidates += sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        pass
+    for path in candidates:
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_int]
+        fn.restype = ctypes.c_int
+        _SET_LOCAL = fn
+        break
+    return _SET_LOCAL
+
+
+_SET_LOCAL = False
+
+
+def _score_blocks(h, W2, b2, vals, idx, chunk, block, threads):
+    """Exact top-k of ``h @ W2.T + b2`` per row of ``h`` into ``vals``/``idx`` (running lists).
+
+    ``threads`` Python workers each take chunks of ``chunk`` rows; for each block of ``block``
+    labels a worker runs a single-threaded BLAS product into its own small buffer and merges it
+    into the chunk's top-k lists at once (the buffer is still in cache). Without per-thread BLAS
+    control one worker runs and BLAS threads itself.
+    """
+    n = h.shape[0]
+    L = W2.shape[0]
+    set_local = _openblas_local_threads()
+    workers = threads if (set_local is not None and threads > 1 and n > chunk) else 1
+    chunks = list(range(0, n, chunk))
+    lock = threading.Lock()
+    pos = [0]
+    errors = []
+
+    def work():
+        try:
+            if workers > 1:
+                set_local(1)
+            buf = np.empty((min(chunk, n), block), dtype=FLOAT)
+            while True:
+                with lock:
+                    if pos[0] >= len(chunks):
+                        return
+                    r0 = chunks[pos[0]]
+                    pos[0] += 1
+                hh = h[r0:r0 + chunk]
+                m = hh.shape[0]
+                v, ix = vals[r0:r0 + m], idx[r0:r0 + m]
+                for c0 in range(0, L, block):
+                    c1 = min(L, c0 + block)
+                    out = buf[:m, :c1 - c0]
+                    np.matmul(hh, W2[c0:c1].T, out=out)
+                    net.merge_topk(out, b2, c0, v, ix)
+        except BaseException as err:  # surfaced in the caller
+            errors.append(err)
+
+    if workers == 1:
+        work()
+    else:
+        pool = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+# ---------------------------------------------------------------------- evaluation benchmark
+def bench_predict(like: str = "amazon-670k", *, scale: float = 1.0, seed: int = 0, steps: int = 50,
+                  points: int | None = None, threads: int = 0, root="data", inference=("dense", "sparse"),
+                  overrides: dict | None = None) -> dict:
+    """Time :meth:`SlideMethod.predict_topk` (k=5) on the test set of a synthetic stand-in.
+
+    The ``like`` preset is trained for ``steps`` batches on the cached stand-in
+    (``<root>/bench/<like>-s<scale>-seed<seed>``, generated when absent), then ranks the first
+    ``points`` test points (default: all) once per ``inference`` mode. Returns seconds per mode,
+    the point count, the hidden activations' non-zero share and the peak RSS. Example::
+
+        python -c "from slide.engine.model import bench_predict; print(bench_predict(threads=2))"
+    """
+    from ..data import load_xc
+    from ..data.synth import SYNTH_TEST_FILE, SYNTH_TRAIN_FILE, bench_dir, ensure_synth
+    from ..metrics import evaluate_topk
+    from ..runs import peak_rss_mb
+    from ..settings import set_threads
+    from ..training import epoch_order
+
+    folder = bench_dir(like, scale, seed, root)
+    ensure_synth(folder, like, scale, seed)
+    train_data, test_data = load_xc(folder / SYNTH_TRAIN_FILE), load_xc(folder / SYNTH_TEST_FILE)
+    model = SlideMethod.from_config(train_data.num_features, train_data.num_labels, preset=like,
+                                    overrides=overrides, seed=seed, threads=set_threads(threads))
+    order = epoch_order(len(train_data), seed, 0)
+    bs = model.batch_size
+    for s in range(steps):
+        model.train_batch(train_data, order[(s * bs) % len(train_data):][:bs])
+    n = len(test_data) if points is None else min(int(points), len(test_data))
+    rows = np.arange(n, dtype=np.int64)
+    out = {"like": like, "points": n, "labels": test_data.num_labels, "threads": model.threads, "steps": steps,
+           "hidden_nonzero": float((model.hidden(test_data, rows[:4096]) > 0).mean())}
+    for mode in inference:
+        model.config["inference"] = mode
+        model.predict_topk(test_data, rows[:256])  # JIT and BLAS warm-up
+        t0 = time.perf_counter()
+        pred = model.predict_topk(test_data, rows)
+        out[f"{mode}_seconds"] = round(time.perf_counter() - t0, 3)
+        out[f"{mode}_p_at_1"] = evaluate_topk(pred, test_data, rows)["p_at_1"]
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out

@@ -1,0 +1,555 @@
+"""Numba kernels of the SLIDE network: forward, backward, Adam, and dense scoring of the hidden layer.
+
+Layout (float32, C order, one contiguous row per neuron or input feature):
+
+``W0`` (D, H0), ``b0`` (H0,)
+    First hidden layer, stored input-major: a sample gathers the rows of its non-zero features.
+``Wh`` (sum H_l * H_{l-1},), ``bh`` (sum H_l,)
+    Further hidden layers, flat; layer l is an (H_l, H_{l-1}) block, one row per neuron.
+``W2`` (L, H), ``b2`` (L,)
+    Output layer, one row per label; a sample gathers the rows of its active labels.
+
+A training step is :func:`train_kernel` (every sample of the batch in parallel, HOGWILD: the
+samples add their gradients into the shared row buffers ``gW0`` / ``gW2`` without locks and flag
+the rows they touched) followed by Adam over the touched rows only (:func:`adam_sparse`) or over
+every parameter (:func:`adam_dense`), one parallel region each. The small dense parts (``b0``,
+the further hidden layers) and the output biases are accumulated per thread and summed, so they
+lose no updates and share no cache lines.
+
+Dense scoring for evaluation is :func:`hidden_rows` (activations of a chunk of points) followed by
+BLAS products merged block by block with :func:`merge_topk` (see ``model._score_blocks``);
+:func:`sparse_predict` ranks only the LSH-retrieved labels.
+
+Performance notes: hot loops index 2-d arrays directly (or call ``inline="always"`` helpers) rather
+than pass row views to other kernels, since each such call updates the arrays' shared reference
+counts atomically from every thread; scattered rows are prefetched a few rows ahead.
+
+The output layer's active set comes from :func:`slide.engine.sampling.select_active` (LSH
+retrieval, the true labels always included); with ``lsh=None`` every output neuron is active
+(a full softmax), a branch Numba removes at compile time.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..settings import NJIT
+from .sampling import select_active
+
+
+def _drop_stale_cache() -> None:
+    """Delete this module's cached kernels when a module compiled into them is newer.
+
+    Numba's cache checks only the timestamp of the file that defines a kernel, not of the files
+    whose functions were compiled into it (the LSH modules here), so an edit there would go
+    unnoticed. Only the in-tree cache (``__pycache__``) is checked, not ``NUMBA_CACHE_DIR``.
+    """
+    here = Path(__file__).resolve()
+    deps = [here.with_name(n) for n in ("sampling.py", "tables.py", "hashing.py")]
+    deps.append(here.parent.parent / "settings.py")
+    try:
+        newest = max(p.stat().st_mtime for p in deps if p.exists())
+        index_files = list((here.parent / "__pycache__").glob(here.stem + ".*.nbi"))
+    except (ValueError, OSError):
+        return
+    for index in index_files:
+        try:
+            if index.stat().st_mtime < newest:
+                for data in index.parent.glob(index.name[:-len(".nbi")] + ".*.nbc"):
+                    data.unlink(missing_ok=True)
+                index.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+_drop_stale_cache()
+
+#: Kernels reassociate float sums (vectorised dot products) but keep NaN/inf semantics, so a
+#: diverging run still reports a NaN loss. Results stay bit-identical run to run on one thread.
+FAST = dict(NJIT, fastmath={"reassoc", "contract", "nsz"})
+FAST_PARALLEL = dict(FAST, parallel=True)
+
+#: Rows ahead that the output-layer and Adam loops prefetch (the rows are scattered in memory).
+PREFETCH_AHEAD = 6
+
+
+@intrinsic
+def _prefetch(typingctx, arr, r, c):
+    """Hint the CPU to fetch the cache line holding ``arr[r, c]`` (LLVM ``prefetch``, read, L1)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2):
+        return None
+    sig = types.void(arr, r, c)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        name = "llvm.prefetch.p0" if str(i8p.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque pointers
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        builder.call(fn, [i8p, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(inline="always", **NJIT)
+def _prefetch_row(arr, r):
+    """Prefetch every cache line of row ``r`` of a float32 2-d array."""
+    for c in range(0, arr.shape[1], 16):
+        _prefetch(arr, r, c)
+
+
+_MIX1 = np.uint64(0x9E3779B97F4A7C15)
+_MIX2 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX3 = np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(**NJIT)
+def sample_seed(seed, step, index):
+    """A non-negative 63-bit seed for sample ``index`` of step ``step`` (splitmix64 of the triple)."""
+    z = np.uint64(seed) * _MIX1 + np.uint64(step) * _MIX2 + np.uint64(index) * _MIX3 + _MIX1
+    z = (z ^ (z >> np.uint64(30))) * _MIX2
+    z = (z ^ (z >> np.uint64(27))) * _MIX3
+    z = z ^ (z >> np.uint64(31))
+    return np.int64(z >> np.uint64(1))
+
+
+@numba.njit(**FAST)
+def hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts):
+    """Activations of every hidden layer for one sparse input, into ``acts`` (sum(dims),).
+
+    ReLU everywhere; NaN propagates (a diverged model yields NaN scores, not zeros).
+    """
+    h0 = dims[0]
+    for j in range(h0):
+        acts[j] = b0[j]
+    for p in range(xi.shape[0]):
+        f = xi[p]
+        v = xv[p]
+        for j in range(h0):
+            acts[j] += v * W0[f, j]
+    for j in range(h0):
+        if acts[j] < 0:
+            acts[j] = 0
+    off, woff, boff = h0, 0, 0
+    for layer in range(1, dims.shape[0]):
+        n_in, n_out = dims[layer - 1], dims[layer]
+        for j in range(n_out):
+            s = bh[boff + j]
+            w = woff + j * n_in
+            for q in range(n_in):
+                s += Wh[w + q] * acts[off - n_in + q]
+            acts[off + j] = s if not s < 0 else 0
+        off += n_out
+        woff += n_out * n_in
+        boff += n_out
+
+
+@numba.njit(**FAST)
+def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
+                 W0, b0, Wh, bh, dims, W2, b2,
+                 gW0, flag0, gW2, gb2, flag2, gb0_t, gWh_t, gbh_t,
+                 lsh, mode, k_or_t, min_active, min_trigger,
+                 stamp, counts, stamp_value, rng_seed, active, tgt, logits, acts, dacts, inv_b):
+    """Forward and backward of one sample (row ``r``); returns (loss, active count)."""
+    xa, xb = x_indptr[r], x_indptr[r + 1]
+    ya, yb = y_indptr[r], y_indptr[r + 1]
+    xi = x_indices[xa:xb]
+    xv = x_data[xa:xb]
+    labels = y_indices[ya:yb]
+    n_lab = yb - ya
+    hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts)
+    nl = dims.shape[0]
+    total_h = acts.shape[0]
+    hl = dims[nl - 1]
+    a = acts[total_h - hl:]
+    num_items = W2.shape[0]
+    if lsh is None:
+        n = num_items
+    else:
+        n = select_active(lsh, a, labels, mode, k_or_t, min_active, min_trigger, num_items,
+                          stamp, counts, stamp_value, rng_seed, active)
+    if n_lab == 0:
+        return 0.0, n
+    # logits of the active neurons; zt = sum of target * logit
+    w = np.float32(1.0) / np.float32(n_lab)
+    for p in range(n_lab):
+        tgt[labels[p]] = w
+    mx = -np.inf
+    zt = 0.0
+    tsum = 0.0
+    for i in range(n):
+        j = active[i]
+        if i + PREFETCH_AHEAD < n:
+            _prefetch_row(W2, active[i + PREFETCH_AHEAD])
+        s = b2[j]
+        for q in range(hl):
+            s += W2[j, q] * a[q]
+        logits[i] = s
+        if s > mx:
+            mx = s
+        t = tgt[j]
+        if t != 0:
+            zt += t * s
+            tsum += t
+    zsum = 0.0
+    for i in range(n):
+        e = math.exp(logits[i] - mx)
+        logits[i] = e
+        zsum += e
+    loss = tsum * (mx + math.log(zsum)) - zt
+    inv_z = 1.0 / zsum
+    # backward through the output layer
+    da = dacts[total_h - hl:]
+    for q in range(hl):
+        da[q] = 0
+    for i in range(n):
+        j = active[i]
+        if i + PREFETCH_AHEAD < n:
+            jn = active[i + PREFETCH_AHEAD]
+            _prefetch_row(W2, jn)
+            _prefetch_row(gW2, jn)
+        g = np.float32((logits[i] * inv_z - tgt[j]) * inv_b)
+        for q in range(hl):
+            da[q] += g * W2[j, q]
+            gW2[j, q] += g * a[q]
+        gb2[j] += g
+        if flag2[j] == 0:  # read first: no write, so no cache-line ping-pong between threads
+            flag2[j] = 1
+    for p in range(n_lab):
+        tgt[labels[p]] = 0
+    # hidden layers, last to second: delta = da * relu'(z)
+    off = total_h - hl
+    woff = Wh.shape[0]
+    boff = bh.shape[0]
+    for layer in range(nl - 1, 0, -1):
+        n_out, n_in = dims[layer], dims[layer - 1]
+        woff -= n_out * n_in
+        boff -= n_out
+        prev = off - n_in
+        for q in range(n_in):
+            dacts[prev + q] = 0
+        for j in range(n_out):
+            d = dacts[off + j] if acts[off + j] > 0 else np.float32(0)
+            if d != 0:
+                gbh_t[boff + j] += d
+                w = woff + j * n_in
+                for q in range(n_in):
+                    gWh_t[w + q] += d * acts[prev + q]
+                    dacts[prev + q] += d * Wh[w + q]
+        off = prev
+    # first hidden layer: delta0, then the rows of the input features
+    h0 = dims[0]
+    for j in range(h0):
+        if not acts[j] > 0:
+            dacts[j] = 0
+        gb0_t[j] += dacts[j]
+    for p in range(xi.shape[0]):
+        f = xi[p]
+        v = xv[p]
+        for j in range(h0):
+            gW0[f, j] += v * dacts[j]
+        if flag0[f] == 0:
+            flag0[f] = 1
+    return loss, n
+
+
+@numba.njit(**FAST_PARALLEL)
+def train_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, rows,
+                 W0, b0, Wh, bh, dims, W2, b2,
+                 gW0, flag0, gW2, gb2_t, flag2, gb0_t, gWh_t, gbh_t,
+                 lsh, mode, k_or_t, min_active, min_trigger,
+                 stamp, counts, stamp_values, active, tgt, logits, acts, dacts,
+                 seed, step, losses, nactive):
+    """Forward and backward of every sample of ``rows`` (HOGWILD).
+
+    Samples are dealt to the threads dynamically (set ``numba.set_parallel_chunksize``); a thread
+    uses its own scratch rows (``stamp[tid]``, ``active[tid]``, ...), ``tid = numba.get_thread_id()``,
+    so the scratch arrays need ``numba.get_num_threads()`` rows. Output-bias gradients go to the
+    per-thread rows ``gb2_t`` (16 biases share a cache line; the Adam kernels sum them). Fills ``losses`` and ``nactive``
+    per sample and the gradient buffers (of the batch-mean loss); returns nothing.
+    """
+    nb = rows.shape[0]
+    inv_b = 1.0 / nb
+    for s in prange(nb):
+        t = numba.get_thread_id()
+        sv = stamp_values[t] + 1
+        if sv >= 2147483647:  # int32 stamps wrap: clear and restart
+            stamp[t, :] = 0
+            sv = 1
+        stamp_values[t] = sv
+        loss, n = _sample_step(rows[s], x_indptr, x_indices, x_data, y_indptr, y_indices,
+                               W0, b0, Wh, bh, dims, W2, b2,
+                               gW0, flag0, gW2, gb2_t[t], flag2, gb0_t[t], gWh_t[t], gbh_t[t],
+                               lsh, mode, k_or_t, min_active, min_trigger,
+                               stamp[t], counts[t], np.int32(sv), sample_seed(seed, step, s),
+                               active[t], tgt[t], logits[t], acts[t], dacts[t], inv_b)
+        losses[s] = loss
+        nactive[s] = n
+
+
+@numba.njit(inline="always", **FAST)
+def _adam_span(w, m, v, g, lo, hi, lr_t, beta1, beta2, eps_t):
+    """Adam on entries lo..hi-1 of flat parameters; clears their gradient. (Inlined: a call per
+    row would cost atomic reference-count updates on the shared arrays.)"""
+    c1 = np.float32(1) - beta1
+    c2 = np.float32(1) - beta2
+    for r in range(lo, hi):
+        gc = g[r]
+        mc = beta1 * m[r] + c1 * gc
+        vc = beta2 * v[r] + c2 * gc * gc
+        m[r] = mc
+        v[r] = vc
+        w[r] -= lr_t * mc / (np.sqrt(vc) + eps_t)
+        g[r] = 0
+
+
+@numba.njit(inline="always", **FAST)
+def _adam_row(W, M, V, G, r, lr_t, beta1, beta2, eps_t):
+    """Adam on row ``r`` of (n, h) parameters; clears its gradient."""
+    c1 = np.float32(1) - beta1
+    c2 = np.float32(1) - beta2
+    for c in range(W.shape[1]):
+        gc = G[r, c]
+        mc = beta1 * M[r, c] + c1 * gc
+        vc = beta2 * V[r, c] + c2 * gc * gc
+        M[r, c] = mc
+        V[r, c] = vc
+        W[r, c] -= lr_t * mc / (np.sqrt(vc) + eps_t)
+        G[r, c] = 0
+
+
+@numba.njit(**FAST)
+def _reduce_threads(g, g_t):
+    """g += sum of the per-thread rows of g_t; clear g_t."""
+    for t in range(g_t.shape[0]):
+        for i in range(g.shape[0]):
+            g[i] += g_t[t, i]
+            g_t[t, i] = 0
+
+
+@numba.njit(**FAST)
+def _adam_small(b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t, bh, mbh, vbh, gbh, gbh_t,
+                lr_t, beta1, beta2, eps_t):
+    _reduce_threads(gb0, gb0_t)
+    _reduce_threads(gWh, gWh_t)
+    _reduce_threads(gbh, gbh_t)
+    _adam_span(b0, mb0, vb0, gb0, 0, b0.shape[0], lr_t, beta1, beta2, eps_t)
+    _adam_span(Wh, mWh, vWh, gWh, 0, Wh.shape[0], lr_t, beta1, beta2, eps_t)
+    _adam_span(bh, mbh, vbh, gbh, 0, bh.shape[0], lr_t, beta1, beta2, eps_t)
+
+
+@numba.njit(**FAST_PARALLEL)
+def adam_sparse(W0, mW0, vW0, gW0, flag0, rows0, b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t,
+                bh, mbh, vbh, gbh, gbh_t,
+                W2, mW2, vW2, gW2, b2, mb2, vb2, gb2, gb2_t, flag2, rows2, lr_t, beta1, beta2, eps_t):
+    """One Adam step over what the batch touched, in a single parallel region.
+
+    The flagged rows of ``W0`` (input features seen) and of ``W2`` with their ``b2`` entries
+    (output neurons active for some sample) are collected into ``rows0`` / ``rows2`` (flags
+    cleared) and updated in parallel; the small dense parts (``b0``, further hidden layers) are
+    updated whole, after summing their per-thread gradients ``*_t``. Gradients of the updated
+    entries are cleared. ``lr_t`` and ``eps_t`` carry the
+    bias correction: ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``,
+    ``eps_t = eps * sqrt(1 - beta2**t)``. Returns ``(n0, n2)``, the rows updated.
+    """
+    n0 = collect_flags(flag0, rows0)
+    n2 = collect_flags(flag2, rows2)
+    _adam_small(b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t, bh, mbh, vbh, gbh, gbh_t,
+                lr_t, beta1, beta2, eps_t)
+    for i in prange(n0 + n2):
+        if i + PREFETCH_AHEAD < n0:
+            rn = rows0[i + PREFETCH_AHEAD]
+            _prefetch_row(W0, rn)
+            _prefetch_row(mW0, rn)
+            _prefetch_row(vW0, rn)
+            _prefetch_row(gW0, rn)
+        elif n0 <= i + PREFETCH_AHEAD < n0 + n2:
+            rn = rows2[i + PREFETCH_AHEAD - n0]
+            _prefetch_row(W2, rn)
+            _prefetch_row(mW2, rn)
+            _prefetch_row(vW2, rn)
+            _prefetch_row(gW2, rn)
+        if i < n0:
+            _adam_row(W0, mW0, vW0, gW0, rows0[i], lr_t, beta1, beta2, eps_t)
+        else:
+            r = rows2[i - n0]
+            _adam_row(W2, mW2, vW2, gW2, r, lr_t, beta1, beta2, eps_t)
+            for t in range(gb2_t.shape[0]):
+                gb2[r] += gb2_t[t, r]
+                gb2_t[t, r] = 0
+            _adam_span(b2, mb2, vb2, gb2, r, r + 1, lr_t, beta1, beta2, eps_t)
+    return n0, n2
+
+
+@numba.njit(**FAST_PARALLEL)
+def adam_dense(W0, mW0, vW0, gW0, flag0, b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t,
+               bh, mbh, vbh, gbh, gbh_t,
+               W2, mW2, vW2, gW2, b2, mb2, vb2, gb2, gb2_t, flag2, lr_t, beta1, beta2, eps_t):
+    """One Adam step over every parameter (the reference's dense update), one parallel region.
+
+    Arguments as :func:`adam_sparse` without the row lists; ``W0``/``W2`` and their state are
+    passed flat (1-d views). Flags are cleared.
+    """
+    flag0[:] = 0
+    flag2[:] = 0
+    _adam_small(b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t, bh, mbh, vbh, gbh, gbh_t,
+                lr_t, beta1, beta2, eps_t)
+    chunk = 1 << 14
+    n0 = (W0.shape[0] + chunk - 1) // chunk
+    n2 = (W2.shape[0] + chunk - 1) // chunk
+    for c in prange(n0 + n2 + 1):
+        if c < n0:
+            _adam_span(W0, mW0, vW0, gW0, c * chunk, min(W0.shape[0], (c + 1) * chunk),
+                       lr_t, beta1, beta2, eps_t)
+        elif c < n0 + n2:
+            c2 = c - n0
+            _adam_span(W2, mW2, vW2, gW2, c2 * chunk, min(W2.shape[0], (c2 + 1) * chunk),
+                       lr_t, beta1, beta2, eps_t)
+        else:
+            _reduce_threads(gb2, gb2_t)
+            _adam_span(b2, mb2, vb2, gb2, 0, b2.shape[0], lr_t, beta1, beta2, eps_t)
+
+
+@numba.njit(**FAST)
+def collect_flags(flag, out):
+    """Write the indices of the set flags into ``out``, clear the flags, return how many."""
+    n = 0
+    for i in range(flag.shape[0]):
+        if flag[i]:
+            out[n] = i
+            n += 1
+            flag[i] = 0
+    return n
+
+
+@numba.njit(**FAST_PARALLEL)
+def hidden_rows(x_indptr, x_indices, x_data, rows, W0, b0, Wh, bh, dims, scratch, out):
+    """Last hidden layer's activations of the points ``rows``: ``out`` (len(rows), H_last).
+
+    ``scratch`` is (threads, sum(dims)); the rows are dealt to threads in contiguous blocks.
+    """
+    n = rows.shape[0]
+    nthreads = scratch.shape[0]
+    hl = out.shape[1]
+    total = scratch.shape[1]
+    per = (n + nthreads - 1) // nthreads
+    for t in prange(nthreads):
+        acts = scratch[t]
+        for i in range(t * per, min(n, (t + 1) * per)):
+            r = rows[i]
+            a, b = x_indptr[r], x_indptr[r + 1]
+            hidden_forward(x_indices[a:b], x_data[a:b], W0, b0, Wh, bh, dims, acts)
+            for q in range(hl):
+                out[i, q] = acts[total - hl + q]
+
+
+@numba.njit(**FAST)
+def merge_topk(scores, bias, col0, vals, idx):
+    """Merge a block of scores (columns ``col0..``) plus ``bias`` into running top-k lists.
+
+    ``vals``/``idx`` (n, k) hold each row's best scores so far, best first (ties: lowest column
+    first, as :func:`slide.metrics.topk`). Each row is first screened against its current k-th
+    best with a vectorised count; only rows with a candidate are scanned for insertion (once a few
+    blocks are merged, few are).
+    """
+    n, m = scores.shape
+    k = vals.shape[1]
+    b = bias[col0:col0 + m]
+    for i in range(n):
+        row = scores[i]
+        thr = vals[i, k - 1]
+        hit = np.int32(0)
+        for c in range(m):  # an int32 count vectorises; a float max or an early exit would not
+            hit += np.int32((row[c] + b[c]) > thr)
+        if hit == 0:
+            continue
+        for c in range(m):
+            v = row[c] + b[c]
+            if v > vals[i, k - 1]:
+                p = k - 1
+                while p > 0 and vals[i, p - 1] < v:
+                    vals[i, p] = vals[i, p - 1]
+                    idx[i, p] = idx[i, p - 1]
+                    p -= 1
+                vals[i, p] = v
+                idx[i, p] = col0 + c
+
+
+@numba.njit(**NJIT)
+def _contains(ids, n, value):
+    for q in range(n):
+        if ids[q] == value:
+            return True
+    return False
+
+
+@numba.njit(**FAST_PARALLEL)
+def sparse_predict(x_indptr, x_indices, x_data, rows, W0, b0, Wh, bh, dims, W2, b2,
+                   lsh, mode, k_or_t, min_active, min_trigger,
+                   stamp, counts, stamp_values, active, acts, seed, out):
+    """Top-k labels among the LSH-retrieved ones (no true labels), per point of ``rows``.
+
+    Points retrieving fewer than k labels are completed with the lowest unretrieved ids.
+    """
+    n = rows.shape[0]
+    nthreads = stamp.shape[0]
+    k = out.shape[1]
+    num_items = W2.shape[0]
+    total = acts.shape[1]
+    hl = dims[dims.shape[0] - 1]
+    empty = np.empty(0, dtype=np.int32)
+    per = (n + nthreads - 1) // nthreads
+    for t in prange(nthreads):
+        vals = np.empty(k, dtype=np.float32)
+        ids = np.empty(k, dtype=np.int64)
+        for i in range(t * per, min(n, (t + 1) * per)):
+            r = rows[i]
+            a, b = x_indptr[r], x_indptr[r + 1]
+            hidden_forward(x_indices[a:b], x_data[a:b], W0, b0, Wh, bh, dims, acts[t])
+            h = acts[t, total - hl:]
+            sv = stamp_values[t] + 1
+            if sv >= 2147483647:
+                stamp[t, :] = 0
+                sv = 1
+            stamp_values[t] = sv
+            cnt = select_active(lsh, h, empty, mode, k_or_t, min_active, min_trigger, num_items,
+                                stamp[t], counts[t], np.int32(sv), sample_seed(seed, 0x7FFFFFFF, r),
+                                active[t])
+            for p in range(k):
+                vals[p] = -np.inf
+                ids[p] = -1
+            for c in range(cnt):
+                j = active[t, c]
+                s = b2[j]
+                for q in range(hl):
+                    s += W2[j, q] * h[q]
+                if s > vals[k - 1] or (s == vals[k - 1] and ids[k - 1] >= 0 and j < ids[k - 1]) \
+                        or ids[k - 1] < 0:
+                    p = k - 1
+                    while p > 0 and (ids[p - 1] < 0 or vals[p - 1] < s or (vals[p - 1] == s and ids[p - 1] > j)):
+                        vals[p] = vals[p - 1]
+                        ids[p] = ids[p - 1]
+                        p -= 1
+                    vals[p] = s
+                    ids[p] = j
+            fill = 0
+            for p in range(k):
+                if ids[p] < 0:
+                    while fill < num_items - 1 and _contains(ids, p, fill):
+                        fill += 1
+                    ids[p] = fill
+                    fill += 1
+                out[i, p] = ids[p]

@@ -1,0 +1,128 @@
+"""Active-neuron selection: which output neurons a sample computes, from an LSH lookup of its activation.
+
+Numba functions, callable from other ``@njit`` code (for instance inside a ``numba.prange`` over the samples
+of a batch)::
+
+    n = select_active(lsh_arrays, vec, labels, mode, k_or_t, min_active, min_active_trigger, num_items,
+                      stamp, counts, stamp_value, rng_seed, out)
+    n = select_active_sparse(lsh_arrays, idx, val, labels, mode, ...same arguments...)
+
+``lsh_arrays`` is ``LSHIndex.arrays`` (one tuple argument; see :mod:`slide.engine.tables`), ``vec`` a dense
+float32 (dim,) query, or ``idx, val`` (int32, float32, unique indices) a sparse one. ``labels`` (int32, ids
+in ``[0, num_items)``; empty at inference) are always active and come first in ``out``; the other ids follow
+in retrieval order (table 0 first). ``n`` is returned and the active ids are ``out[:n]``, distinct.
+
+Modes (``mode_code``):
+
+``MODE_VANILLA``
+    The union of the L buckets. When labels + union number fewer than ``min_active_trigger``, distinct
+    random ids (SplitMix64 stream seeded by ``rng_seed``) are added until there are
+    ``min(min_active, num_items)`` (the reference uses 1,500 and 1,000). ``k_or_t`` is ignored.
+``MODE_TOPK``
+    Labels plus the ``k_or_t`` retrieved ids with the most table collisions (ties: retrieval order).
+``MODE_THRESHOLD``
+    Labels plus the retrieved ids found in at least ``k_or_t`` of the L tables.
+
+Thread safety: the index arrays are only read. ``stamp``, ``counts`` (int32, (num_items,)) and ``out``
+(int32, (num_items,)) are scratch written by the call, so each thread needs its own, e.g. rows of
+``(n_threads, num_items)`` arrays picked with ``numba.get_thread_id()``. ``stamp`` starts as zeros;
+``stamp_value`` must differ from every value used before with that ``stamp`` array (a running sample
+counter starting at 1 works; re-zero ``stamp`` before it overflows int32). After the call, ``stamp`` and
+``counts`` hold nothing the caller should rely on. The index must not be rebuilt during the calls.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..errors import ConfigError
+from ..settings import NJIT
+from .hashing import _GOLDEN, M_L, mix64
+from .tables import retrieve
+
+MODES = ("vanilla", "topk", "threshold")
+MODE_VANILLA, MODE_TOPK, MODE_THRESHOLD = 0, 1, 2
+
+
+def mode_code(name: str) -> int:
+    """Integer code of a selection mode name; ConfigError if unknown."""
+    if name not in MODES:
+        raise ConfigError(f"unknown active-neuron mode {name!r}; choose one of {', '.join(MODES)}")
+    return MODES.index(name)
+
+
+@numba.njit(**NJIT)
+def _pad(n, target, num_items, stamp, counts, stamp_value, rng_seed, out):
+    state = np.uint64(rng_seed)
+    while n < target:
+        state += _GOLDEN
+        c = np.int64(mix64(state) % np.uint64(num_items))
+        if stamp[c] != stamp_value:
+            stamp[c] = stamp_value
+            counts[c] = 0
+            out[n] = c
+            n += 1
+    return n
+
+
+@numba.njit(**NJIT)
+def _keep_topk(out, n_labels, n, counts, k, L):
+    if n - n_labels <= k:
+        return n
+    hist = np.zeros(L + 1, np.int64)
+    for j in range(n_labels, n):
+        hist[counts[out[j]]] += 1
+    above, cut = 0, L
+    while above + hist[cut] < k:
+        above += hist[cut]
+        cut -= 1
+    ties = k - above  # ids with count == cut still to take, in retrieval order
+    w = n_labels
+    for j in range(n_labels, n):
+        c = out[j]
+        if counts[c] > cut or (counts[c] == cut and ties > 0):
+            if counts[c] == cut:
+                ties -= 1
+            out[w] = c
+            w += 1
+    return w
+
+
+@numba.njit(**NJIT)
+def _keep_threshold(out, n_labels, n, counts, t):
+    w = n_labels
+    for j in range(n_labels, n):
+        if counts[out[j]] >= t:
+            out[w] = out[j]
+            w += 1
+    return w
+
+
+@numba.njit(**NJIT)
+def _select(lsh_arrays, idx, val, dense, labels, mode, k_or_t, min_active, min_active_trigger, num_items,
+            stamp, counts, stamp_value, rng_seed, out):
+    n_labels, n = retrieve(lsh_arrays, idx, val, dense, labels, stamp, counts, stamp_value, out)
+    if mode == MODE_TOPK:
+        return _keep_topk(out, n_labels, n, counts, k_or_t, lsh_arrays[0][M_L])
+    if mode == MODE_THRESHOLD:
+        return _keep_threshold(out, n_labels, n, counts, k_or_t)
+    if n < min_active_trigger:
+        n = _pad(n, min(min_active, num_items), num_items, stamp, counts, stamp_value, rng_seed, out)
+    return n
+
+
+@numba.njit(**NJIT)
+def select_active(lsh_arrays, vec, labels, mode, k_or_t, min_active, min_active_trigger, num_items,
+                  stamp, counts, stamp_value, rng_seed, out):
+    """Active ids for a dense query ``vec`` into ``out[:n]``; returns ``n`` (module docstring)."""
+    return _select(lsh_arrays, np.empty(0, np.int32), vec, True, labels, mode, k_or_t, min_active,
+                   min_active_trigger, num_items, stamp, counts, stamp_value, rng_seed, out)
+
+
+@numba.njit(**NJIT)
+def select_active_sparse(lsh_arrays, idx, val, labels, mode, k_or_t, min_active, min_active_trigger, num_items,
+                         stamp, counts, stamp_value, rng_seed, out):
+    """Active ids for a sparse query ``(idx, val)`` into ``out[:n]``; returns ``n`` (module docstring)."""
+    return _select(lsh_arrays, idx, val, False, labels, mode, k_or_t, min_active,
+                   min_active_trigger, num_items, stamp, counts, stamp_value, rng_seed, out)

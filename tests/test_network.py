@@ -1,0 +1,180 @@
+"""The SLIDE network kernels against a float64 NumPy twin of the same network.
+
+With every output neuron active (``output_sparsity: 1``) a training step of the engine must equal,
+to 1e-5 relative, the textbook computation: ReLU hidden layers, softmax cross-entropy with soft
+targets 1/|y|, gradients of the batch-mean loss, and Adam with bias correction, in both the
+``sparse`` (rows touched by the batch) and ``dense`` (every parameter) modes.
+"""
+
+import numpy as np
+import pytest
+
+from slide.data.dataset import XCDataset
+from slide.engine import SlideMethod
+from slide.engine.network import merge_topk, sample_seed
+from slide.metrics import topk
+from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
+
+D, L = 40, 12
+
+
+def toy_data(n=16, seed=0, empty_label_row=None):
+    rng = np.random.default_rng(seed)
+    xi, xv, yi = [], [], []
+    for i in range(n):
+        f = np.sort(rng.choice(D, rng.integers(2, 8), replace=False))
+        xi.append(f)
+        xv.append(rng.uniform(0.2, 1.5, f.size))
+        y = np.sort(rng.choice(L, rng.integers(1, 4), replace=False))
+        yi.append(y[:0] if i == empty_label_row else y)
+    ptr = lambda parts: np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype(np.int64)
+    return XCDataset(ptr(xi), np.concatenate(xi).astype(np.int32), np.concatenate(xv).astype(np.float32),
+                     ptr(yi), np.concatenate(yi).astype(np.int32), D, L)
+
+
+class Twin:
+    """Float64 NumPy copy of the network: forward, loss, gradients, Adam (sparse or dense)."""
+
+    def __init__(self, model):
+        self.p = {k: getattr(model, k).astype(np.float64).copy() for k in ("W0", "b0", "Wh", "bh", "W2", "b2")}
+        self.dims = [int(h) for h in model.dims]
+        self.m = {k: np.zeros_like(v) for k, v in self.p.items()}
+        self.v = {k: np.zeros_like(v) for k, v in self.p.items()}
+        self.t = 0
+        self.lr = model.config["lr"]
+
+    def _layers(self):
+        out, wo, bo = [], 0, 0
+        for i in range(1, len(self.dims)):
+            n_in, n_out = self.dims[i - 1], self.dims[i]
+            out.append((slice(wo, wo + n_in * n_out), slice(bo, bo + n_out), n_out, n_in))
+            wo += n_in * n_out
+            bo += n_out
+        return out
+
+    def grads(self, data, rows):
+        p = self.p
+        X = data.to_dense_features(rows).astype(np.float64)
+        Y = data.to_dense_labels(rows).astype(np.float64)
+        nb = len(rows)
+        acts = [np.maximum(X @ p["W0"] + p["b0"], 0)]
+        for ws, bs, n_out, n_in in self._layers():
+            acts.append(np.maximum(acts[-1] @ p["Wh"][ws].reshape(n_out, n_in).T + p["bh"][bs], 0))
+        z = acts[-1] @ p["W2"].T + p["b2"]
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        n_lab = Y.sum(axis=1, keepdims=True)
+        T = np.divide(Y, n_lab, out=np.zeros_like(Y), where=n_lab > 0)
+        losses = -(T * logp).sum(axis=1)
+        has = (n_lab[:, 0] > 0)[:, None]
+        dz = np.where(has, np.exp(logp) - T, 0.0) / nb
+        g = {k: np.zeros_like(v) for k, v in p.items()}
+        g["W2"] = dz.T @ acts[-1]
+        g["b2"] = dz.sum(axis=0)
+        da = dz @ p["W2"]
+        for li in range(len(self.dims) - 1, 0, -1):
+            ws, bs, n_out, n_in = self._layers()[li - 1]
+            delta = da * (acts[li] > 0)
+            g["Wh"][ws] = (delta.T @ acts[li - 1]).reshape(-1)
+            g["bh"][bs] = delta.sum(axis=0)
+            da = delta @ p["Wh"][ws].reshape(n_out, n_in)
+        delta = da * (acts[0] > 0)
+        g["W0"] = X.T @ delta
+        g["b0"] = delta.sum(axis=0)
+        touched0 = np.unique(data.subset(rows).x_indices)
+        return losses, g, touched0
+
+    def step(self, data, rows, optimizer):
+        losses, g, touched0 = self.grads(data, rows)
+        self.t += 1
+        b1, b2, t = ADAM_BETA1, ADAM_BETA2, self.t
+        for k in self.p:
+            sel = touched0 if (k == "W0" and optimizer == "sparse") else slice(None)
+            m = self.m[k][sel] = b1 * self.m[k][sel] + (1 - b1) * g[k][sel]
+            v = self.v[k][sel] = b2 * self.v[k][sel] + (1 - b2) * g[k][sel] ** 2
+            self.p[k][sel] -= self.lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + ADAM_EPS)
+        return losses
+
+
+def make(hidden=(8,), optimizer="sparse", threads=1, seed=3, **kw):
+    return SlideMethod.from_config(D, L, overrides=dict(hidden=list(hidden), output_sparsity=1.0, optimizer=optimizer,
+                                                        lr=0.01, init_scale=0.3, batch_size=8, **kw),
+                                   seed=seed, threads=threads)
+
+
+def close(a, b, rtol=1e-5):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    if not b.size:
+        return
+    scale = max(np.abs(b).max(), 1e-30)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("hidden", [(8,), (8, 6)])
+def test_loss_and_gradients_match_twin(hidden):
+    data = toy_data(empty_label_row=3)
+    model = make(hidden)
+    twin = Twin(model)
+    rows = np.arange(10, dtype=np.int64)
+    losses, nactive = model._accumulate(data, rows)
+    ref_losses, ref_g, _ = twin.grads(data, rows)
+    close(losses, ref_losses)
+    assert (nactive == L).all()
+    got = model._pending_gradients()
+    for k in ("W0", "b0", "Wh", "bh", "W2", "b2"):
+        if ref_g[k].size:
+            close(got[k], ref_g[k])
+
+
+@pytest.mark.parametrize("optimizer", ["sparse", "dense"])
+@pytest.mark.parametrize("hidden", [(8,), (8, 6)])
+def test_adam_steps_match_twin(optimizer, hidden):
+    data = toy_data(24, seed=1)
+    model = make(hidden, optimizer)
+    twin = Twin(model)
+    batches = [np.arange(0, 8), np.arange(8, 16), np.arange(16, 24), np.arange(0, 8)]
+    for step, rows in enumerate(batches):
+        loss = model.train_batch(data, rows)
+        ref = twin.step(data, rows, optimizer)
+        assert abs(loss - ref.mean()) <= 1e-5 * abs(ref.mean())
+        # one step: everything to 1e-5; later steps compound float32 rounding (v is squared)
+        for k in ("W0", "b0", "Wh", "bh", "W2", "b2"):
+            close(getattr(model, k), twin.p[k])
+            close(getattr(model, "m" + k), twin.m[k], rtol=1e-5 if step == 0 else 3e-5)
+            close(getattr(model, "v" + k), twin.v[k], rtol=1e-5 if step == 0 else 1e-4)
+    # nothing left behind for the next step
+    assert all(not g.any() for g in model._pending_gradients().values())
+    assert not model.flag0.any() and not model.flag2.any()
+
+
+def test_sparse_and_dense_adam_differ_only_on_untouched_rows():
+    data = toy_data(24, seed=2)
+    sparse, dense = make(optimizer="sparse"), make(optimizer="dense")
+    for rows in (np.arange(0, 8), np.arange(8, 16)):
+        sparse.train_batch(data, rows)
+        dense.train_batch(data, rows)
+    first = np.unique(data.subset(np.arange(0, 8)).x_indices)
+    second = np.unique(data.subset(np.arange(8, 16)).x_indices)
+    stale = np.setdiff1d(first, second)            # touched at step 1 only: dense keeps moving them
+    assert stale.size and not np.allclose(sparse.W0[stale], dense.W0[stale])
+    np.testing.assert_allclose(sparse.W2, dense.W2, rtol=1e-5, atol=1e-6)  # every output row is touched
+
+
+def test_merge_topk_equals_metrics_topk():
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((7, 300)).astype(np.float32)
+    scores[:, 50:60] = scores[:, 40:50]          # ties
+    scores[2] = 0.0
+    bias = rng.standard_normal(300).astype(np.float32) * 0.1
+    bias[:] = np.where(np.arange(300) % 7 == 0, 0, bias)
+    vals = np.full((7, 5), -np.inf, np.float32)
+    idx = np.zeros((7, 5), np.int64)
+    for c0 in range(0, 300, 64):
+        merge_topk(np.ascontiguousarray(scores[:, c0:c0 + 64]), bias, c0, vals, idx)
+    np.testing.assert_array_equal(idx, topk(scores + bias, 5))
+
+
+def test_sample_seed_is_a_function_of_its_arguments():
+    assert sample_seed(1, 2, 3) == sample_seed(1, 2, 3) >= 0
+    assert len({sample_seed(s, t, i) for s in range(3) for t in range(3) for i in range(3)}) == 27
