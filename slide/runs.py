@@ -78,10 +78,10 @@ def machine_info() -> dict:
             "platform": platform.platform()}
 
 
-def versions() -> dict:
-    """Versions of Python and of the libraries a run depends on (installed ones only)."""
+def versions(names=_VERSIONED) -> dict:
+    """Versions of Python and of the libraries ``names`` (installed ones only)."""
     out = {"python": platform.python_version()}
-    for name in _VERSIONED:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

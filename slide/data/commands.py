@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from slide.errors import ConfigError, SlideError
+from slide.runs import cpu_model
 
 __all__ = ["add_data_parser", "main"]
 
@@ -155,17 +155,6 @@ def _writable_dir(d: Path) -> bool:
     return _dir_writable(probe)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cmd_bench(args) -> int:
     import numba
 
@@ -217,7 +206,7 @@ def cmd_bench(args) -> int:
         "cache_reload_seconds": round(min(reload_times), 3),
         "cache_reload_seconds_all": [round(t, 3) for t in reload_times],
         "threads": 1, "numba": numba.__version__, "numpy": np.__version__,
-        "cpu": _cpu_model(), "cpus_visible": os.cpu_count(),
+        "cpu": cpu_model(), "cpus_visible": os.cpu_count(),
         "note": "file in the OS page cache (just written or read); MB = 1e6 bytes",
     })
     _print_json(result)

@@ -43,7 +43,7 @@ from ..metrics import scoring_chunk_rows
 from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores
 from . import network as net
 from .presets import DEFAULTS, PRESETS, validate
-from .schedule import REBUILD, REHASH, Schedule
+from .schedule import REBUILD, Schedule
 
 _LSH_PREFIX = "lsh__"
 #: Labels per BLAS block in dense scoring, and points per worker chunk.

@@ -6,7 +6,6 @@ import base64
 import html
 import math
 import time
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -84,15 +83,10 @@ def _table(headers, rows, numeric=()) -> str:
 
 
 def versions() -> dict:
-    import platform
+    """Library versions of the reporting environment (the shared list plus plotting and workflow)."""
+    from slide.runs import versions as run_versions
 
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return run_versions(VERSIONED)
 
 
 def machine() -> dict:
