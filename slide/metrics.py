@@ -106,6 +106,17 @@ def evaluate_topk(pred: np.ndarray, data, rows=None) -> dict:
     return out
 
 
+def popularity_baseline(train, test, k: int = 5) -> dict:
+    """Metrics of ranking the ``k`` most frequent training labels first for every test point.
+
+    A learned model must beat this to have learned anything about the inputs; comparisons of
+    methods at a P@1 this low say nothing about them.
+    """
+    counts = np.bincount(train.y_indices, minlength=train.num_labels)
+    best = np.argsort(-counts, kind="stable")[:k]
+    return evaluate_topk(np.broadcast_to(best, (len(test), k)), test)
+
+
 def scoring_chunk_rows(num_labels: int, budget_bytes: int = 256 << 20) -> int:
     """Rows per dense scoring block so that one float32 block stays within ``budget_bytes``."""
     return int(max(1, min(4096, budget_bytes // (4 * max(num_labels, 1)))))

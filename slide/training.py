@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DivergenceError, SlideError
-from .metrics import evaluate_topk
+from .metrics import evaluate_topk, popularity_baseline
 from .runs import RunRecorder, peak_rss_mb
 
 _DRIVER = "driver__"
@@ -175,6 +175,7 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
                                               "ndcg_at_5", "eval_points")}
     batch_seconds = state["batch_seconds"]
     stats = method.stats()
+    popularity = popularity_baseline(train_data, test_data)
     return recorder.finish(
         status=status, reason=reason, final=final, train_seconds=state["train_seconds"],
         median_batch_seconds=float(np.median(batch_seconds)) if batch_seconds else None,
@@ -182,6 +183,7 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
                    samples=int(state["samples"]),
                    eval_seconds=round(state["eval_seconds"], 3),
                    active_per_sample_mean=stats.get("active_per_sample_mean"),
+                   popularity={k: popularity[k] for k in ("p_at_1", "p_at_3", "p_at_5")},
                    method_stats=stats))
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from slide.data.dataset import XCDataset
-from slide.metrics import evaluate_topk, scoring_chunk_rows, topk
+from slide.metrics import evaluate_topk, popularity_baseline, scoring_chunk_rows, topk
 
 
 def _labels_dataset(label_lists, num_labels):
@@ -72,3 +72,11 @@ def test_scoring_chunk_rows_respects_budget():
     assert scoring_chunk_rows(670_091, budget_bytes=256 << 20) * 670_091 * 4 <= 256 << 20
     assert scoring_chunk_rows(10) == 4096
     assert scoring_chunk_rows(10**12) == 1
+
+
+def test_popularity_baseline_ranks_most_frequent_training_labels():
+    train = _labels_dataset([[2], [2, 5], [5, 2], [1]], 6)
+    test = _labels_dataset([[2], [5], [0]], 6)
+    got = popularity_baseline(train, test)
+    want = evaluate_topk(np.tile([2, 5, 1, 0, 3], (3, 1)), test)
+    assert got == want and got["p_at_1"] == pytest.approx(1 / 3)

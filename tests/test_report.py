@@ -33,7 +33,7 @@ GPU_REASON = "no GPU: nvidia-smi not found"
 
 
 def _write_run(root, method, points, *, variant="", status="completed", reason=None, batch=128,
-               active=None, test_points=500):
+               active=None, test_points=500, popularity=0.05):
     parts = ["results", DID, method] + ([variant] if variant else []) + ["seed0"]
     out = root.joinpath(*parts)
     rec = RunRecorder(out, method=method, dataset=DID, seed=0, threads=2,
@@ -49,7 +49,8 @@ def _write_run(root, method, points, *, variant="", status="completed", reason=N
     rec.finish(status=status, reason=reason, final=final, train_seconds=float(points[-1][0]),
                median_batch_seconds=0.05, extra=dict(steps=10 * len(points), epochs=1.0,
                                                      samples=10 * len(points) * batch, eval_seconds=0.5,
-                                                     active_per_sample_mean=active, method_stats={}))
+                                                     active_per_sample_mean=active, method_stats={},
+                                                     popularity={"p_at_1": popularity}))
     return out / "run.json"
 
 
@@ -149,6 +150,16 @@ def test_aggregate_tables(fixture_runs):
     assert (jobs["max_rss_mb"] == 321.5).all()
     # atomic writes leave no temporary files behind
     assert not [p for p in (root / "results").iterdir() if ".tmp" in p.name]
+
+
+def test_no_speedup_below_the_popularity_baseline(tmp_path):
+    """Reaching a P@1 that ranking the most frequent labels first also gets is no comparison."""
+    runs = [_write_run(tmp_path, "slide", [(1, 0.6), (2, 0.66)], popularity=0.67),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.66), (4, 0.75)], popularity=0.67)]
+    tables, out = _aggregate(tmp_path, runs, [], [])
+    row = pd.read_csv(out["speedups"]).iloc[0]
+    assert math.isnan(row["speedup"]) and row["popularity_p_at_1"] == pytest.approx(0.67)
+    assert pd.read_csv(out["summary"])["popularity_p_at_1"].tolist() == [0.67, 0.67]
 
 
 def test_no_runs_still_writes_every_table(tmp_path):

@@ -8,7 +8,9 @@ Definitions (also stated in the report):
   points plotted in the P@1-against-time figure); NaN when the run never reaches t.
 * **speedup of SLIDE over method M at equal P@1**: on one dataset and seed, take the lower of the
   two runs' best P@1 as the target; speedup = M's time to reach it / SLIDE's time to reach it
-  (> 1: SLIDE is faster). Seeds are averaged.
+  (> 1: SLIDE is faster). Seeds are averaged. When the target is not above the P@1 of ranking
+  the most frequent training labels first (``popularity`` in run.json), the two runs never
+  learned beyond label popularity in common and the speedup is NaN: no comparison.
 * **table target**: ``datasets.<name>.target_p_at_1`` when set, else the lowest best P@1 among
   the completed headline runs on the dataset, so that every method reaches it.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ SUMMARY_COLUMNS = [
     "p_at_1", "p_at_3", "p_at_5", "best_p_at_1", "final_eval_points", "train_seconds", "wall_seconds",
     "eval_seconds", "steps", "epochs", "samples", "batch_size", "threads", "median_batch_seconds",
     "samples_per_second", "peak_rss_mb", "active_per_sample_mean", "num_labels", "active_fraction",
-    "target_p_at_1", "time_to_target_seconds", "cpu", "cores", "memory_gb", "run_dir",
+    "target_p_at_1", "time_to_target_seconds", "popularity_p_at_1", "cpu", "cores", "memory_gb", "run_dir",
 ]
 CURVES_COLUMNS = ["dataset", "method", "variant", "seed", "status", *CURVE_COLUMNS, "full_eval"]
 THREADS_COLUMNS = [
@@ -42,6 +45,7 @@ THREADS_COLUMNS = [
 SPEEDUP_COLUMNS = [
     "dataset", "baseline", "seeds", "target_p_at_1", "slide_seconds", "baseline_seconds", "speedup",
     "slide_best_p_at_1", "baseline_best_p_at_1", "slide_final_p_at_1", "baseline_final_p_at_1",
+    "popularity_p_at_1",
 ]
 TABLE_COLUMNS = [
     "dataset", "method", "runs", "completed", "failed", "median_batch_seconds", "samples_per_second",
@@ -115,6 +119,7 @@ def load_runs(run_paths, datasets: dict | None = None):
             num_labels=num_labels,
             active_fraction=(active / num_labels) if active is not None and num_labels else math.nan,
             target_p_at_1=math.nan, time_to_target_seconds=math.nan,
+            popularity_p_at_1=(rec.get("popularity") or {}).get("p_at_1", math.nan),
             cpu=machine.get("cpu", ""), cores=machine.get("cores"), memory_gb=machine.get("memory_gb"),
             run_dir=str(run_dir),
         )
@@ -171,24 +176,32 @@ def speedups(summary: pd.DataFrame, curves: dict) -> pd.DataFrame:
                 if cs is None or co is None or cs.empty or co.empty:
                     continue
                 target = float(min(cs["p_at_1"].max(), co["p_at_1"].max()))
-                if not target > 0:  # one of them never got a test point right: no common level
-                    per.append((target, math.nan, math.nan, math.nan))
+                floor = float(np.nanmax([slide.loc[s, "popularity_p_at_1"], other.loc[s, "popularity_p_at_1"], 0.0]))
+                if not target > floor + 1e-9:
+                    # no common level above ranking the most frequent labels first: not a comparison
+                    per.append((target, math.nan, math.nan, math.nan, floor))
                     continue
                 ts, to = time_to_reach(cs, target), time_to_reach(co, target)
-                per.append((target, ts, to, to / ts if ts > 0 else math.nan))
+                per.append((target, ts, to, to / ts if ts > 0 else math.nan, floor))
             if not per:
                 continue
             arr = np.array(per, dtype=float)
-            out.append(dict(
-                dataset=did, baseline=base, seeds=len(per), target_p_at_1=float(np.nanmean(arr[:, 0])),
-                slide_seconds=float(np.nanmean(arr[:, 1])), baseline_seconds=float(np.nanmean(arr[:, 2])),
-                speedup=float(np.nanmean(arr[:, 3])),
+            with warnings.catch_warnings():  # all-NaN columns (no comparison) average to NaN, silently
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out.append(_speedup_row(did, base, seeds, arr, slide, other))
+    return pd.DataFrame(out, columns=SPEEDUP_COLUMNS)
+
+
+def _speedup_row(did, base, seeds, arr, slide, other) -> dict:
+    """One row of the speedup table from the per-seed (target, t_slide, t_base, speedup, floor) rows."""
+    mean = [float(np.nanmean(arr[:, j])) for j in range(arr.shape[1])]
+    return dict(dataset=did, baseline=base, seeds=len(arr), target_p_at_1=mean[0], slide_seconds=mean[1],
+                baseline_seconds=mean[2], speedup=mean[3],
                 slide_best_p_at_1=float(slide.loc[seeds, "best_p_at_1"].mean()),
                 baseline_best_p_at_1=float(other.loc[seeds, "best_p_at_1"].mean()),
                 slide_final_p_at_1=float(slide.loc[seeds, "p_at_1"].mean()),
                 baseline_final_p_at_1=float(other.loc[seeds, "p_at_1"].mean()),
-            ))
-    return pd.DataFrame(out, columns=SPEEDUP_COLUMNS)
+                popularity_p_at_1=mean[4])
 
 
 def table(summary: pd.DataFrame) -> pd.DataFrame:
