@@ -154,7 +154,7 @@ def test_aggregate_tables(fixture_runs):
 
 def test_no_speedup_below_the_popularity_baseline(tmp_path):
     """Reaching a P@1 that ranking the most frequent labels first also gets is no comparison."""
-    runs = [_write_run(tmp_path, "slide", [(1, 0.6), (2, 0.66)], popularity=0.67),
+    runs = [_write_run(tmp_path, "slide", [(1, 0.6), (2, 0.675)], popularity=0.67),
             _write_run(tmp_path, "tf-full-cpu", [(2, 0.66), (4, 0.75)], popularity=0.67)]
     tables, out = _aggregate(tmp_path, runs, [], [])
     row = pd.read_csv(out["speedups"]).iloc[0]
