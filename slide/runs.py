@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import resource
 import sys
@@ -146,9 +145,3 @@ def load_run(path) -> dict:
     record = json.loads(path.read_text())
     validate_run(record, path)
     return record
-
-
-def environment_threads() -> dict:
-    """Thread-related environment variables, recorded so a result can be reproduced."""
-    keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    return {k: os.environ[k] for k in keys if k in os.environ}

@@ -8,9 +8,6 @@ import numpy as np
 
 #: Parameter and activation dtype of every method.
 FLOAT = np.float32
-#: Index dtypes of the CSR containers.
-INDEX = np.int32
-INDPTR = np.int64
 #: Options shared by every Numba kernel: cached JIT so a second process starts fast.
 NJIT = dict(cache=True, nogil=True, fastmath=False)
 NJIT_PARALLEL = dict(NJIT, parallel=True)
