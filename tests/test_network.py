@@ -52,14 +52,19 @@ class Twin:
             bo += n_out
         return out
 
-    def grads(self, data, rows):
+    def grads(self, data, rows, masks=None):
+        """``masks`` (len(rows), sum(dims)) bool: hidden neurons computed (others are 0); None: all."""
         p = self.p
         X = data.to_dense_features(rows).astype(np.float64)
         Y = data.to_dense_labels(rows).astype(np.float64)
         nb = len(rows)
-        acts = [np.maximum(X @ p["W0"] + p["b0"], 0)]
-        for ws, bs, n_out, n_in in self._layers():
-            acts.append(np.maximum(acts[-1] @ p["Wh"][ws].reshape(n_out, n_in).T + p["bh"][bs], 0))
+        if masks is None:
+            masks = np.ones((nb, sum(self.dims)), bool)
+        cut = np.cumsum([0] + self.dims)
+        mask = [masks[:, cut[i]:cut[i + 1]] for i in range(len(self.dims))]
+        acts = [np.maximum(X @ p["W0"] + p["b0"], 0) * mask[0]]
+        for li, (ws, bs, n_out, n_in) in enumerate(self._layers(), start=1):
+            acts.append(np.maximum(acts[-1] @ p["Wh"][ws].reshape(n_out, n_in).T + p["bh"][bs], 0) * mask[li])
         z = acts[-1] @ p["W2"].T + p["b2"]
         z = z - z.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))

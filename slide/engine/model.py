@@ -16,6 +16,18 @@ points with a Numba kernel, then BLAS ``h @ W2[block].T`` per block of labels, m
 top-k lists while the block is still in cache, one single-threaded BLAS worker per thread, so no
 points x labels matrix is ever held. ``inference: sparse`` scores only the LSH-retrieved labels.
 
+Hidden layers may be LSH-sampled too (``hidden_sparsity``, one fraction per hidden layer, default
+all 1 = dense). A layer with sparsity s < 1 of width H computes, per training sample, only
+``k = ceil(s * H)`` neurons: the k with the most collisions in that layer's hash tables when its
+*input* is looked up (the sparse sample for the first layer, the previous layer's activation
+otherwise), padded with distinct random neurons to exactly k when fewer are retrieved. This is
+fixed top-k, independent of the ``sampling`` key (which governs the output layer only). The other
+neurons are 0 in the forward pass and get no gradient. The tables of a layer index its neurons'
+weight vectors (the columns of ``W0``, i.e. rows of ``W0.T``, for the first layer; the rows of the
+layer's block of ``Wh`` otherwise) and are rehashed / rebuilt on the output tables' schedule.
+Evaluation (both ``inference`` modes) computes the hidden layers densely: sampling is a training
+device here, and every neuron's weights are trained, so the dense activation is the full model.
+
 Example
 -------
 >>> from slide.engine import SlideMethod
@@ -46,6 +58,9 @@ from .presets import DEFAULTS, PRESETS, validate
 from .schedule import REBUILD, Schedule
 
 _LSH_PREFIX = "lsh__"
+_LSH_HIDDEN_PREFIX = "lsh_hidden"
+#: Hidden layers that may be LSH-sampled at once (one table tuple argument of the kernel each).
+MAX_SAMPLED_HIDDEN = 4
 #: Labels per BLAS block in dense scoring, and points per worker chunk.
 SCORE_BLOCK = 2048
 SCORE_ROWS = 512
@@ -96,9 +111,12 @@ class SlideMethod(PersistentMixin, Method):
             raise ConfigError(f"need at least one feature and one label, got {num_features} x {num_labels}")
         self.dims = np.asarray(config["hidden"], dtype=np.int64)
         self.sampled = config["output_sparsity"] < 1.0
+        self.hidden_sparsity = list(config["hidden_sparsity"])
+        self.hidden_sampled = any(v < 1.0 for v in self.hidden_sparsity)
         self._check_memory()
         self._init_parameters()
         self._init_sampling()
+        self._init_hidden_sampling()
         self._alloc_scratch()
         self.schedule = Schedule(config["schedule"], config["rehash_every"], config["rebuild_every"],
                                  config["decay"], config["decay_start"])
@@ -111,10 +129,11 @@ class SlideMethod(PersistentMixin, Method):
         self.rebuild_count = 0
         self.build_seconds = 0.0
         self.touched_sum = 0.0
+        t0 = time.perf_counter()
         if self.sampled:
-            t0 = time.perf_counter()
             self.index.build(self.W2)
-            self.build_seconds = time.perf_counter() - t0
+        self._build_hidden_indices(None)
+        self.build_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ set-up
     def _param_counts(self):
@@ -130,17 +149,23 @@ class SlideMethod(PersistentMixin, Method):
 
     def _lsh_memory_estimate(self) -> int:
         """Bytes of the hash tables (the layout of :class:`slide.engine.tables.LSHIndex`) plus the
-        temporary slot map a build allocates."""
-        if not self.sampled:
-            return 0
+        temporary slot map a build allocates: the output tables and those of sampled hidden layers."""
+        total = self._one_index_estimate(self.num_labels, int(self.dims[-1])) if self.sampled else 0
+        dims = [int(h) for h in self.dims]
+        for layer, frac in enumerate(getattr(self, "hidden_sparsity", None) or [1.0] * len(dims)):
+            if frac < 1.0:
+                total += self._one_index_estimate(dims[layer], self.num_features if layer == 0 else dims[layer - 1])
+        return total
+
+    def _one_index_estimate(self, n: int, dim: int) -> int:
         from . import tables
         from .hashing import code_bits
 
         c = self.config
         own = getattr(tables.LSHIndex, "estimate_memory_bytes", None)
         if own is not None:  # the index's own figure, when it offers one
-            return int(own(c["hash"], int(self.dims[-1]), self.num_labels, c["K"], c["L"], **self._lsh_kwargs(0)))
-        n, dim, K, L = self.num_labels, int(self.dims[-1]), c["K"], c["L"]
+            return int(own(c["hash"], dim, n, c["K"], c["L"], **self._lsh_kwargs(0)))
+        K, L = c["K"], c["L"]
         bits = code_bits(c["hash"], c["bin_size"])
         hashed = max(16, 1 << (2 * n - 1).bit_length())
         direct = K * bits <= hashed.bit_length() - 1
@@ -242,7 +267,68 @@ class SlideMethod(PersistentMixin, Method):
         self.min_trigger = self.min_active if c["min_active_trigger"] is None else c["min_active_trigger"]
         self.index = tables.LSHIndex(c["hash"], int(self.dims[-1]), L, c["K"], c["L"], **self._lsh_kwargs(self._lsh_seed(0)))
 
-    def _lsh_seed(self, rebuilds: int) -> int:
+    def _hidden_weights(self, layer):
+        """Layer ``layer``'s neuron weight vectors, one contiguous row per neuron."""
+        if layer == 0:
+            return np.ascontiguousarray(self.W0.T)
+        dims = [int(h) for h in self.dims]
+        woff = sum(dims[i] * dims[i - 1] for i in range(1, layer))
+        return self.Wh[woff:woff + dims[layer] * dims[layer - 1]].reshape(dims[layer], dims[layer - 1])
+
+    def _init_hidden_sampling(self) -> None:
+        c = self.config
+        dims = [int(h) for h in self.dims]
+        nl = len(dims)
+        self.hidden_indices = []      # (layer, LSHIndex) of the sampled hidden layers
+        self.hslot = np.full(nl, -1, dtype=np.int64)
+        self.hk = np.zeros(nl, dtype=np.int64)
+        if not self.hidden_sampled:
+            return
+        if sum(v < 1.0 for v in self.hidden_sparsity) > MAX_SAMPLED_HIDDEN:
+            raise ConfigError(f"hidden_sparsity: at most {MAX_SAMPLED_HIDDEN} hidden layers can be sampled")
+        tables, _ = _lsh_modules()
+        for layer, frac in enumerate(self.hidden_sparsity):
+            self.hk[layer] = max(1, min(dims[layer], int(math.ceil(frac * dims[layer]))))
+            if frac >= 1.0:
+                continue
+            dim = self.num_features if layer == 0 else dims[layer - 1]
+            self.hslot[layer] = len(self.hidden_indices)
+            index = tables.LSHIndex(c["hash"], dim, dims[layer], c["K"], c["L"],
+                                    **self._lsh_kwargs(self._lsh_seed(0, layer + 1)))
+            self.hidden_indices.append((layer, index))
+
+    def _build_hidden_indices(self, rebuilds) -> None:
+        """Rehash (``rebuilds`` None) or rebuild with new hash functions every hidden index."""
+        for layer, index in self.hidden_indices:
+            if rebuilds is None:
+                index.build(self._hidden_weights(layer))
+            else:
+                index.rebuild(self._hidden_weights(layer), self._lsh_seed(rebuilds, layer + 1))
+
+    def _hidden_hs(self):
+        """The ``hs`` argument of ``train_kernel``: None when every hidden layer is dense."""
+        if not self.hidden_sampled:
+            return None, (None,) * MAX_SAMPLED_HIDDEN
+        arrays = [index.arrays for _, index in self.hidden_indices]
+        arrays += [arrays[0]] * (MAX_SAMPLED_HIDDEN - len(arrays))
+        return (self.hslot, self.hk, self.hstamp, self.hcounts, self.hact, self.hn, self.hsv), tuple(arrays)
+
+    def hidden_active_masks(self, data, rows) -> np.ndarray:
+        """The hidden neurons the next training step computes for the batch ``rows``:
+        ``(len(rows), sum(hidden))`` bool (all True for dense layers). For checks and tests."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        masks = np.zeros((rows.shape[0], int(self.dims.sum())), dtype=np.uint8)
+        if not self.hidden_sampled:
+            masks[:] = 1
+        else:
+            net.hidden_masks(data.x_indptr, data.x_indices, data.x_data, rows, self.W0, self.b0, self.Wh,
+                             self.bh, self.dims, self._hidden_hs()[1], self.hslot, self.hk, self.seed, self.step,
+                             masks)
+        return masks.astype(bool)
+
+    def _lsh_seed(self, rebuilds: int, layer: int = 0) -> int:
+        if layer:
+            return int(np.random.default_rng([self.seed, 0x1F5, rebuilds, layer]).integers(2**31 - 1))
         return int(np.random.default_rng([self.seed, 0x1F5, rebuilds]).integers(2**31 - 1))
 
     def _alloc_scratch(self) -> None:
@@ -262,6 +348,13 @@ class SlideMethod(PersistentMixin, Method):
         self.gWh_t = np.zeros((T, self.Wh.shape[0]), dtype=FLOAT)
         self.gbh_t = np.zeros((T, self.bh.shape[0]), dtype=FLOAT)
         self.gb2_t = np.zeros((T, L), dtype=FLOAT)
+        hmax = int(self.dims.max()) if self.hidden_sampled else 1
+        nl = int(self.dims.shape[0])
+        self.hstamp = np.zeros((T, hmax), dtype=np.int32)
+        self.hcounts = np.zeros((T, hmax), dtype=np.int32)
+        self.hact = np.zeros((T, nl, hmax), dtype=np.int32)
+        self.hn = np.zeros((T, nl), dtype=np.int64)
+        self.hsv = np.zeros(T, dtype=np.int64)
 
     @contextlib.contextmanager
     def _numba_threads(self):
@@ -293,7 +386,8 @@ class SlideMethod(PersistentMixin, Method):
                                  self.gb0_t, self.gWh_t, self.gbh_t,
                                  self._lsh_arrays, self.mode, self.k_or_t, self.min_active, self.min_trigger,
                                  self.stamp, self.counts, self.stamp_values, self.active, self.tgt,
-                                 self.logits, self.acts, self.dacts, self.seed, self.step, losses, nactive)
+                                 self.logits, self.acts, self.dacts, self.seed, self.step, losses, nactive,
+                                 *self._hidden_hs()[:1], *self._hidden_hs()[1])
             finally:
                 numba.set_parallel_chunksize(old)
         return losses, nactive
@@ -336,10 +430,14 @@ class SlideMethod(PersistentMixin, Method):
         with self._numba_threads():
             if what == REBUILD:
                 self.rebuild_count += 1
-                self.index.rebuild(self.W2, self._lsh_seed(self.rebuild_count))
+                if self.sampled:
+                    self.index.rebuild(self.W2, self._lsh_seed(self.rebuild_count))
+                self._build_hidden_indices(self.rebuild_count)
             else:
                 self.rehash_count += 1
-                self.index.build(self.W2)
+                if self.sampled:
+                    self.index.build(self.W2)
+                self._build_hidden_indices(None)
         self.rehash_seconds += time.perf_counter() - t0
 
     def train_batch(self, data, rows) -> float:
@@ -357,7 +455,7 @@ class SlideMethod(PersistentMixin, Method):
         self.samples += int(rows.shape[0])
         self.active_sum += float(nactive.sum())
         self.active_count += int(rows.shape[0])
-        if self.sampled:
+        if self.sampled or self.hidden_sampled:
             what = self.schedule.after_step(self.step, before, self.samples)
             if what is not None:
                 self._refresh_tables(what)
@@ -438,7 +536,8 @@ class SlideMethod(PersistentMixin, Method):
             "rebuild_count": int(self.rebuild_count),
             "initial_build_seconds": round(self.build_seconds, 4),
             "touched_output_rows_per_step": (self.touched_sum / self.step) if self.step else None,
-            "lsh_memory_mb": round(self.index.memory_bytes() / 2**20, 1) if self.sampled else 0.0,
+            "lsh_memory_mb": round(((self.index.memory_bytes() if self.sampled else 0)
+                                    + sum(ix.memory_bytes() for _, ix in self.hidden_indices)) / 2**20, 1),
             "estimated_memory_mb": round(self.estimate_memory_bytes() / 2**20, 1),
         }
 
@@ -458,6 +557,9 @@ class SlideMethod(PersistentMixin, Method):
         if self.sampled:
             for key, value in self.index.state_arrays().items():
                 out[_LSH_PREFIX + key] = value
+        for layer, index in self.hidden_indices:
+            for key, value in index.state_arrays().items():
+                out[f"{_LSH_HIDDEN_PREFIX}{layer}__{key}"] = value
         return out
 
     def load_state_arrays(self, arrays) -> None:
@@ -483,6 +585,12 @@ class SlideMethod(PersistentMixin, Method):
         if self.sampled:
             self.index.load_state_arrays({k[len(_LSH_PREFIX):]: arrays[k] for k in arrays.keys()
                                           if k.startswith(_LSH_PREFIX)})
+        for layer, index in self.hidden_indices:
+            prefix = f"{_LSH_HIDDEN_PREFIX}{layer}__"
+            part = {k[len(prefix):]: arrays[k] for k in arrays.keys() if k.startswith(prefix)}
+            if not part:
+                raise ConfigError(f"model state lacks the hash tables of hidden layer {layer}")
+            index.load_state_arrays(part)
         for g in ("gW0", "gb0", "gWh", "gbh", "gW2", "gb2", "gb0_t", "gWh_t", "gbh_t", "gb2_t"):
             getattr(self, g).fill(0)
         self.flag0.fill(0)

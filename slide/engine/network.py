@@ -24,6 +24,14 @@ Performance notes: hot loops index 2-d arrays directly (or call ``inline="always
 than pass row views to other kernels, since each such call updates the arrays' shared reference
 counts atomically from every thread; scattered rows are prefetched a few rows ahead.
 
+Hidden-layer sampling (``hidden_sparsity`` < 1): :func:`hidden_forward_sampled` computes, per
+sampled layer, only the ``k`` neurons chosen by an LSH lookup of the layer's *input* (the sparse
+sample for the first layer, the previous activation otherwise): fixed top-k by table collisions
+(``MODE_TOPK``), padded with distinct random neurons to exactly ``k`` when fewer are retrieved. The
+other neurons are 0, so the unchanged backward gives them (and the weights into them) no gradient.
+Training passes ``hs=None`` when no hidden layer is sampled, a branch Numba removes at compile
+time, so the dense path compiles to the same code as before.
+
 The output layer's active set comes from :func:`slide.engine.sampling.select_active` (LSH
 retrieval, the true labels always included); with ``lsh=None`` every output neuron is active
 (a full softmax), a branch Numba removes at compile time.
@@ -42,7 +50,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..settings import NJIT
-from .sampling import select_active
+from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
 
 
 def _drop_stale_cache() -> None:
@@ -157,20 +165,153 @@ def hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts):
         boff += n_out
 
 
+@numba.njit(**NJIT)
+def _layer_seed(rng_seed, layer):
+    """The padding seed of hidden layer ``layer`` for a sample whose seed is ``rng_seed``."""
+    return sample_seed(rng_seed, layer + 1, 0x5EED)
+
+
+@numba.njit(**NJIT)
+def _next_stamp(stamp, hsv):
+    v = hsv[0] + 1
+    if v >= 2147483647:
+        stamp[:] = 0
+        v = 1
+    hsv[0] = v
+    return np.int32(v)
+
+
+@numba.njit(**FAST)
+def hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, hlsh, hslot, hk, stamp, counts, hact, hn,
+                           hsv, rng_seed):
+    """:func:`hidden_forward` with LSH-sampled layers; non-selected neurons are 0.
+
+    ``hslot[l]`` is layer l's index in the tuple ``hlsh`` of ``LSHIndex.arrays`` (-1: dense layer),
+    ``hk[l]`` its k. The active ids of layer l go to ``hact[l, :hn[l]]`` (dense layers: ``hn[l]`` =
+    width, ``hact`` untouched). ``stamp``/``counts`` (max width,) are scratch; ``hsv`` (1,) the
+    running stamp value. Deterministic given the weights, the tables, the input and ``rng_seed``.
+    """
+    empty = np.empty(0, np.int32)
+    h0 = dims[0]
+    slot = hslot[0]
+    if slot < 0:
+        for j in range(h0):
+            acts[j] = b0[j]
+        for p in range(xi.shape[0]):
+            f = xi[p]
+            v = xv[p]
+            for j in range(h0):
+                acts[j] += v * W0[f, j]
+        for j in range(h0):
+            if acts[j] < 0:
+                acts[j] = 0
+        hn[0] = h0
+    else:
+        sv = _next_stamp(stamp, hsv)
+        k = hk[0]
+        act = hact[0]
+        seed = _layer_seed(rng_seed, 0)
+        n = select_active_sparse(hlsh[slot], xi, xv, empty, MODE_TOPK, k, k, k, h0, stamp, counts, sv, seed, act)
+        if n < k:
+            n = _pad(n, k, h0, stamp, counts, sv, seed, act)
+        hn[0] = n
+        for j in range(h0):
+            acts[j] = 0
+        for i in range(n):
+            j = act[i]
+            s = b0[j]
+            for p in range(xi.shape[0]):
+                s += xv[p] * W0[xi[p], j]
+            acts[j] = s if not s < 0 else 0
+    off, woff, boff = h0, 0, 0
+    for layer in range(1, dims.shape[0]):
+        n_in, n_out = dims[layer - 1], dims[layer]
+        slot = hslot[layer]
+        if slot < 0:
+            for j in range(n_out):
+                s = bh[boff + j]
+                w = woff + j * n_in
+                for q in range(n_in):
+                    s += Wh[w + q] * acts[off - n_in + q]
+                acts[off + j] = s if not s < 0 else 0
+            hn[layer] = n_out
+        else:
+            sv = _next_stamp(stamp, hsv)
+            k = hk[layer]
+            act = hact[layer]
+            seed = _layer_seed(rng_seed, layer)
+            n = select_active(hlsh[slot], acts[off - n_in:off], empty, MODE_TOPK, k, k, k, n_out, stamp, counts,
+                              sv, seed, act)
+            if n < k:
+                n = _pad(n, k, n_out, stamp, counts, sv, seed, act)
+            hn[layer] = n
+            for j in range(n_out):
+                acts[off + j] = 0
+            for i in range(n):
+                j = act[i]
+                s = bh[boff + j]
+                w = woff + j * n_in
+                for q in range(n_in):
+                    s += Wh[w + q] * acts[off - n_in + q]
+                acts[off + j] = s if not s < 0 else 0
+        off += n_out
+        woff += n_out * n_in
+        boff += n_out
+
+
+@numba.njit(**NJIT)
+def hidden_masks(x_indptr, x_indices, x_data, rows, W0, b0, Wh, bh, dims, hlsh, hslot, hk, seed, step, masks):
+    """The hidden active sets a training step ``step`` would use for the batch ``rows`` (sample s
+    of the batch gets ``sample_seed(seed, step, s)``): ``masks`` (len(rows), sum(dims)) uint8,
+    1 where a neuron is computed. Single-threaded; for checks and tests."""
+    nl = dims.shape[0]
+    hmax = 0
+    for layer in range(nl):
+        hmax = max(hmax, dims[layer])
+    acts = np.zeros(masks.shape[1], np.float32)
+    stamp = np.zeros(hmax, np.int32)
+    counts = np.zeros(hmax, np.int32)
+    hact = np.zeros((nl, hmax), np.int32)
+    hn = np.zeros(nl, np.int64)
+    hsv = np.zeros(1, np.int64)
+    for s in range(rows.shape[0]):
+        r = rows[s]
+        a, b = x_indptr[r], x_indptr[r + 1]
+        hidden_forward_sampled(x_indices[a:b], x_data[a:b], W0, b0, Wh, bh, dims, acts, hlsh, hslot, hk,
+                               stamp, counts, hact, hn, hsv, sample_seed(seed, step, s))
+        off = 0
+        for layer in range(nl):
+            if hslot[layer] < 0:
+                for j in range(dims[layer]):
+                    masks[s, off + j] = 1
+            else:
+                for i in range(hn[layer]):
+                    masks[s, off + hact[layer, i]] = 1
+            off += dims[layer]
+
+
 @numba.njit(**FAST)
 def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
                  W0, b0, Wh, bh, dims, W2, b2,
                  gW0, flag0, gW2, gb2, flag2, gb0_t, gWh_t, gbh_t,
                  lsh, mode, k_or_t, min_active, min_trigger,
-                 stamp, counts, stamp_value, rng_seed, active, tgt, logits, acts, dacts, inv_b):
-    """Forward and backward of one sample (row ``r``); returns (loss, active count)."""
+                 stamp, counts, stamp_value, rng_seed, active, tgt, logits, acts, dacts, inv_b, hs, hl0, hl1,
+                 hl2, hl3, t):
+    """Forward and backward of one sample (row ``r``); returns (loss, active count).
+
+    ``hs`` is None (dense hidden layers) or the hidden-sampling tuple of :func:`train_kernel`; ``t``
+    the thread id that picks its scratch rows."""
     xa, xb = x_indptr[r], x_indptr[r + 1]
     ya, yb = y_indptr[r], y_indptr[r + 1]
     xi = x_indices[xa:xb]
     xv = x_data[xa:xb]
     labels = y_indices[ya:yb]
     n_lab = yb - ya
-    hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts)
+    if hs is None:
+        hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts)
+    else:
+        hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, (hl0, hl1, hl2, hl3), hs[0], hs[1], hs[2][t],
+                               hs[3][t], hs[4][t], hs[5][t], hs[6][t:t + 1], rng_seed)
     nl = dims.shape[0]
     total_h = acts.shape[0]
     hl = dims[nl - 1]
@@ -272,8 +413,13 @@ def train_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, rows,
                  gW0, flag0, gW2, gb2_t, flag2, gb0_t, gWh_t, gbh_t,
                  lsh, mode, k_or_t, min_active, min_trigger,
                  stamp, counts, stamp_values, active, tgt, logits, acts, dacts,
-                 seed, step, losses, nactive):
+                 seed, step, losses, nactive, hs, hl0, hl1, hl2, hl3):
     """Forward and backward of every sample of ``rows`` (HOGWILD).
+
+    ``hs`` is None when every hidden layer is dense, else ``(hslot, hk, hstamp, hcounts, hact, hn,
+    hsv)`` for :func:`hidden_forward_sampled`, the last five with one row per thread, and ``hl0..hl3``
+    the ``LSHIndex.arrays`` of the sampled hidden layers by slot (unused slots repeat slot 0; None
+    with ``hs``). Separate flat tuples because a parallel loop cannot capture a tuple of tuples.
 
     Samples are dealt to the threads dynamically (set ``numba.set_parallel_chunksize``); a thread
     uses its own scratch rows (``stamp[tid]``, ``active[tid]``, ...), ``tid = numba.get_thread_id()``,
@@ -295,7 +441,7 @@ def train_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, rows,
                                gW0, flag0, gW2, gb2_t[t], flag2, gb0_t[t], gWh_t[t], gbh_t[t],
                                lsh, mode, k_or_t, min_active, min_trigger,
                                stamp[t], counts[t], np.int32(sv), sample_seed(seed, step, s),
-                               active[t], tgt[t], logits[t], acts[t], dacts[t], inv_b)
+                               active[t], tgt[t], logits[t], acts[t], dacts[t], inv_b, hs, hl0, hl1, hl2, hl3, t)
         losses[s] = loss
         nactive[s] = n
 

@@ -12,14 +12,18 @@ hundreds to a few thousand labels). ``PRESETS`` hold the paper's settings:
     128, one hidden layer of 128, Adam lr 1e-4, rehash every 6,400 samples, rebuild every 128,000,
     the same vanilla sampling with padding.
 
-Only the output layer is LSH-sampled (``output_sparsity``); hidden layers are always dense (there
-is no ``hidden_sparsity`` key).
+By default only the output layer is LSH-sampled (``output_sparsity``); a hidden layer is sampled
+when its ``hidden_sparsity`` entry is below 1 (see :mod:`slide.engine.model`).
 
 Keys (``slide train --set KEY=VALUE``; values are YAML):
 
 ==================== ==========================================================================
 hidden               list of hidden widths, e.g. ``[128]`` (ReLU)
 output_sparsity      fraction of output neurons to compute per sample; 1 = full softmax (no LSH)
+hidden_sparsity      one fraction in (0, 1] per hidden layer (a number: every layer; null: all 1 =
+                     dense; at most 4 layers below 1); a layer below 1
+                     computes only the ceil(s * width) neurons an LSH lookup of its input selects
+                     (fixed top-k by table collisions, padded with random neurons)
 hash                 simhash | wta | dwta | minhash
 K, L                 hash functions per table, number of tables
 bucket_size          slots per bucket
@@ -64,6 +68,7 @@ INFERENCES = ("dense", "sparse")
 DEFAULTS = {
     "hidden": [128],
     "output_sparsity": 0.3,
+    "hidden_sparsity": None,
     "hash": "simhash",
     "K": 5,
     "L": 10,
@@ -151,6 +156,15 @@ def validate(config: dict) -> dict:
         raise ConfigError(f"hidden must be a non-empty list of positive integers, got {config['hidden']!r}")
     out["hidden"] = [int(h) for h in hidden]
     out["output_sparsity"] = _float(config, "output_sparsity", 0.0, 1.0)
+    hs = config["hidden_sparsity"]
+    if hs is None:
+        hs = [1.0] * len(out["hidden"])
+    elif isinstance(hs, numbers.Real) and not isinstance(hs, bool):
+        hs = [hs] * len(out["hidden"])
+    if not isinstance(hs, (list, tuple)) or len(hs) != len(out["hidden"]):
+        raise ConfigError(f"hidden_sparsity must be a list of {len(out['hidden'])} fractions in (0, 1] "
+                          f"(one per hidden layer), got {config['hidden_sparsity']!r}")
+    out["hidden_sparsity"] = [_float({"hidden_sparsity": v}, "hidden_sparsity", 0.0, 1.0) for v in hs]
     out["hash"] = _choice(config, "hash", HASHES)
     out["insertion"] = _choice(config, "insertion", INSERTIONS)
     out["sampling"] = _choice(config, "sampling", SAMPLINGS)
