@@ -134,13 +134,9 @@ def sample_seed(seed, step, index):
     return np.int64(z >> np.uint64(1))
 
 
-@numba.njit(**FAST)
-def hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts):
-    """Activations of every hidden layer for one sparse input, into ``acts`` (sum(dims),).
-
-    ReLU everywhere; NaN propagates (a diverged model yields NaN scores, not zeros).
-    """
-    h0 = dims[0]
+@numba.njit(inline="always", **FAST)
+def _input_layer(xi, xv, W0, b0, h0, acts):
+    """Every first-layer activation for one sparse input: rows of W0 gathered per feature."""
     for j in range(h0):
         acts[j] = b0[j]
     for p in range(xi.shape[0]):
@@ -151,15 +147,31 @@ def hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts):
     for j in range(h0):
         if acts[j] < 0:
             acts[j] = 0
+
+
+@numba.njit(inline="always", **FAST)
+def _unit(Wh, bh, acts, j, n_in, off, woff, boff):
+    """ReLU activation of neuron ``j`` of the layer whose input is ``acts[off - n_in:off]``."""
+    s = bh[boff + j]
+    w = woff + j * n_in
+    for q in range(n_in):
+        s += Wh[w + q] * acts[off - n_in + q]
+    return s if not s < 0 else 0
+
+
+@numba.njit(**FAST)
+def hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts):
+    """Activations of every hidden layer for one sparse input, into ``acts`` (sum(dims),).
+
+    ReLU everywhere; NaN propagates (a diverged model yields NaN scores, not zeros).
+    """
+    h0 = dims[0]
+    _input_layer(xi, xv, W0, b0, h0, acts)
     off, woff, boff = h0, 0, 0
     for layer in range(1, dims.shape[0]):
         n_in, n_out = dims[layer - 1], dims[layer]
         for j in range(n_out):
-            s = bh[boff + j]
-            w = woff + j * n_in
-            for q in range(n_in):
-                s += Wh[w + q] * acts[off - n_in + q]
-            acts[off + j] = s if not s < 0 else 0
+            acts[off + j] = _unit(Wh, bh, acts, j, n_in, off, woff, boff)
         off += n_out
         woff += n_out * n_in
         boff += n_out
@@ -195,16 +207,7 @@ def hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, hlsh, hslot, hk, 
     h0 = dims[0]
     slot = hslot[0]
     if slot < 0:
-        for j in range(h0):
-            acts[j] = b0[j]
-        for p in range(xi.shape[0]):
-            f = xi[p]
-            v = xv[p]
-            for j in range(h0):
-                acts[j] += v * W0[f, j]
-        for j in range(h0):
-            if acts[j] < 0:
-                acts[j] = 0
+        _input_layer(xi, xv, W0, b0, h0, acts)
         hn[0] = h0
     else:
         sv = _next_stamp(stamp, hsv)
@@ -229,11 +232,7 @@ def hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, hlsh, hslot, hk, 
         slot = hslot[layer]
         if slot < 0:
             for j in range(n_out):
-                s = bh[boff + j]
-                w = woff + j * n_in
-                for q in range(n_in):
-                    s += Wh[w + q] * acts[off - n_in + q]
-                acts[off + j] = s if not s < 0 else 0
+                acts[off + j] = _unit(Wh, bh, acts, j, n_in, off, woff, boff)
             hn[layer] = n_out
         else:
             sv = _next_stamp(stamp, hsv)
@@ -248,12 +247,7 @@ def hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, hlsh, hslot, hk, 
             for j in range(n_out):
                 acts[off + j] = 0
             for i in range(n):
-                j = act[i]
-                s = bh[boff + j]
-                w = woff + j * n_in
-                for q in range(n_in):
-                    s += Wh[w + q] * acts[off - n_in + q]
-                acts[off + j] = s if not s < 0 else 0
+                acts[off + act[i]] = _unit(Wh, bh, acts, act[i], n_in, off, woff, boff)
         off += n_out
         woff += n_out * n_in
         boff += n_out
