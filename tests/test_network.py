@@ -11,8 +11,7 @@ import pytest
 
 from slide.data.dataset import XCDataset
 from slide.engine import SlideMethod
-from slide.engine.network import merge_topk, sample_seed
-from slide.metrics import topk
+from slide.engine.network import sample_seed
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
 
 D, L = 40, 12
@@ -164,20 +163,6 @@ def test_sparse_and_dense_adam_differ_only_on_untouched_rows():
     stale = np.setdiff1d(first, second)            # touched at step 1 only: dense keeps moving them
     assert stale.size and not np.allclose(sparse.W0[stale], dense.W0[stale])
     np.testing.assert_allclose(sparse.W2, dense.W2, rtol=1e-5, atol=1e-6)  # every output row is touched
-
-
-def test_merge_topk_equals_metrics_topk():
-    rng = np.random.default_rng(0)
-    scores = rng.standard_normal((7, 300)).astype(np.float32)
-    scores[:, 50:60] = scores[:, 40:50]          # ties
-    scores[2] = 0.0
-    bias = rng.standard_normal(300).astype(np.float32) * 0.1
-    bias[:] = np.where(np.arange(300) % 7 == 0, 0, bias)
-    vals = np.full((7, 5), -np.inf, np.float32)
-    idx = np.zeros((7, 5), np.int64)
-    for c0 in range(0, 300, 64):
-        merge_topk(np.ascontiguousarray(scores[:, c0:c0 + 64]), bias, c0, vals, idx)
-    np.testing.assert_array_equal(idx, topk(scores + bias, 5))
 
 
 def test_sample_seed_is_a_function_of_its_arguments():

@@ -12,9 +12,9 @@ Hash tables are refreshed on a schedule (:mod:`slide.engine.schedule`); the time
 of the step's time and is also reported as ``rehash_seconds`` by :meth:`SlideMethod.stats`.
 
 Evaluation scores every label exactly (``inference: dense``): hidden activations per chunk of
-points with a Numba kernel, then BLAS ``h @ W2[block].T`` per block of labels, merged into running
-top-k lists while the block is still in cache, one single-threaded BLAS worker per thread, so no
-points x labels matrix is ever held. ``inference: sparse`` scores only the LSH-retrieved labels.
+points with a Numba kernel, then :func:`slide.engine.scoring.exact_topk`, a register-blocked
+kernel that keeps running top-k lists and never holds a points x labels matrix.
+``inference: sparse`` scores only the LSH-retrieved labels.
 
 Hidden layers may be LSH-sampled too (``hidden_sparsity``, one fraction per hidden layer, default
 all 1 = dense). A layer with sparsity s < 1 of width H computes, per training sample, only
@@ -39,11 +39,8 @@ Example
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import glob
 import math
 import os
-import threading
 import time
 
 import numba
@@ -51,9 +48,9 @@ import numpy as np
 
 from ..adapter import Method, PersistentMixin
 from ..errors import ConfigError, ResourceError
-from ..metrics import scoring_chunk_rows
 from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores
 from . import network as net
+from . import scoring
 from .presets import DEFAULTS, PRESETS, validate
 from .schedule import REBUILD, Schedule
 
@@ -61,9 +58,8 @@ _LSH_PREFIX = "lsh__"
 _LSH_HIDDEN_PREFIX = "lsh_hidden"
 #: Hidden layers that may be LSH-sampled at once (one table tuple argument of the kernel each).
 MAX_SAMPLED_HIDDEN = 4
-#: Labels per BLAS block in dense scoring, and points per worker chunk.
-SCORE_BLOCK = 2048
-SCORE_ROWS = 512
+#: Points whose hidden activations dense scoring computes at a time.
+SCORE_POINTS = 16384
 #: Samples a thread takes at a time from the batch (dynamic scheduling, so a thread delayed by
 #: another process does not hold up the step).
 SAMPLE_CHUNK = 2
@@ -184,9 +180,8 @@ class SlideMethod(PersistentMixin, Method):
         index_buffers = 8 * (self.num_features + self.num_labels)
         scratch = self.threads * (6 * 4 * self.num_labels + 4 * 8 * int(self.dims.sum())
                                   + 4 * (int(self.dims[0]) + hidden + int(self.dims.sum())))
-        scoring = self.threads * 4 * (SCORE_ROWS * SCORE_BLOCK + SCORE_ROWS * 12) \
-            + 4 * 16384 * int(self.dims[-1])
-        return int(params * per_param + flags + index_buffers + scratch + scoring + self._lsh_memory_estimate())
+        score_buffers = scoring.scratch_bytes(self.threads, int(self.dims[-1])) + 4 * SCORE_POINTS * int(self.dims[-1])
+        return int(params * per_param + flags + index_buffers + scratch + score_buffers + self._lsh_memory_estimate())
 
     def _check_memory(self) -> None:
         need = self.estimate_memory_bytes()
@@ -510,18 +505,12 @@ class SlideMethod(PersistentMixin, Method):
         return out
 
     def _predict_dense(self, data, rows, k):
-        L = self.num_labels
-        block = min(L, SCORE_BLOCK)
-        chunk = max(1, min(SCORE_ROWS, scoring_chunk_rows(block)))
-        n = rows.shape[0]
-        kk = min(k, L)
-        vals = np.full((n, kk), -np.inf, dtype=FLOAT)
-        idx = np.zeros((n, kk), dtype=np.int64)
-        super_rows = 16384
-        for s0 in range(0, n, super_rows):
-            s1 = min(n, s0 + super_rows)
-            h = self.hidden(data, rows[s0:s1])
-            _score_blocks(h, self.W2, self.b2, vals[s0:s1], idx[s0:s1], chunk, block, self.threads)
+        kk = min(k, self.num_labels)
+        idx = np.empty((rows.shape[0], kk), dtype=np.int64)
+        for s0 in range(0, rows.shape[0], SCORE_POINTS):
+            h = self.hidden(data, rows[s0:s0 + SCORE_POINTS])
+            with self._numba_threads():
+                idx[s0:s0 + SCORE_POINTS] = scoring.exact_topk(h, self.W2, self.b2, kk)
         if kk < k:  # fewer labels than k: repeat the last one
             idx = np.concatenate([idx, np.repeat(idx[:, -1:], k - kk, axis=1)], axis=1)
         return idx
@@ -651,85 +640,6 @@ def _zeros(shape, threads):
 
 
 # ---------------------------------------------------------------------- dense scoring
-def _openblas_local_threads():
-    """``openblas_set_num_threads_local`` of NumPy's OpenBLAS, or None when unavailable."""
-    global _SET_LOCAL
-    if _SET_LOCAL is not False:
-        return _SET_LOCAL
-    _SET_LOCAL = None
-    candidates = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*"))
-    try:
-        with open("/proc/self/maps") as fh:
-            candidates += sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        pass
-    for path in candidates:
-        try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes = [ctypes.c_int]
-        fn.restype = ctypes.c_int
-        _SET_LOCAL = fn
-        break
-    return _SET_LOCAL
-
-
-_SET_LOCAL = False
-
-
-def _score_blocks(h, W2, b2, vals, idx, chunk, block, threads):
-    """Exact top-k of ``h @ W2.T + b2`` per row of ``h`` into ``vals``/``idx`` (running lists).
-
-    ``threads`` Python workers each take chunks of ``chunk`` rows; for each block of ``block``
-    labels a worker runs a single-threaded BLAS product into its own small buffer and merges it
-    into the chunk's top-k lists at once (the buffer is still in cache). Without per-thread BLAS
-    control one worker runs and BLAS threads itself.
-    """
-    n = h.shape[0]
-    L = W2.shape[0]
-    set_local = _openblas_local_threads()
-    workers = threads if (set_local is not None and threads > 1 and n > chunk) else 1
-    chunks = list(range(0, n, chunk))
-    lock = threading.Lock()
-    pos = [0]
-    errors = []
-
-    def work():
-        try:
-            if workers > 1:
-                set_local(1)
-            buf = np.empty((min(chunk, n), block), dtype=FLOAT)
-            while True:
-                with lock:
-                    if pos[0] >= len(chunks):
-                        return
-                    r0 = chunks[pos[0]]
-                    pos[0] += 1
-                hh = h[r0:r0 + chunk]
-                m = hh.shape[0]
-                v, ix = vals[r0:r0 + m], idx[r0:r0 + m]
-                for c0 in range(0, L, block):
-                    c1 = min(L, c0 + block)
-                    out = buf[:m, :c1 - c0]
-                    np.matmul(hh, W2[c0:c1].T, out=out)
-                    net.merge_topk(out, b2, c0, v, ix)
-        except BaseException as err:  # surfaced in the caller
-            errors.append(err)
-
-    if workers == 1:
-        work()
-    else:
-        pool = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-    if errors:
-        raise errors[0]
-
-
-# ---------------------------------------------------------------------- evaluation benchmark
 def bench_predict(like: str = "amazon-670k", *, scale: float = 1.0, seed: int = 0, steps: int = 50,
                   points: int | None = None, threads: int = 0, root="data", inference=("dense", "sparse"),
                   overrides: dict | None = None) -> dict:
@@ -764,7 +674,7 @@ def bench_predict(like: str = "amazon-670k", *, scale: float = 1.0, seed: int = 
            "hidden_nonzero": float((model.hidden(test_data, rows[:4096]) > 0).mean())}
     for mode in inference:
         model.config["inference"] = mode
-        model.predict_topk(test_data, rows[:256])  # JIT and BLAS warm-up
+        model.predict_topk(test_data, rows[:256])  # JIT warm-up
         t0 = time.perf_counter()
         pred = model.predict_topk(test_data, rows)
         out[f"{mode}_seconds"] = round(time.perf_counter() - t0, 3)

@@ -17,8 +17,7 @@ the further hidden layers) and the output biases are accumulated per thread and 
 lose no updates and share no cache lines.
 
 Dense scoring for evaluation is :func:`hidden_rows` (activations of a chunk of points) followed by
-BLAS products merged block by block with :func:`merge_topk` (see ``model._score_blocks``);
-:func:`sparse_predict` ranks only the LSH-retrieved labels.
+:func:`slide.engine.scoring.exact_topk`; :func:`sparse_predict` ranks only the LSH-retrieved labels.
 
 Performance notes: hot loops index 2-d arrays directly (or call ``inline="always"`` helpers) rather
 than pass row views to other kernels, since each such call updates the arrays' shared reference
@@ -44,79 +43,26 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import prange
 
-from ..settings import NJIT
+from ..settings import FAST, FAST_PARALLEL, NJIT, drop_stale_cache
+from .intrinsics import prefetch
 from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
 
 
-def _drop_stale_cache() -> None:
-    """Delete this module's cached kernels when a module compiled into them is newer.
-
-    Numba's cache checks only the timestamp of the file that defines a kernel, not of the files
-    whose functions were compiled into it (the LSH modules here), so an edit there would go
-    unnoticed. Only the in-tree cache (``__pycache__``) is checked, not ``NUMBA_CACHE_DIR``.
-    """
-    here = Path(__file__).resolve()
-    deps = [here.with_name(n) for n in ("sampling.py", "tables.py", "hashing.py")]
-    deps.append(here.parent.parent / "settings.py")
-    try:
-        newest = max(p.stat().st_mtime for p in deps if p.exists())
-        index_files = list((here.parent / "__pycache__").glob(here.stem + ".*.nbi"))
-    except (ValueError, OSError):
-        return
-    for index in index_files:
-        try:
-            if index.stat().st_mtime < newest:
-                for data in index.parent.glob(index.name[:-len(".nbi")] + ".*.nbc"):
-                    data.unlink(missing_ok=True)
-                index.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-_drop_stale_cache()
-
-#: Kernels reassociate float sums (vectorised dot products) but keep NaN/inf semantics, so a
-#: diverging run still reports a NaN loss. Results stay bit-identical run to run on one thread.
-FAST = dict(NJIT, fastmath={"reassoc", "contract", "nsz"})
-FAST_PARALLEL = dict(FAST, parallel=True)
+drop_stale_cache(__file__, [str(Path(__file__).with_name(n)) for n in
+                            ("sampling.py", "tables.py", "hashing.py", "intrinsics.py")]
+                 + [str(Path(__file__).parents[1] / "settings.py")])
 
 #: Rows ahead that the output-layer and Adam loops prefetch (the rows are scattered in memory).
 PREFETCH_AHEAD = 6
-
-
-@intrinsic
-def _prefetch(typingctx, arr, r, c):
-    """Hint the CPU to fetch the cache line holding ``arr[r, c]`` (LLVM ``prefetch``, read, L1)."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 2):
-        return None
-    sig = types.void(arr, r, c)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
-        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
-        name = "llvm.prefetch.p0" if str(i8p.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque pointers
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        builder.call(fn, [i8p, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @numba.njit(inline="always", **NJIT)
 def _prefetch_row(arr, r):
     """Prefetch every cache line of row ``r`` of a float32 2-d array."""
     for c in range(0, arr.shape[1], 16):
-        _prefetch(arr, r, c)
+        prefetch(arr, r, c)
 
 
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)
@@ -594,38 +540,6 @@ def hidden_rows(x_indptr, x_indices, x_data, rows, W0, b0, Wh, bh, dims, scratch
             hidden_forward(x_indices[a:b], x_data[a:b], W0, b0, Wh, bh, dims, acts)
             for q in range(hl):
                 out[i, q] = acts[total - hl + q]
-
-
-@numba.njit(**FAST)
-def merge_topk(scores, bias, col0, vals, idx):
-    """Merge a block of scores (columns ``col0..``) plus ``bias`` into running top-k lists.
-
-    ``vals``/``idx`` (n, k) hold each row's best scores so far, best first (ties: lowest column
-    first, as :func:`slide.metrics.topk`). Each row is first screened against its current k-th
-    best with a vectorised count; only rows with a candidate are scanned for insertion (once a few
-    blocks are merged, few are).
-    """
-    n, m = scores.shape
-    k = vals.shape[1]
-    b = bias[col0:col0 + m]
-    for i in range(n):
-        row = scores[i]
-        thr = vals[i, k - 1]
-        hit = np.int32(0)
-        for c in range(m):  # an int32 count vectorises; a float max or an early exit would not
-            hit += np.int32((row[c] + b[c]) > thr)
-        if hit == 0:
-            continue
-        for c in range(m):
-            v = row[c] + b[c]
-            if v > vals[i, k - 1]:
-                p = k - 1
-                while p > 0 and vals[i, p - 1] < v:
-                    vals[i, p] = vals[i, p - 1]
-                    idx[i, p] = idx[i, p - 1]
-                    p -= 1
-                vals[i, p] = v
-                idx[i, p] = col0 + c
 
 
 @numba.njit(**NJIT)

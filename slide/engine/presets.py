@@ -45,7 +45,7 @@ schedule             fixed | decay (paper 4.2: first rehash after ``decay_start`
                      gaps N_t = decay_start * exp(decay * t) steps)
 decay, decay_start   lambda and N_0 of the decay schedule
 init                 normal | glorot;  init_scale: std of ``normal`` (0.01 as the reference)
-inference            dense (exact scores of every label, BLAS) | sparse (LSH-retrieved labels only)
+inference            dense (exact scores of every label) | sparse (LSH-retrieved labels only)
 eval_every           steps between evaluations on the fixed test sample (0: epoch ends only)
 ==================== ==========================================================================
 """
