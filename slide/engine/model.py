@@ -639,7 +639,7 @@ def _zeros(shape, threads):
     return out
 
 
-# ---------------------------------------------------------------------- dense scoring
+# ---------------------------------------------------------------------- evaluation benchmark
 def bench_predict(like: str = "amazon-670k", *, scale: float = 1.0, seed: int = 0, steps: int = 50,
                   points: int | None = None, threads: int = 0, root="data", inference=("dense", "sparse"),
                   overrides: dict | None = None) -> dict:
