@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -34,18 +35,18 @@ def _simd_lanes() -> int:
 SIMD_LANES = _simd_lanes()
 
 
-def drop_stale_cache(module_file: str, deps: list[str]) -> None:
-    """Delete the cached kernels of ``module_file`` when one of ``deps`` (paths) is newer.
+def drop_stale_cache(module_file: str, *siblings: str) -> None:
+    """Delete the cached kernels of ``module_file`` when this file or one of ``siblings`` is newer.
 
-    Numba's cache checks only the timestamp of the file that defines a kernel, not of the files
-    whose functions were compiled into it, so an edit there would go unnoticed. Only the in-tree
-    cache (``__pycache__``) is checked, not ``NUMBA_CACHE_DIR``.
+    ``siblings`` are file names beside ``module_file`` whose functions are compiled into its
+    kernels. Numba's cache checks only the timestamp of the file that defines a kernel, so an edit
+    there would go unnoticed. Only the in-tree cache (``__pycache__``) is checked, not
+    ``NUMBA_CACHE_DIR``.
     """
-    from pathlib import Path
-
     here = Path(module_file).resolve()
+    deps = [here.with_name(name) for name in siblings] + [Path(__file__).resolve()]
     try:
-        newest = max(Path(p).stat().st_mtime for p in deps if Path(p).exists())
+        newest = max(p.stat().st_mtime for p in deps if p.exists())
         index_files = list((here.parent / "__pycache__").glob(here.stem + ".*.nbi"))
     except (ValueError, OSError):
         return

@@ -83,3 +83,14 @@ def test_task_rows_are_whole_tiles_and_spread_over_threads():
     assert task_rows(10, 2) == TILE_ROWS
     assert task_rows(10**6, 2) == 512
     assert task_rows(3 * TILE_ROWS, 2) == 2 * TILE_ROWS
+
+
+@pytest.mark.parametrize("features,lanes", [("+avx512f,+avx2,+avx", 16), ("-avx512f,+avx2,+avx", 8),
+                                            ("+sse4.2,-avx", 4)])
+def test_vector_width_follows_the_compile_target(monkeypatch, features, lanes):
+    from numba.core import config
+
+    from slide.settings import _simd_lanes
+
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    assert _simd_lanes() == lanes

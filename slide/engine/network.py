@@ -39,7 +39,6 @@ retrieval, the true labels always included); with ``lsh=None`` every output neur
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -50,9 +49,7 @@ from .intrinsics import prefetch
 from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
 
 
-drop_stale_cache(__file__, [str(Path(__file__).with_name(n)) for n in
-                            ("sampling.py", "tables.py", "hashing.py", "intrinsics.py")]
-                 + [str(Path(__file__).parents[1] / "settings.py")])
+drop_stale_cache(__file__, "sampling.py", "tables.py", "hashing.py", "intrinsics.py")
 
 #: Rows ahead that the output-layer and Adam loops prefetch (the rows are scattered in memory).
 PREFETCH_AHEAD = 6

@@ -15,8 +15,6 @@ strictly greater, so ties rank the lowest label first, as :func:`slide.metrics.t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numba
 import numpy as np
 from numba import prange
@@ -24,8 +22,7 @@ from numba import prange
 from ..settings import FAST, FAST_PARALLEL, FLOAT, SIMD_LANES, drop_stale_cache
 from .intrinsics import vfma, vgt_mask, vlane, vload, vsplat
 
-drop_stale_cache(__file__, [str(Path(__file__).with_name("intrinsics.py")),
-                            str(Path(__file__).parents[1] / "settings.py")])
+drop_stale_cache(__file__, "intrinsics.py")
 
 #: Rows of one register tile: two vectors.
 TILE_ROWS = 2 * SIMD_LANES
