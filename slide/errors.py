@@ -30,3 +30,7 @@ class ResourceError(SlideError):
 
 class DivergenceError(SlideError):
     """Training produced a NaN or infinite loss."""
+
+
+class ConfigWarning(UserWarning):
+    """A setting was adjusted to keep its meaning (e.g. SLIDE's padding cap); the run goes on."""
