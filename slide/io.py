@@ -8,19 +8,30 @@ a full disk or an exception never leaves a truncated file that looks finished.
     atomic_write_text(path, text)
     with atomic_path(path) as tmp: ...write tmp...   # renamed over path on success
     save_npz_atomic(path, **arrays)                   # uncompressed .npz
+
+and reads input files without surprises:
+
+    read_regular_file(path, what="data file")         # whole file as a uint8 array
+    not_a_regular_file(path, what)                    # why path cannot be read, or None
+
+A folder, FIFO, socket or device given as an input file is reported as such (a FIFO
+is never opened in blocking mode, so it cannot hang the reader); an unreadable file
+is one :class:`~slide.errors.DatasetFormatError` line naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "save_npz_atomic",
-           "fsync_dir"]
+           "fsync_dir", "read_regular_file", "not_a_regular_file", "describe_os_error"]
 
 
 def fsync_dir(directory) -> None:
@@ -107,3 +118,80 @@ def save_npz_atomic(path, **arrays) -> Path:
         with open(tmp, "wb") as fh:  # a file object stops numpy appending ".npz"
             np.savez(fh, **arrays)
     return path
+
+
+# ----------------------------------------------------------------------------- reading inputs
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def _kind_problem(mode: int, what: str) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in _KINDS:
+        if test(mode):
+            return f"is {kind}, not a {what}"
+    return f"is not a regular file, not a {what}"
+
+
+def describe_os_error(path, exc: OSError) -> str:
+    """A short phrase for why ``path`` could not be opened or read."""
+    if exc.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return f"broken symbolic link (to {os.readlink(path)})"
+        return "no such file"
+    if exc.errno == errno.ENOTDIR:
+        return "no such file (a parent of it is not a folder)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (cannot read it)"
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def not_a_regular_file(path, what: str = "data file") -> str | None:
+    """Why ``path`` cannot be read as an input file ("no such file", "is a FIFO ..."), or None."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return describe_os_error(path, exc)
+    return _kind_problem(st.st_mode, what)
+
+
+def read_regular_file(path, what: str = "data file") -> np.ndarray:
+    """The bytes of regular file ``path`` as a uint8 array.
+
+    Raises :class:`~slide.errors.DatasetFormatError` (no line) saying what ``path`` is
+    when it is missing, a folder, a FIFO, a device or unreadable. The file is opened
+    non-blocking and checked with ``fstat`` before any read, so a FIFO cannot hang.
+    """
+    from slide.errors import DatasetFormatError
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            raise DatasetFormatError(path, None, f"is a directory, not a {what}") from None
+        raise DatasetFormatError(path, None, describe_os_error(path, exc)) from None
+    try:
+        st = os.fstat(fd)
+        problem = _kind_problem(st.st_mode, what)
+        if problem:
+            raise DatasetFormatError(path, None, problem)
+        out = np.empty(st.st_size, dtype=np.uint8)
+        view = memoryview(out)
+        got = 0
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as fh:
+            while got < st.st_size:
+                k = fh.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+        if got < st.st_size:
+            raise DatasetFormatError(path, None, f"shrank while being read ({got} of {st.st_size} bytes)")
+        return out
+    except OSError as exc:
+        raise DatasetFormatError(path, None, describe_os_error(path, exc)) from None
+    finally:
+        os.close(fd)

@@ -7,13 +7,18 @@ Format (Bhatia et al., XC repository)::
     ...
 
 Indices are 0-based. The label field may be empty (the line then starts with a
-space), CRLF line ends and trailing blanks are accepted, the last line may lack its
-newline. Everything else is an error: :func:`read_xc` raises
+space; a record with neither labels nor features is a line holding one space), CRLF
+line ends and trailing blanks are accepted, the last line may lack its newline, and
+empty lines after the last declared record are ignored (files often end with an extra
+CRLF). Leading zeros of an index are accepted (``007`` is 7). Everything else is an
+error: :func:`read_xc` raises
 :class:`~slide.errors.DatasetFormatError` naming the file and the 1-based line
 (header = line 1) for a malformed header, a record count that disagrees with the
 header, an index out of range or negative, a non-numeric token, a NaN/infinite value
 (or one that overflows float32), a feature or label repeated within a line, an empty
-file, and a record cut in the middle of a pair (``12:``).
+file, an empty line where a record should be (it used to be read as an empty record,
+silently shifting every later line), a record cut in the middle of a pair (``12:``),
+and an input that is not a readable regular file (folder, FIFO, device: said as such).
 
 The parse runs in a Numba kernel over the raw bytes (one counting pass, one fill
 pass, no Python work per token); the wrapper only validates and raises. Feature
@@ -28,7 +33,6 @@ shortest decimal that this reader maps back to the same float32 (``1`` rather th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numba
@@ -36,7 +40,7 @@ import numpy as np
 
 from slide.data.dataset import XCDataset
 from slide.errors import DatasetFormatError
-from slide.io import atomic_path
+from slide.io import atomic_path, describe_os_error, not_a_regular_file, read_regular_file
 
 __all__ = ["read_xc", "write_xc", "read_header"]
 
@@ -61,6 +65,7 @@ E_TRUNCATED = 13
 E_TOO_MANY = 14
 E_BAD_CR = 15
 E_FEATURE_IN_LABELS = 16
+E_BLANK_LINE = 17
 
 _POW10 = np.array([10.0 ** k for k in range(23)], dtype=np.float64)
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -146,16 +151,19 @@ def _parse_kernel(buf, start, n_points, num_features, num_labels,
         if c >= _ZERO and c <= _NINE:
             while True:
                 v = 0
-                nd = 0
+                nd = 0  # significant digits (leading zeros do not count)
+                seen = 0
                 while pos < n:
                     c = buf[pos]
                     if c < _ZERO or c > _NINE:
                         break
-                    if nd < 11:
-                        v = v * 10 + (c - _ZERO)
-                    nd += 1
+                    seen += 1
+                    if nd > 0 or c != _ZERO:
+                        if nd < 11:
+                            v = v * 10 + (c - _ZERO)
+                        nd += 1
                     pos += 1
-                if nd == 0:
+                if seen == 0:
                     if pos < n and buf[pos] == _MINUS:
                         return E_NEG_LABEL, rec, line, pos, 0
                     return E_LABEL_SEP, rec, line, pos, 0
@@ -180,6 +188,9 @@ def _parse_kernel(buf, start, n_points, num_features, num_labels,
                 return E_BAD_LABEL, rec, line, pos, 0
         elif c == _MINUS:
             return E_NEG_LABEL, rec, line, pos, 0
+        elif c == _NL or (c == _CR and (pos + 1 >= n or buf[pos + 1] == _NL)):
+            # an empty line is not a record (an empty record is a line holding a space)
+            return E_BLANK_LINE, rec, line, pos, 0
         elif c != _SP and c != _TAB and c != _NL and c != _CR:
             return E_BAD_LABEL, rec, line, pos, 0
         # ---------------- feature pairs ----------------
@@ -208,14 +219,15 @@ def _parse_kernel(buf, start, n_points, num_features, num_labels,
                 return E_BAD_FEATURE, rec, line, pos, 0
             tok = pos
             v = 0
-            nd = 0
+            nd = 0  # significant digits (leading zeros do not count)
             while pos < n:
                 c = buf[pos]
                 if c < _ZERO or c > _NINE:
                     break
-                if nd < 11:
-                    v = v * 10 + (c - _ZERO)
-                nd += 1
+                if nd > 0 or c != _ZERO:
+                    if nd < 11:
+                        v = v * 10 + (c - _ZERO)
+                    nd += 1
                 pos += 1
             if pos >= n:
                 return E_TRUNCATED, rec, line, tok, 0
@@ -327,10 +339,8 @@ def _parse_kernel(buf, start, n_points, num_features, num_labels,
 
 
 def _read_bytes(path) -> np.ndarray:
-    size = os.path.getsize(path)
-    if size == 0:
-        return np.zeros(0, dtype=np.uint8)
-    return np.fromfile(path, dtype=np.uint8)
+    """The whole file; a folder, FIFO, device or unreadable file is one error line."""
+    return read_regular_file(path, "data file")
 
 
 def _parse_header(path, buf):
@@ -376,14 +386,33 @@ def _token_at(buf, pos) -> str:
     return tok if len(tok) <= 40 else tok[:37] + "..."
 
 
-def _message(code, buf, pos, value, n_points, num_features, num_labels):
+def _int_at(buf, pos) -> int | None:
+    """The decimal integer whose digits cover ``buf[pos]`` (leading zeros dropped)."""
+    if pos < 0 or pos >= buf.shape[0] or not (_ZERO <= buf[pos] <= _NINE):
+        return None
+    lo = pos
+    while lo > 0 and _ZERO <= buf[lo - 1] <= _NINE:
+        lo -= 1
+    hi = pos
+    while hi < buf.shape[0] and _ZERO <= buf[hi] <= _NINE:
+        hi += 1
+    return int(bytes(buf[lo:hi]))
+
+
+def _shown_int(v: int) -> str:
+    text = str(v)
+    return text if len(text) <= 40 else f"{text[:12]}...({len(text)} digits)"
+
+
+def _message(code, buf, pos, value, n_points, num_features, num_labels, rec=0):
     tok = _token_at(buf, pos) if pos >= 0 else ""
     if code == E_BAD_LABEL:
         return f"non-numeric label token {tok!r} (labels are comma-separated non-negative integers)"
     if code == E_NEG_LABEL:
         return f"negative label index in {tok!r}"
     if code == E_LABEL_RANGE:
-        shown = value if value >= 0 else tok
+        parsed = value if value >= 0 else _int_at(buf, pos)
+        shown = _shown_int(parsed) if parsed is not None else repr(tok)
         return f"label index {shown} out of range [0, {num_labels})"
     if code == E_DUP_LABEL:
         return f"label {value} repeated within the record"
@@ -397,7 +426,8 @@ def _message(code, buf, pos, value, n_points, num_features, num_labels):
     if code == E_NEG_FEATURE:
         return f"negative feature index in {tok!r}"
     if code == E_FEATURE_RANGE:
-        shown = value if value >= 0 else tok.split(":")[0]
+        parsed = value if value >= 0 else _int_at(buf, pos)
+        shown = _shown_int(parsed) if parsed is not None else repr(tok.split(":")[0])
         return f"feature index {shown} out of range [0, {num_features})"
     if code == E_DUP_FEATURE:
         return f"feature index {value} repeated within the record"
@@ -413,19 +443,16 @@ def _message(code, buf, pos, value, n_points, num_features, num_labels):
         return f"more records than the {n_points} declared in the header"
     if code == E_BAD_CR:
         return "carriage return not followed by a line feed"
+    if code == E_BLANK_LINE:
+        return (f"empty line where record {rec + 1} of {n_points} should be (a record with "
+                "neither labels nor features is a line holding one space)")
     return f"parse error code {code}"
 
 
 def read_xc(path) -> XCDataset:
     """Parse an XC-format file strictly (no cache). See the module docstring."""
     path = Path(path)
-    try:
-        buf = _read_bytes(path)
-    except FileNotFoundError:
-        raise DatasetFormatError(path, None, "no such file") from None
-    except IsADirectoryError:
-        raise DatasetFormatError(path, None, "is a directory, not a data file") from None
-    return parse_xc_bytes(buf, path)
+    return parse_xc_bytes(_read_bytes(path), path)
 
 
 def parse_xc_bytes(buf: np.ndarray, path="<bytes>") -> XCDataset:
@@ -447,7 +474,7 @@ def parse_xc_bytes(buf: np.ndarray, path="<bytes>") -> XCDataset:
         buf, start, n, nf, nl, x_indptr, x_indices, x_data, y_indptr, y_indices,
         mark_f, mark_l, use_marks)
     if code != OK:
-        raise DatasetFormatError(path, line, _message(code, buf, pos, value, n, nf, nl))
+        raise DatasetFormatError(path, line, _message(code, buf, pos, value, n, nf, nl, rec))
     if rec < n:
         # 'line' is the number of the line after the last record
         raise DatasetFormatError(
@@ -465,8 +492,14 @@ def parse_xc_bytes(buf: np.ndarray, path="<bytes>") -> XCDataset:
 def read_header(path):
     """(num_points, num_features, num_labels) from the first line of an XC file."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
+    problem = not_a_regular_file(path, "data file")
+    if problem:
+        raise DatasetFormatError(path, None, problem)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise DatasetFormatError(path, None, describe_os_error(path, exc)) from None
     n, f, l, _ = _parse_header(path, np.frombuffer(head, dtype=np.uint8))
     return n, f, l
 
