@@ -34,9 +34,10 @@ def xc_file(tmp_path):
 
 
 def forbid_parse(monkeypatch):
-    def boom(path):
-        raise AssertionError(f"parsed {path} although a valid cache exists")
+    def boom(*args):
+        raise AssertionError(f"parsed {args[-1]} although a valid cache exists")
     monkeypatch.setattr(cache_mod, "read_xc", boom)
+    monkeypatch.setattr(cache_mod, "parse_xc_bytes", boom)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -50,6 +51,7 @@ def test_cache_written_beside_source_and_used(xc_file, monkeypatch):
         assert int(z["format_version"]) == cache_mod.FORMAT_VERSION
         assert int(z["source_size"]) == xc_file.stat().st_size
         assert int(z["source_mtime_ns"]) == xc_file.stat().st_mtime_ns
+        assert int(z["source_xxh64"]) == cache_mod.xxh64_file(xc_file)
     assert same(ds, read_xc(xc_file))
     forbid_parse(monkeypatch)
     assert same(load_xc(xc_file), ds)
@@ -94,10 +96,150 @@ def test_inconsistent_cache_arrays_are_rejected(xc_file):
     st = xc_file.stat()
     save_npz_atomic(cache_file, format_version=np.int64(cache_mod.FORMAT_VERSION),
                     source_size=np.int64(st.st_size), source_mtime_ns=np.int64(st.st_mtime_ns),
+                    source_xxh64=np.uint64(cache_mod.xxh64_file(xc_file)),
                     source_path=np.array(str(xc_file)), num_features=np.int64(6), num_labels=np.int64(4),
                     x_indptr=ds.x_indptr, x_indices=ds.x_indices[:-1], x_data=ds.x_data,
                     y_indptr=ds.y_indptr, y_indices=ds.y_indices)
     assert read_cache(cache_file, xc_file) is None
+
+
+def rewrite_cache(cache_file, **changes):
+    """Rewrite a cache keeping its keys (size, mtime, hash) but with some arrays changed."""
+    with np.load(cache_file, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    save_npz_atomic(cache_file, **arrays)
+
+
+def _tampered(ds):
+    xi_big = ds.x_indices.copy()
+    xi_big[1] = 10**6
+    yi_neg = ds.y_indices.copy()
+    yi_neg[0] = -3
+    xd_nan = ds.x_data.copy()
+    xd_nan[2] = np.nan
+    xp_down = ds.x_indptr.copy()
+    xp_down[1], xp_down[2] = xp_down[2], xp_down[1]
+    yp_short = ds.y_indptr.copy()
+    yp_short[-1] -= 1
+    return {
+        "feature index out of range": ({"x_indices": xi_big}, "x_indices outside [0, 6)"),
+        "negative label": ({"y_indices": yi_neg}, "y_indices outside [0, 4)"),
+        "NaN value": ({"x_data": xd_nan}, "NaN or infinite"),
+        "indptr decreasing": ({"x_indptr": xp_down}, "x_indptr decreases"),
+        "indptr end": ({"y_indptr": yp_short}, "y_indptr runs from 0 to"),
+        "wrong dtype": ({"x_indices": ds.x_indices.astype(np.int64)}, "x_indices is int64"),
+        "2-D array": ({"x_data": ds.x_data.reshape(1, -1)}, "x_data is float32 with shape (1, 4)"),
+        "labels beyond dims": ({"num_labels": np.int64(2)}, "y_indices outside [0, 2)"),
+        "missing array": (None, "unreadable cache"),
+    }
+
+
+@pytest.mark.parametrize("kind", [
+    "feature index out of range", "negative label", "NaN value", "indptr decreasing", "indptr end",
+    "wrong dtype", "2-D array", "labels beyond dims", "missing array"])
+def test_tampered_cache_is_checked_and_reparsed_with_a_warning(xc_file, capsys, kind):
+    """Issue 10 item 3: a cache with indices out of range (source size and mtime unchanged)
+    was served unchecked and training segfaulted."""
+    good = load_xc(xc_file)
+    cache_file = xc_file.with_name("d.txt.cache.npz")
+    changes, reason = _tampered(good)[kind]
+    if changes is None:
+        with np.load(cache_file, allow_pickle=False) as z:
+            kept = {k: z[k] for k in z.files if k != "y_indices"}
+        save_npz_atomic(cache_file, **kept)
+    else:
+        rewrite_cache(cache_file, **changes)
+    capsys.readouterr()
+    assert read_cache(cache_file, xc_file) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"slide: warning: {cache_file}: "), err
+    assert reason in err[0] and f"parsing {xc_file} instead" in err[0]
+    ds = load_xc(xc_file)  # reparsed, never the tampered arrays
+    assert same(ds, good)
+    assert read_cache(cache_file, xc_file) is not None  # and rewritten
+    assert capsys.readouterr().err.count("warning") == 1
+
+
+def test_same_size_edit_then_touch_r_is_not_served_stale(xc_file, tmp_path):
+    """Issue 10 item 3: the cache was keyed on size and mtime only."""
+    load_xc(xc_file)
+    ref = tmp_path / "ref"
+    ref.write_text("x")
+    os.utime(ref, ns=(xc_file.stat().st_atime_ns, xc_file.stat().st_mtime_ns))
+    xc_file.write_text(TEXT.replace("0:1", "0:7"))  # same size
+    os.utime(xc_file, ns=(ref.stat().st_atime_ns, ref.stat().st_mtime_ns))  # touch -r ref
+    assert load_xc(xc_file).x_data[2] == 7.0
+
+
+def test_touch_alone_keeps_the_cache(xc_file, monkeypatch):
+    load_xc(xc_file)
+    st = xc_file.stat()
+    os.utime(xc_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    forbid_parse(monkeypatch)
+    assert load_xc(xc_file).x_data[2] == 1.0
+
+
+def _xxh64_reference(data: bytes, seed: int = 0) -> int:
+    """XXH64 in plain Python integers, written from the specification (the test oracle)."""
+    M = (1 << 64) - 1
+    P1, P2, P3, P4, P5 = (11400714785074694791, 14029467366897019727, 1609587929392839161,
+                          9650029242287828579, 2870177450012600261)
+
+    def rotl(x, r):
+        return ((x << r) | (x >> (64 - r))) & M
+
+    def rnd(acc, lane):
+        return (rotl((acc + lane * P2) & M, 31) * P1) & M
+
+    def u64(i):
+        return int.from_bytes(data[i:i + 8], "little")
+
+    n, i = len(data), 0
+    if n >= 32:
+        v = [(seed + P1 + P2) & M, (seed + P2) & M, seed, (seed - P1) & M]
+        while i + 32 <= n:
+            v = [rnd(v[k], u64(i + 8 * k)) for k in range(4)]
+            i += 32
+        h = (rotl(v[0], 1) + rotl(v[1], 7) + rotl(v[2], 12) + rotl(v[3], 18)) & M
+        for k in range(4):
+            h = (((h ^ rnd(0, v[k])) * P1) + P4) & M
+    else:
+        h = (seed + P5) & M
+    h = (h + n) & M
+    while i + 8 <= n:
+        h = ((rotl(h ^ rnd(0, u64(i)), 27) * P1) + P4) & M
+        i += 8
+    if i + 4 <= n:
+        h = ((rotl(h ^ ((int.from_bytes(data[i:i + 4], "little") * P1) & M), 23) * P2) + P3) & M
+        i += 4
+    while i < n:
+        h = (rotl(h ^ ((data[i] * P5) & M), 11) * P1) & M
+        i += 1
+    h ^= h >> 33
+    h = (h * P2) & M
+    h ^= h >> 29
+    h = (h * P3) & M
+    return h ^ (h >> 32)
+
+
+def test_xxh64_matches_the_specification_streamed_or_not(tmp_path, monkeypatch):
+    assert cache_mod.xxh64_bytes(b"") == 0xEF46DB3751D8E999 == _xxh64_reference(b"")
+    assert cache_mod.xxh64_bytes(b"abc") == 0x44BC2CF5AD770999 == _xxh64_reference(b"abc")
+    monkeypatch.setattr(cache_mod, "_HASH_CHUNK", 64)  # many chunk boundaries
+    rng = np.random.default_rng(0)
+    for n in [0, 1, 3, 4, 7, 8, 31, 32, 33, 63, 64, 65, 96, 127, 128, 129, 1000, 4099]:
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        f = tmp_path / f"h{n}"
+        f.write_bytes(data)
+        expected = _xxh64_reference(data)
+        assert cache_mod.xxh64_bytes(data) == expected, n
+        assert cache_mod.xxh64_file(f) == expected, n
+    try:
+        import xxhash
+    except ImportError:
+        return
+    assert cache_mod.xxh64_bytes(data) == xxhash.xxh64_intdigest(data)
 
 
 def test_read_only_folder_uses_user_cache(tmp_path, isolated_cache, monkeypatch):
@@ -221,6 +363,42 @@ def test_load_split_and_train_test(tmp_path, xc_file):
         load_train_test(xc_file, other)
     train, test = load_train_test(xc_file, write_split(tmp_path, TEXT, "t2.txt"))
     assert len(train) == len(test) == 3
+
+
+def test_zero_point_train_or_test_set_is_refused_at_load_time(tmp_path, xc_file):
+    """Issue 10 item 15: a 0-point train or test set was accepted and reported as completed."""
+    empty = write_split(tmp_path, "0 6 4\n", "empty.txt")
+    with pytest.raises(DatasetFormatError) as info:
+        load_train_test(xc_file, empty)
+    assert str(info.value) == f"{empty}: the test set has 0 points; nothing to evaluate on"
+    with pytest.raises(DatasetFormatError) as info:
+        load_train_test(empty, xc_file)
+    assert str(info.value) == f"{empty}: the train set has 0 points; nothing to train on"
+    assert len(read_xc(empty)) == 0  # the file itself is valid XC
+
+
+def test_split_file_that_is_a_folder_or_fifo_or_unreadable(tmp_path, monkeypatch):
+    """Issue 10 items 14/16: say what the split file is; an unreadable one is one line."""
+    with pytest.raises(DatasetFormatError, match="is a directory, not a split file"):
+        read_split(tmp_path)
+    fifo = tmp_path / "split.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetFormatError) as info:
+        read_split(fifo)
+    assert str(info.value) == f"{fifo}: is a FIFO (named pipe), not a split file"
+    p = write_split(tmp_path, "1\n")
+    import slide.io as io_mod
+    real_open = os.open
+
+    def deny(path, *args, **kwargs):
+        if str(path) == str(p):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(io_mod.os, "open", deny)
+    with pytest.raises(DatasetFormatError) as info:
+        read_split(p)
+    assert str(info.value) == f"{p}: permission denied (cannot read it)"
 
 
 # ----------------------------------------------------------------------------- test order

@@ -74,7 +74,7 @@ def random_xc_text(rng, n=None) -> str:
         if pairs:
             line += " " + pairs
         elif not labels.size:
-            line = " " if rng.random() < 0.5 else ""
+            line = " " if rng.random() < 0.5 else "\t"  # an empty line is an error, not a record
         if rng.random() < 0.2:
             line += "  "  # trailing blanks
         out.append(line)
@@ -129,15 +129,45 @@ def test_example_file_with_crlf_empty_labels_exponents(tmp_path):
     assert read_header(tmp_path / "d.txt") == (4, 10, 5)
 
 
-def test_blank_line_is_a_record_without_labels_or_features(tmp_path):
-    ds = read_xc(write(tmp_path, "3 4 4\n1 0:1\n\n 2:3\n"))
+def test_line_holding_a_space_is_a_record_without_labels_or_features(tmp_path):
+    ds = read_xc(write(tmp_path, "3 4 4\n1 0:1\n \n 2:3\n"))
     np.testing.assert_array_equal(ds.x_indptr, [0, 1, 1, 2])
     np.testing.assert_array_equal(ds.y_indptr, [0, 1, 1, 1])
 
 
-def test_trailing_blank_lines_after_last_record_are_fine(tmp_path):
-    ds = read_xc(write(tmp_path, "1 4 4\n1 0:1\n\n  \n"))
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_empty_line_among_records_is_refused(tmp_path, eol):
+    """Issue 10 item 15: `3 5 3` with an empty second record used to load as 3 points."""
+    text = eol.join(["3 5 3", "0 1:1", "", "1 2:1", "2 3:1", ""])
+    with pytest.raises(DatasetFormatError) as info:
+        read_xc(write(tmp_path, text))
+    assert info.value.line == 3
+    assert "empty line where record 2 of 3 should be" in info.value.reason
+    # too few records followed by an empty line: named the same way
+    with pytest.raises(DatasetFormatError) as info:
+        read_xc(write(tmp_path, "3 5 3\n0 1:1\n1 2:1\n\n", name="short.txt"))
+    assert info.value.line == 4 and "record 3 of 3" in info.value.reason
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_trailing_blank_lines_after_last_record_are_fine(tmp_path, eol):
+    ds = read_xc(write(tmp_path, f"1 4 4{eol}1 0:1{eol}{eol}  {eol}{eol}"))
     assert len(ds) == 1
+
+
+def test_index_with_leading_zeros_is_read_by_value(tmp_path):
+    """Issue 10 item 16: `000000000001` was refused as out of range and echoed with its zeros."""
+    ds = read_xc(write(tmp_path, "1 4 4\n000000000001 00000000000003:1\n"))
+    assert ds.y_indices.tolist() == [1] and ds.x_indices.tolist() == [3]
+    with pytest.raises(DatasetFormatError) as info:
+        read_xc(write(tmp_path, "1 4 4\n000000000009 0:1\n", name="l.txt"))
+    assert info.value.reason == "label index 9 out of range [0, 4)"
+    with pytest.raises(DatasetFormatError) as info:
+        read_xc(write(tmp_path, "1 4 4\n1 0000000000012:1\n", name="f.txt"))
+    assert info.value.reason == "feature index 12 out of range [0, 4)"
+    with pytest.raises(DatasetFormatError) as info:
+        read_xc(write(tmp_path, "1 4 4\n0099999999999999 0:1\n", name="big.txt"))
+    assert info.value.reason == "label index 99999999999999 out of range [0, 4)"
 
 
 def test_zero_points(tmp_path):
@@ -286,6 +316,54 @@ def test_missing_file_and_directory(tmp_path):
         read_xc(tmp_path / "absent.txt")
     with pytest.raises(DatasetFormatError, match="directory"):
         read_xc(tmp_path)
+
+
+def test_fifo_and_folder_say_what_they_are_through_every_reader(tmp_path):
+    """Issue 10 item 16: a folder or FIFO given as a data file said "no such file" (load_xc)."""
+    import os
+
+    from slide.data import load_xc, read_split
+
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for reader in (read_xc, load_xc, read_header):
+        with pytest.raises(DatasetFormatError) as info:  # and does not hang on the FIFO
+            reader(fifo)
+        assert str(info.value) == f"{fifo}: is a FIFO (named pipe), not a data file"
+        with pytest.raises(DatasetFormatError) as info:
+            reader(tmp_path)
+        assert str(info.value) == f"{tmp_path}: is a directory, not a data file"
+    with pytest.raises(DatasetFormatError, match="is a FIFO"):
+        read_split(fifo)
+    link = tmp_path / "dangling.txt"
+    link.symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(DatasetFormatError, match="broken symbolic link"):
+        load_xc(link)
+
+
+def test_unreadable_file_is_one_error_line(tmp_path, monkeypatch):
+    """Issue 10 item 14: an unreadable data file gave a PermissionError traceback."""
+    import os
+
+    import slide.io as io_mod
+    from slide.data import load_xc
+
+    p = write(tmp_path, "1 4 4\n1 0:1\n")
+    if os.geteuid() != 0:
+        p.chmod(0)
+    else:  # root reads anything: make the open fail as it would for a user
+        real_open = os.open
+
+        def deny(path, *args, **kwargs):
+            if str(path) == str(p):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(io_mod.os, "open", deny)
+    for reader in (read_xc, load_xc):
+        with pytest.raises(DatasetFormatError) as info:
+            reader(p)
+        assert str(info.value) == f"{p}: permission denied (cannot read it)"
 
 
 def test_error_line_numbers_count_crlf_lines(tmp_path):

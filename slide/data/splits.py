@@ -14,10 +14,10 @@ import numpy as np
 from slide.data.cache import load_xc
 from slide.data.dataset import XCDataset
 from slide.errors import ConfigError, DatasetFormatError
-from slide.io import atomic_path
+from slide.io import atomic_path, read_regular_file
 
 __all__ = ["read_split", "load_split", "load_train_test", "test_order", "write_test_order",
-           "load_test_order", "TEST_ORDER_FILE", "TEST_ORDER_SEED"]
+           "load_test_order", "refuse_empty", "TEST_ORDER_FILE", "TEST_ORDER_SEED"]
 
 #: File name of the shuffled test order written by ``fetch`` and ``prepare``.
 TEST_ORDER_FILE = "test_order.npy"
@@ -29,12 +29,7 @@ def _read_split_lines(path, column: int):
     path = Path(path)
     if isinstance(column, bool) or not isinstance(column, (int, np.integer)) or column < 1:
         raise DatasetFormatError(path, None, f"split column must be an integer >= 1, got {column!r}")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetFormatError(path, None, "no such file") from None
-    except IsADirectoryError:
-        raise DatasetFormatError(path, None, "is a directory, not a split file") from None
+    raw = read_regular_file(path, "split file").tobytes()  # one line if missing, a folder, a FIFO...
     if not raw.strip():
         raise DatasetFormatError(path, 1, "empty split file")
     text = raw.decode("ascii", errors="replace")
@@ -97,7 +92,8 @@ def load_train_test(train, test, train_split=None, test_split=None, split_column
 
     Either two XC files (Delicious/Amazon style), or one data file given as both
     ``train`` and ``test`` with split files selecting the records (Bibtex style); each
-    split applies to its own file. The two sets must declare the same dimensions.
+    split applies to its own file. The two sets must declare the same dimensions, and
+    neither may be empty (0 points is refused with one line naming the file).
     """
     same = Path(train).resolve() == Path(test).resolve()
     if same and (train_split is None or test_split is None):
@@ -117,7 +113,20 @@ def load_train_test(train, test, train_split=None, test_split=None, split_column
         test_out = test_ds.subset(read_split(test_split, split_column, num_records=len(test_ds)))
     else:
         test_out = test_ds
+    for what, ds, path in (("train", train_out, train), ("test", test_out, test)):
+        refuse_empty(what, ds, path)
     return train_out, test_out
+
+
+def refuse_empty(what: str, ds: XCDataset, path) -> None:
+    """Raise a one-line error when the ``what`` set (train or test) holds no point.
+
+    A 0-point file is valid XC (the reader accepts it) but cannot be trained or
+    evaluated on: training would do nothing and report P@k over 0 points as completed.
+    """
+    if len(ds) == 0:
+        raise DatasetFormatError(path, None, f"the {what} set has 0 points; nothing to "
+                                             f"{'train on' if what == 'train' else 'evaluate on'}")
 
 
 def test_order(n: int, seed: int = TEST_ORDER_SEED) -> np.ndarray:
