@@ -378,3 +378,188 @@ def test_registry_validation(tmp_path):
     p.write_text("datasets:\n  tiny:\n    folder: T\n    files: {train: a, test: b}\n"
                  "    stats: {features: 1, labels: 1, train_points: 1, test_points: 1}\n")
     assert get_dataset("tiny", p).folder == "T"
+
+
+# ----------------------------------------------------------------------------- slow servers
+
+
+@pytest.fixture
+def slow_server():
+    """127.0.0.1 server that trickles (/trickle: 1 byte per 0.1 s) or stays silent (/silent)."""
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.flush()
+            try:
+                for _ in range(200):  # bounded: 20 s at most
+                    if stop.wait(0.1):
+                        return
+                    if self.path.startswith("/trickle"):
+                        self.wfile.write(b"P")
+                        self.wfile.flush()
+            except OSError:
+                return
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+    httpd = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/{{id}}"
+    finally:
+        stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def timed_fetch_error(reg, url, root, **kw):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(FetchError) as info:
+        run(reg, url, root, **kw)
+    return str(info.value), time.monotonic() - t0
+
+
+def test_trickling_server_is_cut_off_by_the_deadline(tmp_path, slow_server):
+    """Issue 10 item 10: one byte every few seconds kept the fetch running forever."""
+    from slide.data.fetch import DownloadLimits
+
+    root = tmp_path / "data"
+    msg, took = timed_fetch_error(registry(drive_id="trickle"), slow_server, root,
+                                  limits=DownloadLimits(deadline=1.0, min_rate=0, read_timeout=5))
+    assert "download exceeded its deadline of 1 s" in msg and "--deadline" in msg and "\n" not in msg
+    assert took < 4
+    assert not root.exists()
+
+
+def test_trickling_server_is_cut_off_by_the_minimum_rate(tmp_path, slow_server):
+    from slide.data.fetch import DownloadLimits
+
+    root = tmp_path / "data"
+    msg, took = timed_fetch_error(registry(drive_id="trickle"), slow_server, root,
+                                  limits=DownloadLimits(deadline=0, min_rate=1000, rate_window=0.5))
+    assert "download too slow" in msg and "below the minimum of 1000 B/s" in msg and "--min-rate" in msg
+    assert took < 4
+    assert not root.exists()
+
+
+def test_silent_server_hits_the_read_timeout_and_limits_come_from_the_environment(
+        tmp_path, slow_server, monkeypatch):
+    monkeypatch.setenv("SLIDE_FETCH_READ_TIMEOUT", "0.5")
+    monkeypatch.setenv("SLIDE_FETCH_DEADLINE", "30")
+    msg, took = timed_fetch_error(registry(drive_id="silent"), slow_server, tmp_path / "data")
+    assert "no data received for 0.5 s" in msg and took < 4
+    monkeypatch.setenv("SLIDE_FETCH_DEADLINE", "0.7")
+    monkeypatch.setenv("SLIDE_FETCH_READ_TIMEOUT", "60")
+    msg, took = timed_fetch_error(registry(drive_id="trickle"), slow_server, tmp_path / "data")
+    assert "deadline of 0.7 s" in msg and took < 4
+    monkeypatch.setenv("SLIDE_FETCH_MIN_RATE", "fast")
+    with pytest.raises(ConfigError, match="SLIDE_FETCH_MIN_RATE must be a number"):
+        run(registry(drive_id="trickle"), slow_server, tmp_path / "data")
+
+
+def test_fetch_cli_deadline_is_one_line(tmp_path, slow_server):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "SLIDE_CACHE_DIR": str(tmp_path / "c")}
+    proc = subprocess.run([sys.executable, "-m", "slide.data.commands", "data", "fetch", "bibtex",
+                           "--root", str(tmp_path / "data"), "--url-template", slow_server.replace("{id}", "trickle{id}"),
+                           "--no-progress", "--deadline", "0.6", "--min-rate", "0"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("slide: error: could not fetch bibtex"), proc.stderr
+    assert "deadline of 0.6 s" in lines[0]
+    bad = subprocess.run([sys.executable, "-m", "slide.data.commands", "data", "fetch", "bibtex",
+                          "--deadline", "-1"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode != 0 and "--deadline" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_gdown_download_obeys_the_deadline(tmp_path, monkeypatch):
+    """The Google Drive path runs gdown in a thread the limits can stop waiting for."""
+    import time
+
+    gdown = pytest.importorskip("gdown")
+    from slide.data.fetch import DownloadLimits
+
+    calls = []
+
+    def trickle(id=None, output=None, quiet=True, cancel=None, **kw):  # noqa: A002
+        calls.append(id)
+        for _ in range(100):  # bounded: 5 s at most
+            if cancel is not None and cancel.is_set():
+                raise RuntimeError("cancelled")
+            output.write(b"P")
+            output.flush()
+            time.sleep(0.05)
+        return output
+
+    monkeypatch.setattr(gdown, "download", trickle)
+    root = tmp_path / "data"
+    t0 = time.monotonic()
+    with pytest.raises(FetchError) as info:
+        fetch("tiny", root=root, progress=False, registry=registry(), url_template="",
+              limits=DownloadLimits(deadline=0.5, min_rate=0))
+    assert "deadline of 0.5 s" in str(info.value) and time.monotonic() - t0 < 4
+    assert calls == ["orig.zip"]
+    assert not root.exists()
+
+
+def _dead_pid() -> int:
+    import os
+
+    for pid in range(4_000_000, 3_000_000, -7919):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            continue
+    pytest.skip("no free process id found")
+
+
+def test_stale_temporaries_of_a_killed_fetch_are_removed_and_reported(tmp_path, capfd):
+    """Issue 10 item 9: a killed fetch left .download-*.part files that were never removed."""
+    import os
+
+    raw = tmp_path / "data" / "raw" / "tiny"
+    raw.mkdir(parents=True)
+    dead = _dead_pid()
+    (raw / ".download-k3x_9a2b.part").write_bytes(b"x" * 1000)        # older naming, no pid
+    (raw / f".download-{dead}-abc123.part").write_bytes(b"x" * 2000)   # process gone
+    (raw / f".extract-{dead}-zz9").mkdir()
+    (raw / f".extract-{dead}-zz9" / "half.txt").write_bytes(b"x" * 500)
+    live = raw / f".download-{os.getppid()}-live1.part"                 # a running fetch: kept
+    live.write_bytes(b"x")
+    (raw / "notes.part").write_text("not ours")
+    capfd.readouterr()
+    with pytest.raises(FetchError):
+        run(registry(), DEAD_URL, tmp_path / "data")
+    err = capfd.readouterr().err
+    assert sorted(p.name for p in raw.iterdir()) == sorted([live.name, "notes.part"])
+    assert f"slide: removed 3 stale temporary files of an interrupted fetch from {raw} (0.0 MB)" in err
+
+
+def test_verification_error_names_the_destination_not_the_deleted_staging_copy(tmp_path, server, texts):
+    """Issue 10 item 16: the message named .extract-*/stage/..., deleted when it was printed."""
+    members = {"Tiny/tiny_train.txt": texts["train"], "Tiny/tiny_test.txt": b"12 20 6\n0 1:nan\n"}
+    (server.root / "orig.zip").write_bytes(make_zip(members))
+    root = tmp_path / "data"
+    with pytest.raises(FetchError) as info:
+        run(registry(), server, root)
+    msg = str(info.value)
+    assert f"{root / 'raw' / 'tiny' / 'Tiny' / 'tiny_test.txt'}:2: NaN" in msg, msg
+    assert ".extract-" not in msg and "stage" not in msg

@@ -19,6 +19,17 @@ points/features/labels are checked exactly against the registry; caches are buil
 then the folder is renamed into place, the test order is written and the marker
 last. On any failure the temporary and staging files are removed, a folder moved
 into place by this run is removed again, and files placed by hand are left alone.
+
+Each download attempt is bounded (see :class:`DownloadLimits`): an overall deadline
+(default 2 h), a minimum throughput over a sliding window (default 10 KiB/s over 60 s)
+and a per-read timeout (60 s); each is set by an argument of :func:`fetch` / ``slide
+data fetch`` or an environment variable, and 0 disables the first two. A server that
+trickles bytes is thus cut off with a line saying which rule it broke.
+
+Temporaries carry the process id (``.download-<pid>-*.part``, ``.extract-<pid>-*``);
+a fetch that was killed leaves them behind, and the next fetch of the same dataset
+removes those whose process is gone (and those of the older, pid-less naming) and
+says so on stderr.
 """
 
 from __future__ import annotations
@@ -26,13 +37,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import stat
+import sys
 import tarfile
 import tempfile
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 import urllib.error
 import urllib.request
 import zipfile
@@ -45,14 +61,160 @@ from slide.data.registry import DatasetSpec, get_dataset
 from slide.data.splits import TEST_ORDER_FILE, TEST_ORDER_SEED, read_split, write_test_order
 from slide.data.stats import dataset_stats
 from slide.data.xc_format import read_xc
-from slide.errors import FetchError, SlideError
+from slide.errors import ConfigError, FetchError, SlideError
 from slide.io import atomic_write_text
 
-__all__ = ["fetch", "dataset_paths", "MARKER_FILE", "URL_ENV"]
+__all__ = ["fetch", "dataset_paths", "DownloadLimits", "MARKER_FILE", "URL_ENV"]
 
 MARKER_FILE = ".verified"
 URL_ENV = "SLIDE_DOWNLOAD_URL"
 _CHUNK = 1 << 20
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Bounds on one download attempt (a source: the original id or the mirror).
+
+    deadline : seconds for the whole attempt (0 = none); env ``SLIDE_FETCH_DEADLINE``
+    min_rate : bytes/s the attempt must average over every ``rate_window`` seconds once
+        that long has passed (0 = no minimum); env ``SLIDE_FETCH_MIN_RATE``
+    rate_window : seconds of the throughput window; env ``SLIDE_FETCH_RATE_WINDOW``
+    read_timeout : seconds a single read may wait for data; env ``SLIDE_FETCH_READ_TIMEOUT``
+
+    The rules are checked whenever data arrives and, at the latest, when a read times
+    out, so a breach is noticed within ``read_timeout`` (the socket timeout is also
+    capped at the deadline).
+    """
+
+    deadline: float = 7200.0
+    min_rate: float = 10240.0
+    rate_window: float = 60.0
+    read_timeout: float = 60.0
+
+    ENV = {"deadline": "SLIDE_FETCH_DEADLINE", "min_rate": "SLIDE_FETCH_MIN_RATE",
+           "rate_window": "SLIDE_FETCH_RATE_WINDOW", "read_timeout": "SLIDE_FETCH_READ_TIMEOUT"}
+    FLAG = {"deadline": "--deadline", "min_rate": "--min-rate", "rate_window": "--rate-window",
+            "read_timeout": "--read-timeout"}
+
+    def __post_init__(self):
+        for name in ("deadline", "min_rate", "rate_window", "read_timeout"):
+            v = getattr(self, name)
+            positive = name in ("rate_window", "read_timeout")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v < 0 or (positive and v == 0):
+                need = "> 0" if positive else ">= 0 (0 = none)"
+                raise ConfigError(f"download limit {name} must be a finite number {need}, got {v!r}")
+
+    @classmethod
+    def resolve(cls, **given) -> "DownloadLimits":
+        """Limits from the arguments given (not None), else the environment, else the defaults."""
+        values = {}
+        for name, env in cls.ENV.items():
+            v = given.get(name)
+            if v is None and os.environ.get(env, "").strip():
+                text = os.environ[env].strip()
+                try:
+                    v = float(text)
+                except ValueError:
+                    raise ConfigError(f"${env} must be a number of {'bytes/s' if name == 'min_rate' else 'seconds'}, "
+                                      f"got {text!r}") from None
+            if v is not None:
+                values[name] = v
+        return cls(**values)
+
+    def socket_timeout(self) -> float:
+        return min(self.read_timeout, self.deadline) if self.deadline else self.read_timeout
+
+
+class _Progress:
+    """Checks the deadline and the minimum throughput as bytes arrive."""
+
+    def __init__(self, limits: DownloadLimits):
+        self.limits = limits
+        self.start = time.monotonic()
+        self.samples = deque([(self.start, 0)])
+
+    def update(self, total: int) -> None:
+        lim = self.limits
+        now = time.monotonic()
+        elapsed = now - self.start
+        if lim.deadline and elapsed > lim.deadline:
+            raise _SourceFailed(
+                f"download exceeded its deadline of {lim.deadline:g} s ({total} bytes received; "
+                f"raise it with {lim.FLAG['deadline']} or ${lim.ENV['deadline']}, 0 for none)")
+        self.samples.append((now, total))
+        # keep one sample at or before the start of the window
+        while len(self.samples) > 1 and self.samples[1][0] <= now - lim.rate_window:
+            self.samples.popleft()
+        if lim.min_rate and elapsed >= lim.rate_window:
+            t0, b0 = self.samples[0]
+            rate = (total - b0) / max(now - t0, 1e-9)
+            if rate < lim.min_rate:
+                raise _SourceFailed(
+                    f"download too slow: {rate:.0f} B/s over the last {now - t0:.0f} s, below the "
+                    f"minimum of {lim.min_rate:g} B/s (lower it with {lim.FLAG['min_rate']} or "
+                    f"${lim.ENV['min_rate']}, 0 for none)")
+
+
+# ----------------------------------------------------------------------------- stale temporaries
+
+_TEMP_PATTERN = re.compile(r"^\.(download|extract)-(?:(\d+)-)?[a-z0-9_]+(\.part)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a previous process with our id (containers reuse small ids): nothing of ours yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _size_of(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
+
+
+def remove_stale_temporaries(raw_dir: Path) -> list[Path]:
+    """Remove ``.download-*.part`` files and ``.extract-*`` folders left by killed fetches.
+
+    Only names of our own making are touched, and only when the process named in them
+    is gone (names without a process id come from older versions and are always stale).
+    Says what it removed in one line on stderr; returns the removed paths.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        return []
+    removed, freed = [], 0
+    for entry in sorted(raw_dir.iterdir()):
+        m = _TEMP_PATTERN.match(entry.name)
+        if not m or (m.group(1) == "download") != bool(m.group(3)):
+            continue
+        if m.group(2) is not None and _pid_alive(int(m.group(2))):
+            continue
+        try:
+            size = _size_of(entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+        freed += size
+    if removed:
+        sys.stderr.write(f"slide: removed {len(removed)} stale temporary "
+                         f"{'file' if len(removed) == 1 else 'files'} of an interrupted fetch from "
+                         f"{raw_dir} ({freed / 1e6:.1f} MB)\n")
+        sys.stderr.flush()
+    return removed
 
 
 class _SourceFailed(Exception):
@@ -167,46 +329,91 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _http_download(url: str, dest: Path, progress: bool, desc: str) -> None:
+def _http_download(url: str, dest: Path, progress: bool, desc: str,
+                   limits: DownloadLimits | None = None) -> None:
     from tqdm import tqdm
 
+    limits = limits or DownloadLimits()
+    watch = _Progress(limits)
+    got = 0
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
+        with urllib.request.urlopen(url, timeout=limits.socket_timeout()) as resp:
             total = resp.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
             with open(dest, "wb") as fh, tqdm(total=total, unit="B", unit_scale=True,
                                                unit_divisor=1024, desc=desc, disable=not progress,
                                                leave=False) as bar:
                 while True:
-                    block = resp.read(_CHUNK)
+                    watch.update(got)
+                    # read1 returns as soon as some data is there, so the rules are
+                    # checked even when a server trickles bytes
+                    block = resp.read1(_CHUNK)
                     if not block:
                         break
                     fh.write(block)
+                    got += len(block)
                     bar.update(len(block))
+            watch.update(got)
             if total is not None and dest.stat().st_size != total:
                 raise _SourceFailed(f"download truncated ({dest.stat().st_size} of {total} bytes)")
     except urllib.error.HTTPError as exc:
         raise _SourceFailed(f"HTTP {exc.code} {exc.reason}") from None
+    except TimeoutError:
+        watch.update(got)  # past the deadline: say so
+        raise _SourceFailed(f"no data received for {limits.socket_timeout():g} s ({got} bytes so far; "
+                            f"{limits.FLAG['read_timeout']} or ${limits.ENV['read_timeout']})") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
+            raise _SourceFailed(f"no answer within {limits.socket_timeout():g} s") from None
         raise _SourceFailed(f"download failed: {reason}") from None
 
 
-def _gdown_download(file_id: str, dest: Path, progress: bool) -> None:
+def _gdown_download(file_id: str, dest: Path, progress: bool,
+                    limits: DownloadLimits | None = None) -> None:
     try:
         import gdown
     except ImportError:  # pragma: no cover - gdown is a dependency
         raise _SourceFailed("gdown is not installed") from None
     import inspect
 
+    limits = limits or DownloadLimits()
     kwargs = {}
     accepted = inspect.signature(gdown.download).parameters
     if "timeout" in accepted:
-        kwargs["timeout"] = 60
+        kwargs["timeout"] = limits.socket_timeout()
+    cancel = threading.Event()
+    if "cancel" in accepted:
+        kwargs["cancel"] = cancel
+    outcome = {}
+
+    def work(fh):
+        try:
+            outcome["out"] = gdown.download(id=file_id, output=fh, quiet=not progress, **kwargs)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["exc"] = exc
+
+    watch = _Progress(limits)
     try:
-        # an open file as output: gdown then writes no partial file of its own
+        # an open file as output: gdown then writes no partial file of its own. gdown
+        # runs in a thread so the deadline and throughput rules can stop the wait.
         with open(dest, "wb") as fh:
-            out = gdown.download(id=file_id, output=fh, quiet=not progress, **kwargs)
+            worker = threading.Thread(target=work, args=(fh,), daemon=True, name="gdown")
+            worker.start()
+            try:
+                while worker.is_alive():
+                    worker.join(0.25)
+                    with contextlib.suppress(OSError):
+                        watch.update(os.fstat(fh.fileno()).st_size)
+            except _SourceFailed:
+                cancel.set()
+                worker.join(2.0)
+                raise
+        if "exc" in outcome:
+            raise outcome["exc"]
+        out = outcome.get("out")
+    except _SourceFailed:
+        raise
     except Exception as exc:  # gdown raises a variety of errors (FileURLRetrievalError, ...)
         try:
             import requests
@@ -342,7 +549,7 @@ def _finish(spec: DatasetSpec, paths: dict, summary: dict, origin: str, md5: str
 def _install_from_archive(spec: DatasetSpec, paths: dict, archive: Path, progress: bool) -> dict:
     """Extract ``archive``, verify in staging, move the folder into place. Returns stats."""
     raw_dir = paths["raw_dir"]
-    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=raw_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".extract-{os.getpid()}-", dir=raw_dir))
     try:
         _extract(archive, staging / "x", progress)
         located = _locate(spec, staging / "x")
@@ -354,28 +561,39 @@ def _install_from_archive(spec: DatasetSpec, paths: dict, archive: Path, progres
         try:
             summary = _verify(spec, staged, build_cache=True)
         except FetchError as exc:
-            raise _SourceFailed(str(exc).removeprefix(f"{spec.name}: ")) from None
+            raise _SourceFailed(_unstage(str(exc).removeprefix(f"{spec.name}: "), stage_folder, paths)) from None
         except SlideError as exc:
-            raise _SourceFailed(f"verification failed: {exc}") from None
+            # name where the file was going, not the staging copy deleted on the way out
+            raise _SourceFailed(f"verification failed: {_unstage(str(exc), stage_folder, paths)} "
+                                "(file from the archive, not installed)") from None
         os.replace(stage_folder, paths["folder"])
         return summary
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _unstage(message: str, stage_folder: Path, paths: dict) -> str:
+    return message.replace(str(stage_folder), str(paths["folder"]))
+
+
 def fetch(name: str, root="data", progress: bool = True, registry=None,
-          url_template: str | None = None, keep_archive: bool = False) -> dict:
+          url_template: str | None = None, keep_archive: bool = False,
+          limits: DownloadLimits | None = None) -> dict:
     """Make dataset ``name`` available under ``root`` and return its paths.
 
     Returns ``{"name", "dir", "train", "test", "test_order", "marker"}`` (plus
     ``"data"``, ``"train_split"``, ``"test_split"``, ``"split_column"`` for split-layout
     datasets such as Bibtex, whose ``train`` and ``test`` are the one data file).
-    Raises :class:`FetchError` with a one-line message on failure.
+    Raises :class:`FetchError` with a one-line message on failure. ``limits`` bound
+    each download attempt (default: :meth:`DownloadLimits.resolve`, i.e. the
+    environment, then the defaults).
     """
     spec = get_dataset(name, registry)
+    limits = limits if limits is not None else DownloadLimits.resolve()
     paths = dataset_paths(spec, root)
     raw_dir, folder = paths["raw_dir"], paths["folder"]
     files = {key: folder / fname for key, fname in spec.files.items()}
+    remove_stale_temporaries(raw_dir)
 
     if _marker_valid(spec, paths):
         if not paths["test_order"].exists():
@@ -432,14 +650,15 @@ def fetch(name: str, root="data", progress: bool = True, registry=None,
         if not ids:
             raise FetchError(f"{spec.name}: no download id is known; {_manual_hint(spec, paths)}")
         for label, file_id in ids:
-            fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=raw_dir)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".download-{os.getpid()}-", suffix=".part", dir=raw_dir)
             os.close(fd)
             tmp = Path(tmp_name)
             try:
                 if template:
-                    _http_download(template.format(id=file_id), tmp, progress, f"{spec.name} ({label})")
+                    _http_download(template.format(id=file_id), tmp, progress, f"{spec.name} ({label})",
+                                   limits)
                 else:
-                    _gdown_download(file_id, tmp, progress)
+                    _gdown_download(file_id, tmp, progress, limits)
                 if _looks_like_html(tmp):
                     raise _SourceFailed("received an HTML page instead of the archive "
                                         "(download quota exceeded or file not shared)")
