@@ -17,6 +17,19 @@ import yaml
 from .errors import ConfigError
 from .settings import available_cores
 
+#: Keys that mean the same network and optimiser for every method, with their one default: the same
+#: flags train the same thing whichever method runs them (Adam's betas and epsilon are in
+#: :mod:`slide.settings`). A method's ``DEFAULTS`` start from these; presets may override them.
+SHARED_DEFAULTS = {
+    "hidden": [128],     # widths of the ReLU hidden layers
+    "batch_size": 128,   # samples per step
+    "lr": 1e-3,          # Adam learning rate
+    "eval_every": 0,     # steps between evaluations on the fixed test sample (0: epoch ends only)
+}
+#: The paper's values of the shared keys (its Delicious-200K and Amazon-670K settings), used by
+#: every method's ``delicious-200k`` and ``amazon-670k`` presets.
+PAPER_SHARED = {"hidden": [128], "batch_size": 128, "lr": 1e-4, "eval_every": 50}
+
 
 class Method(ABC):
     """A trainable extreme classifier.
@@ -85,6 +98,22 @@ class Method(ABC):
     def stats(self) -> dict:
         """Method-specific figures for ``run.json`` and ``bench`` (e.g. active neurons per sample)."""
         return {}
+
+    def table_refreshes(self) -> int | None:
+        """Scheduled refreshes of internal tables so far (SLIDE's rehashes); None: it has none."""
+        return None
+
+    def warm_up(self, data, rows: np.ndarray) -> None:
+        """Pay compilation, graph tracing and first-touch costs now, outside the training clock.
+
+        This default runs one training step on ``rows`` and one prediction, then restores every
+        state array, so the run that follows is the one it would have been without the warm-up
+        (up to framework-internal random streams). Methods with a cheaper way override it.
+        """
+        saved = {key: np.array(value, copy=True) for key, value in self.state_arrays().items()}
+        self.train_batch(data, rows)
+        self.predict_topk(data, rows[:8], 5)
+        self.load_state_arrays(saved)
 
     @abstractmethod
     def state_arrays(self) -> dict:

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+from .contention import DISTURBED_NOTE, disturbed_reason
 from .errors import SlideError
 
 METHOD_COMMANDS = {
@@ -38,21 +39,34 @@ def compare(methods, like: str, scale: float = 1.0, batches: int = 10, threads: 
     results = [bench_method(m, like, scale, batches, threads, seed) for m in methods]
     slide = next((r for r in results if r["method"] == "slide" and "error" not in r), None)
     for r in results:
-        if slide is not None and "error" not in r:
+        if "error" in r:
+            continue
+        r["disturbed"] = disturbed_reason(r)
+        if slide is not None and not (r["disturbed"] or slide.get("disturbed")):
             r["seconds_per_batch_vs_slide"] = r["median_batch_seconds"] / slide["median_batch_seconds"]
+            r["mean_seconds_per_batch_vs_slide"] = r["mean_batch_seconds"] / slide["mean_batch_seconds"]
     return {"like": like, "scale": scale, "batches": batches, "results": results}
 
 
 def format_table(report: dict) -> str:
-    rows = [f"{'method':16} {'median s/batch':>14} {'samples/s':>10} {'peak RSS MB':>11} {'x SLIDE':>8}"]
+    """The comparison as text: one row per method; disturbed rows carry no ratio and say why."""
+    rows = [f"{'method':16} {'median s/batch':>14} {'mean s/batch':>12} {'samples/s':>10} {'peak RSS MB':>11} "
+            f"{'x SLIDE':>8} {'load':>5} {'others':>6}"]
+    notes = []
     for r in report["results"]:
         if "error" in r:
             rows.append(f"{r['method']:16} not run: {r['error']}")
             continue
         ratio = r.get("seconds_per_batch_vs_slide")
-        rows.append(f"{r['method']:16} {r['median_batch_seconds']:14.4f} {r['samples_per_second']:10.1f} "
-                    f"{r['peak_rss_mb']:11.0f} {'' if ratio is None else f'{ratio:8.2f}'}")
-    return "\n".join(rows)
+        load = (r.get("load_average_end") or [float("nan")])[0]
+        share = r.get("other_cpu_share")
+        rows.append(f"{r['method']:16} {r['median_batch_seconds']:14.4f} {r['mean_batch_seconds']:12.4f} "
+                    f"{r['samples_per_second']:10.1f} {r['peak_rss_mb']:11.0f} "
+                    f"{'n/a' if ratio is None else f'{ratio:.2f}':>8} {load:5.2f} "
+                    f"{'' if share is None else f'{share:.0%}':>6}")
+        if r.get("disturbed"):
+            notes.append(f"{r['method']}: {DISTURBED_NOTE} ({r['disturbed']})")
+    return "\n".join(rows + notes)
 
 
 def add_compare_parser(sub) -> None:

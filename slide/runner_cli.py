@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .adapter import parse_overrides
+from .contention import DISTURBED_NOTE
 from .errors import ConfigError
 
 LIKE_CHOICES = ("delicious-200k", "amazon-670k")
@@ -23,7 +24,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name recorded in run.json (default: the train file's folder)")
     p.add_argument("--epochs", type=float, default=1.0, help="epochs to train, may be fractional (default 1)")
     p.add_argument("--max-steps", type=int, help="stop after this many batches")
-    p.add_argument("--max-train-seconds", type=float, help="stop once training time reaches this")
+    p.add_argument("--max-train-seconds", type=float,
+                   help="safety cap: stop once training time reaches this (size runs with --epochs; "
+                        "run.json records when the cap cut a run)")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop after this many evaluations without a better P@1 (default 0: off)")
     p.add_argument("--eval-points", type=int, default=2560,
                    help="test points in the periodic evaluation sample (default 2560: the reference's 20 batches of 128)")
     p.add_argument("--threads", type=int, default=0, help="threads (default: all usable cores)")
@@ -39,7 +44,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--like", required=True, choices=LIKE_CHOICES, help="paper dataset shape to mimic")
     p.add_argument("--scale", type=float, default=1.0, help="shrink dimensions and counts (default 1: full size)")
     p.add_argument("--batches", type=int, default=20, help="timed batches (default 20)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (JIT, allocation)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed batches after compilation (first touches of memory; default 2)")
+    p.add_argument("--max-batches", type=int,
+                   help="at most this many timed batches while waiting for two table refreshes "
+                        "(default 20 x --batches)")
     p.add_argument("--threads", type=int, default=0, help="threads (default: all usable cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default="data", help="where generated benchmark data is cached")
@@ -62,11 +71,14 @@ def run_train(args, make_method) -> int:
     train_data, test_data = load_training_data(args)
     if (train_data.num_features, train_data.num_labels) != (test_data.num_features, test_data.num_labels):
         raise ConfigError(f"{args.test}: dimensions differ from {args.train}")
+    if args.patience < 0:
+        raise ConfigError(f"--patience must be >= 0, got {args.patience}")
     method = make_method(train_data.num_features, train_data.num_labels, parse_overrides(args.overrides), args)
+    print_settings(method)
     dataset = args.dataset or Path(args.train).resolve().parent.name
     record = train(method, train_data, test_data, args.out, dataset=dataset, epochs=args.epochs,
                    eval_points=args.eval_points, seed=args.seed, max_steps=args.max_steps,
-                   max_train_seconds=args.max_train_seconds, resume=args.resume)
+                   max_train_seconds=args.max_train_seconds, patience=args.patience, resume=args.resume)
     if record["status"] != "completed":
         print(f"{sys.argv[0].rsplit('/', 1)[-1]}: run failed: {record['reason']} (recorded in {args.out}/run.json)",
               file=sys.stderr)
@@ -75,6 +87,12 @@ def run_train(args, make_method) -> int:
     print(json.dumps({"out": str(args.out), "status": record["status"], "train_seconds": record["train_seconds"],
                       "p_at_1": final["p_at_1"], "p_at_3": final["p_at_3"], "p_at_5": final["p_at_5"]}))
     return 0
+
+
+def print_settings(method) -> None:
+    """One line on stderr with every setting the run uses, so runs compared by hand are comparable."""
+    settings = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(method.hyperparameters().items()))
+    print(f"{method.name}: threads={method.threads} {settings}", file=sys.stderr, flush=True)
 
 
 def bench_dataset(like: str, scale: float, seed: int, root="data"):
@@ -92,10 +110,31 @@ def run_bench(args, make_method) -> int:
 
     data = bench_dataset(args.like, args.scale, args.seed, args.data_root)
     method = make_method(data.num_features, data.num_labels, parse_overrides(args.overrides), args)
-    result = bench(method, data, batches=args.batches, warmup=args.warmup, seed=args.seed)
+    print_settings(method)
+    result = bench(method, data, batches=args.batches, warmup=args.warmup, seed=args.seed,
+                   max_batches=args.max_batches)
+    if result.get("disturbed"):
+        print(f"{method.name}: {DISTURBED_NOTE} ({result['disturbed']})", file=sys.stderr)
     result.update(like=args.like, scale=args.scale, features=data.num_features, labels=data.num_labels)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _one_line_warnings(prog: str) -> None:
+    """Show the suite's own warnings (settings it adjusted) as one line each, without a source line."""
+    import warnings
+
+    from .errors import ConfigWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def main_wrapper(parser: argparse.ArgumentParser, argv=None) -> int:
@@ -103,6 +142,7 @@ def main_wrapper(parser: argparse.ArgumentParser, argv=None) -> int:
     from .errors import SlideError
 
     args = parser.parse_args(argv)
+    _one_line_warnings(parser.prog)
     if not hasattr(args, "func"):
         parser.print_help(sys.stderr)
         return 2

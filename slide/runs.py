@@ -16,8 +16,10 @@ import jsonschema
 
 from .settings import available_cores
 
-CURVE_COLUMNS = ("step", "epoch", "samples", "train_seconds", "wall_seconds", "loss",
+CURVE_COLUMNS = ("step", "epoch", "samples", "train_seconds", "wall_seconds", "cpu_seconds", "loss",
                  "p_at_1", "p_at_3", "p_at_5", "eval_points")
+#: Columns added after the first release: a curve written without them reads with NaN there.
+_LATER_COLUMNS = ("cpu_seconds",)
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "run.schema.json"
 _VERSIONED = ("numpy", "numba", "tensorflow", "pandas", "slide-repro")
 
@@ -47,6 +49,9 @@ def read_curve(path):
     import pandas as pd
 
     df = pd.read_csv(path)
+    for col in _LATER_COLUMNS:
+        if col not in df.columns and set(df.columns) == set(CURVE_COLUMNS) - {col}:
+            df.insert(CURVE_COLUMNS.index(col), col, float("nan"))
     if tuple(df.columns) != CURVE_COLUMNS:
         raise ValueError(f"{path}: columns {list(df.columns)} != {list(CURVE_COLUMNS)}")
     return df
