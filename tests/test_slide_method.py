@@ -219,7 +219,7 @@ def test_training_loop_outputs_and_resume(toy, tmp_path):
 
 
 # ---------------------------------------------------------------- real data and CLI
-BIBTEX = dict(hidden=[128], output_sparsity=0.3, batch_size=256, lr=0.002)  # the defaults, spelled out
+BIBTEX = {}  # the defaults: hidden [128], batch 128, lr 1e-3 (shared by every method), output_sparsity 0.3
 
 
 def test_bibtex_sampled_output_reaches_p1(bibtex_dir, tmp_path):
@@ -271,3 +271,24 @@ def test_cli_train_resume_and_errors(bibtex_dir, tmp_path):
     proc = slide_cli(*base, "--epochs", 1, env={"SLIDE_MEMORY_LIMIT_MB": "1"})
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode != 0 and len(lines) == 1 and "SLIDE_MEMORY_LIMIT_MB" in lines[0]
+
+
+def test_padding_is_capped_so_small_label_sets_stay_sampled():
+    """The paper presets pad to 1,000 neurons; on 983 labels that used to mean all of them."""
+    from slide.data.synth import synthesize
+    from slide.errors import ConfigWarning
+
+    tr, _ = synthesize("delicious-200k", scale=0.004, seed=0)  # ~820 labels
+    L = tr.num_labels
+    with pytest.warns(ConfigWarning, match="padding capped"):
+        paper = SlideMethod.from_config(tr.num_features, L, preset="delicious-200k", threads=1)
+    wider = SlideMethod.from_config(tr.num_features, L, preset="delicious-200k", overrides={"output_sparsity": 0.3},
+                                    threads=1)
+    free = SlideMethod.from_config(tr.num_features, L, preset="delicious-200k", overrides={"pad_cap": 1.0}, threads=1)
+    rows = np.arange(128, dtype=np.int64)
+    for m in (paper, wider, free):
+        m.train_batch(tr, rows)
+    active = {name: m.stats()["active_per_sample_mean"] for name, m in
+              (("paper", paper), ("wider", wider), ("free", free))}
+    assert paper.min_active == int(np.ceil(0.005 * L)) and wider.min_active == int(np.ceil(0.3 * L))
+    assert active["paper"] < active["wider"] < active["free"] == L, active  # output_sparsity matters again

@@ -284,7 +284,14 @@ def test_keys_presets_and_names():
     full, sampled = method_class("full", "cpu"), method_class("sampled", "cpu")
     assert {"hidden", "lr", "batch_size", "eval_every"} <= full.DEFAULTS.keys()
     assert {"num_sampled", "sample_fraction", "num_true", "label_mode"} <= sampled.DEFAULTS.keys()
-    assert full.DEFAULTS["batch_size"] == 128 and full.DEFAULTS["lr"] == 1e-4
+    from slide.adapter import SHARED_DEFAULTS
+    from slide.engine import SlideMethod
+
+    # the same flags mean the same network and optimiser for every method
+    for key in SHARED_DEFAULTS:
+        assert full.DEFAULTS[key] == sampled.DEFAULTS[key] == SlideMethod.DEFAULTS[key], key
+        for preset in ("delicious-200k", "amazon-670k"):
+            assert full.resolve_config(preset)[key] == SlideMethod.resolve_config(preset)[key], (preset, key)
     with pytest.raises(ConfigError, match="unknown key"):
         full.resolve_config(overrides={"num_sampled": 5})
     for preset in ("delicious-200k", "amazon-670k"):

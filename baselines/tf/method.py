@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from slide.adapter import Method, PersistentMixin
+from slide.adapter import PAPER_SHARED, SHARED_DEFAULTS, Method, PersistentMixin
 from slide.errors import ConfigError, ResourceError
 from slide.metrics import scoring_chunk_rows
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT
@@ -27,12 +27,8 @@ from .device import configure_threads, device_name, import_tf
 
 LOSSES = ("full", "sampled")
 
-_COMMON = {
-    "hidden": [128],     # widths of the hidden layers (an int means one layer)
-    "lr": 1e-4,          # Adam learning rate (the paper's presets)
-    "batch_size": 128,
-    "eval_every": 50,    # steps between evaluations on the test sample (0: epoch ends only)
-}
+# hidden, batch_size, lr and eval_every: one default for every method (an int hidden means one layer)
+_COMMON = dict(SHARED_DEFAULTS)
 _SAMPLED = {
     "num_sampled": 0,                # sampled classes per batch; 0: use sample_fraction
     "sample_fraction": 0.1,          # fraction of the classes sampled (the reference: n_classes // 10)
@@ -42,10 +38,7 @@ _SAMPLED = {
     "sampler": "log_uniform",        # TF candidate sampler: log_uniform (TF default, reference) or uniform
     "remove_accidental_hits": True,  # drop sampled classes that are true labels of the point
 }
-_PRESETS = {
-    "delicious-200k": {"batch_size": 128, "hidden": [128], "lr": 1e-4},
-    "amazon-670k": {"batch_size": 128, "hidden": [128], "lr": 1e-4},
-}
+_PRESETS = {"delicious-200k": dict(PAPER_SHARED), "amazon-670k": dict(PAPER_SHARED)}
 
 
 def memory_limit_bytes() -> tuple[int, str]:
@@ -201,8 +194,7 @@ class TFMethod(PersistentMixin, Method):
         return out
 
     def stats(self) -> dict:
-        return {"active_per_sample_mean": float(self.num_labels), "device": self.device,
-                "rehash_seconds": None}
+        return {"active_per_sample_mean": float(self.num_labels), "device": self.device}
 
     def _slots(self):
         opt = self.optimizer

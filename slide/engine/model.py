@@ -42,16 +42,17 @@ import contextlib
 import math
 import os
 import time
+import warnings
 
 import numba
 import numpy as np
 
 from ..adapter import Method, PersistentMixin
-from ..errors import ConfigError, ResourceError
+from ..errors import ConfigError, ConfigWarning, ResourceError
 from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores
 from . import network as net
 from . import scoring
-from .presets import DEFAULTS, PRESETS, validate
+from .presets import DEFAULTS, INFERENCES, PRESETS, validate
 from .schedule import REBUILD, Schedule
 
 _LSH_PREFIX = "lsh__"
@@ -259,6 +260,12 @@ class SlideMethod(PersistentMixin, Method):
         elif c["sampling"] == "threshold":
             self.k_or_t = int(c["threshold"])
         self.min_active = min(L, target if c["min_active"] is None else c["min_active"])
+        cap = max(1, int(math.ceil((c["output_sparsity"] if c["pad_cap"] is None else c["pad_cap"]) * L)))
+        if self.min_active > cap:
+            warnings.warn(f"min_active={self.min_active} is {self.min_active / L:.1%} of the {L:,} labels; padding "
+                          f"capped at {cap:,} (pad_cap={c['pad_cap'] or c['output_sparsity']:g} of the labels; "
+                          f"set pad_cap to change it)", ConfigWarning, stacklevel=3)
+            self.min_active = cap
         self.min_trigger = self.min_active if c["min_active_trigger"] is None else c["min_active_trigger"]
         self.index = tables.LSHIndex(c["hash"], int(self.dims[-1]), L, c["K"], c["L"], **self._lsh_kwargs(self._lsh_seed(0)))
 
@@ -456,6 +463,33 @@ class SlideMethod(PersistentMixin, Method):
                 self._refresh_tables(what)
         return float(losses.mean())
 
+    def table_refreshes(self) -> int | None:
+        if not (self.sampled or self.hidden_sampled):
+            return None
+        return self.rehash_count + self.rebuild_count
+
+    def warm_up(self, data, rows) -> None:
+        """Compile every kernel a run calls, on a tiny twin, so the training clock never pays for JIT.
+
+        The twin has this model's configuration and threads but 64 features and 64 labels, so its
+        kernels have the same Numba signatures as this model's (table layout, hash kind and
+        sampling mode are run-time values); it trains, rehashes, rebuilds and predicts in both
+        inference modes. This model's state is not touched and nothing large is allocated.
+        """
+        from .schedule import REHASH
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConfigWarning)
+            twin = SlideMethod(_TWIN_SIZE, _TWIN_SIZE, dict(self.config), seed=self.seed, threads=self.threads)
+        tiny = _twin_data(_TWIN_SIZE, _TWIN_SIZE)
+        twin_rows = np.arange(len(tiny), dtype=np.int64)
+        twin.train_batch(tiny, twin_rows)
+        twin._refresh_tables(REHASH)
+        twin._refresh_tables(REBUILD)
+        for mode in INFERENCES:
+            twin.config["inference"] = mode
+            twin.predict_topk(tiny, twin_rows, 5)
+
     def _check_data(self, data) -> None:
         # the kernels index weights with the data's ids unchecked: refuse other dimensions
         if (data.num_features, data.num_labels) != (self.num_features, self.num_labels):
@@ -584,6 +618,24 @@ class SlideMethod(PersistentMixin, Method):
             getattr(self, g).fill(0)
         self.flag0.fill(0)
         self.flag2.fill(0)
+
+
+# ---------------------------------------------------------------------- warm-up twin
+#: Features and labels of the twin that :meth:`SlideMethod.warm_up` compiles the kernels on.
+_TWIN_SIZE = 64
+
+
+def _twin_data(num_features: int, num_labels: int, points: int = 16):
+    """A tiny dataset with the dtypes of real data: 4 features and 2 labels per point."""
+    from ..data.dataset import XCDataset
+
+    i = np.arange(points, dtype=np.int64)[:, None]
+    x = np.sort((i * 5 + np.arange(4) * 13) % num_features, axis=1)
+    y = np.sort((i * 3 + np.arange(2) * 29) % num_labels, axis=1)
+    x_data = np.full(x.size, 0.5, dtype=FLOAT)
+    return XCDataset(np.arange(0, x.size + 1, 4, dtype=np.int64), x.ravel().astype(np.int32), x_data,
+                     np.arange(0, y.size + 1, 2, dtype=np.int64), y.ravel().astype(np.int32),
+                     num_features, num_labels)
 
 
 # ---------------------------------------------------------------------- initialisation

@@ -37,6 +37,9 @@ min_active           vanilla sampling: pad with random neurons up to this many
                      (null: ``ceil(output_sparsity * labels)``); topk keeps that many retrieved
 min_active_trigger   vanilla sampling: pad only when fewer than this were retrieved (null: =
                      min_active)
+pad_cap              padding never fills the active set beyond this fraction of the labels
+                     (null: ``output_sparsity``), so a preset's ``min_active`` cannot turn a
+                     small label set into a full softmax; a warning says when it applies
 batch_size, lr       samples per step, Adam learning rate
 optimizer            sparse (Adam on the rows touched in the batch) | dense (every row, every step)
 rehash_every         samples between rehashes (0: never) under ``schedule: fixed``
@@ -55,6 +58,7 @@ from __future__ import annotations
 import math
 import numbers
 
+from ..adapter import PAPER_SHARED, SHARED_DEFAULTS
 from ..errors import ConfigError
 
 HASHES = ("simhash", "wta", "dwta", "minhash")
@@ -66,7 +70,7 @@ INITS = ("normal", "glorot")
 INFERENCES = ("dense", "sparse")
 
 DEFAULTS = {
-    "hidden": [128],
+    **SHARED_DEFAULTS,
     "output_sparsity": 0.3,
     "hidden_sparsity": None,
     "hash": "simhash",
@@ -80,8 +84,7 @@ DEFAULTS = {
     "threshold": 1,
     "min_active": None,
     "min_active_trigger": None,
-    "batch_size": 256,
-    "lr": 2e-3,
+    "pad_cap": None,
     "optimizer": "sparse",
     "rehash_every": 2560,
     "rebuild_every": 25600,
@@ -91,14 +94,12 @@ DEFAULTS = {
     "init": "normal",
     "init_scale": 0.01,
     "inference": "dense",
-    "eval_every": 0,
 }
 
 _PAPER = {
-    "hidden": [128], "batch_size": 128, "lr": 1e-4, "optimizer": "sparse", "bucket_size": 128,
+    **PAPER_SHARED, "optimizer": "sparse", "bucket_size": 128,
     "insertion": "fifo", "sampling": "vanilla", "min_active": 1000, "min_active_trigger": 1500,
-    "rehash_every": 6400, "rebuild_every": 128000, "schedule": "fixed", "eval_every": 50,
-    "output_sparsity": 0.005,
+    "rehash_every": 6400, "rebuild_every": 128000, "schedule": "fixed", "output_sparsity": 0.005,
 }
 
 PRESETS = {
@@ -156,6 +157,8 @@ def validate(config: dict) -> dict:
         raise ConfigError(f"hidden must be a non-empty list of positive integers, got {config['hidden']!r}")
     out["hidden"] = [int(h) for h in hidden]
     out["output_sparsity"] = _float(config, "output_sparsity", 0.0, 1.0)
+    if config["pad_cap"] is not None:
+        out["pad_cap"] = _float(config, "pad_cap", 0.0, 1.0)
     hs = config["hidden_sparsity"]
     if hs is None:
         hs = [1.0] * len(out["hidden"])
