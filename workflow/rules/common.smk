@@ -415,6 +415,8 @@ def train_command(wildcards):
     args += ["--epochs", _fmt(cfg["epochs"]), "--eval-points", str(cfg["eval_points"])]
     if cfg["max_steps"]:
         args += ["--max-steps", str(cfg["max_steps"])]
+    if cfg["patience"]:
+        args += ["--patience", str(cfg["patience"])]
     budget = cfg["max_train_seconds"]
     if variant and variant.startswith("bs"):
         budget = EXP["batch_size"]["max_train_seconds"] or budget
