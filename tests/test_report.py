@@ -8,6 +8,7 @@ headless Chromium and checks that every image decodes (skipped where Chromium is
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -16,14 +17,18 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import yaml
 
 from slide.report.aggregate import (CURVES_COLUMNS, SPEEDUP_COLUMNS, SUMMARY_COLUMNS, TABLE_COLUMNS,
                                     aggregate, parse_run_path, time_to_reach)
+from slide.contention import DISTURBED_NOTE
+from slide.report import figures as figures_mod
 from slide.report.figures import FIGURES, load_tables, make_figure
 from slide.report.html import build_report
+from slide.report.io import plan_path, report_path, tables_path
 from slide.runs import RunRecorder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +38,8 @@ GPU_REASON = "no GPU: nvidia-smi not found"
 
 
 def _write_run(root, method, points, *, variant="", status="completed", reason=None, batch=128,
-               active=None, test_points=500, popularity=0.05):
+               active=None, test_points=500, popularity=0.05, **record):
+    """A run.json and curve.csv; ``record`` adds run.json keys (contention figures, ``best``, ...)."""
     parts = ["results", DID, method] + ([variant] if variant else []) + ["seed0"]
     out = root.joinpath(*parts)
     rec = RunRecorder(out, method=method, dataset=DID, seed=0, threads=2,
@@ -41,7 +47,7 @@ def _write_run(root, method, points, *, variant="", status="completed", reason=N
     for i, (t, p1) in enumerate(points, start=1):
         full = i == len(points)
         rec.add_point(step=10 * i, epoch=round(i / len(points), 4), samples=10 * i * batch, train_seconds=float(t),
-                      wall_seconds=float(t) * 1.3, loss=1.0 / i, p_at_1=p1, p_at_3=p1 * 0.8, p_at_5=p1 * 0.6,
+                      wall_seconds=float(t) * 1.3, cpu_seconds=float(t) * 1.9, loss=1.0 / i, p_at_1=p1, p_at_3=p1 * 0.8, p_at_5=p1 * 0.6,
                       eval_points=test_points if full else 100)
     last = points[-1][1] if points else 0.0
     final = None if status == "failed" else {"p_at_1": last, "p_at_3": last * 0.8, "p_at_5": last * 0.6,
@@ -50,18 +56,18 @@ def _write_run(root, method, points, *, variant="", status="completed", reason=N
                median_batch_seconds=0.05, extra=dict(steps=10 * len(points), epochs=1.0,
                                                      samples=10 * len(points) * batch, eval_seconds=0.5,
                                                      active_per_sample_mean=active, method_stats={},
-                                                     popularity={"p_at_1": popularity}))
+                                                     popularity={"p_at_1": popularity}, **record))
     return out / "run.json"
 
 
-def _write_bench(root, method, threads, median):
+def _write_bench(root, method, threads, median, **record):
     out = root / "results" / DID / method / f"threads{threads}" / "seed0" / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "method": method, "batches": 5, "batch_size": 128, "threads": threads, "median_batch_seconds": median,
         "p10_batch_seconds": median * 0.9, "p90_batch_seconds": median * 1.1, "samples_per_second": 128 / median,
         "active_per_sample_mean": 50.0 if method == "slide" else None, "rehash_seconds": None,
-        "peak_rss_mb": 150.0, "like": "amazon-670k", "scale": 0.01, "features": 1359, "labels": 6701}))
+        "peak_rss_mb": 150.0, "like": "amazon-670k", "scale": 0.01, "features": 1359, "labels": 6701, **record}))
     return out
 
 
@@ -246,3 +252,157 @@ def test_report_opens_in_headless_chromium(fixture_runs, tmp_path):
     check = chromium_image_check(html_path, tmp_path)
     assert check["images"] == len(FIGURES)
     assert check["bad"] == []
+
+
+BUSY = {"other_cpu_share": 0.45, "load_average_start": [2.9, 2.1, 1.4], "load_average_end": [3.1, 2.5, 1.6],
+        "cpu_seconds": 5.0, "cpu_utilisation": 0.55, "compile_seconds": 3.2}
+QUIET = {"other_cpu_share": 0.02, "load_average_start": [0.3, 0.2, 0.1], "load_average_end": [1.9, 1.0, 0.5],
+         "cpu_seconds": 7.5, "cpu_utilisation": 0.94, "compile_seconds": 3.0}
+
+
+def _first_sentence(html_text: str) -> str:
+    verdict = re.search(r"<div class='verdict'><p>(.*?)</p>", html_text, re.S).group(1)
+    return re.sub(r"<[^>]+>", "", verdict).split(". ")[0]
+
+
+def _report_text(root, runs, bench=()):
+    _, out = _aggregate(root, runs, list(bench), [])
+    tables = load_tables(out)
+    return tables, build_report(tables, PLAN, PAPER, {}, root / "report.html", "t")
+
+
+def test_contention_figures_reach_the_tables(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)], **QUIET),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)])]  # an old record: no figures
+    bench = [_write_bench(tmp_path, "slide", 2, 0.02, **BUSY)]
+    tables, _ = _aggregate(tmp_path, runs, bench, [])
+    slide, tf = (tables["summary"].set_index("method").loc[m] for m in ("slide", "tf-full-cpu"))
+    assert slide["compile_seconds"] == 3.0 and slide["other_cpu_share"] == 0.02
+    assert slide["load_1m_start"] == 0.3 and slide["load_1m_end"] == 1.9 and slide["disturbed"] == ""
+    assert math.isnan(tf["cpu_utilisation"]) and tf["disturbed"] == ""  # unknown reads as quiet
+    th = tables["threads"].iloc[0]
+    assert th["cpu_utilisation"] == 0.55 and "45%" in th["disturbed"]
+    assert tables["curves"]["cpu_seconds"].notna().all()
+
+
+def test_disturbed_pair_gives_no_speedup_and_the_verdict_says_busy(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)], **BUSY),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)], **QUIET)]
+    tables, text = _report_text(tmp_path, runs)
+    row = tables["speedups"].iloc[0]
+    assert math.isnan(row["speedup"]) and math.isnan(row["slide_seconds"])
+    assert row["reason"].startswith(DISTURBED_NOTE) and "45%" in row["reason"]
+    first = _first_sentence(text)
+    assert "machine was busy" in first and "SLIDE (CPU)" in first and "45%" in first
+    assert "beat" not in first
+    assert f"n/a: {html.escape(DISTURBED_NOTE)}" in text
+    assert "Verdict: SLIDE beat" not in text and "Verdict: SLIDE did not beat" not in text
+
+
+def test_quiet_pair_declares_a_winner(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)], **QUIET),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)], **QUIET)]
+    tables, text = _report_text(tmp_path, runs)
+    assert tables["speedups"].iloc[0]["speedup"] == pytest.approx(2.0)
+    assert _first_sentence(text).startswith("Verdict: SLIDE beat TensorFlow's full softmax")
+
+
+def test_run_at_popularity_did_not_learn(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.05), (2, 0.055)], popularity=0.05),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)], popularity=0.05)]
+    tables, text = _report_text(tmp_path, runs)
+    row = tables["speedups"].iloc[0]
+    assert math.isnan(row["speedup"])
+    assert row["reason"] == "SLIDE (CPU) did not learn (stayed at label popularity, P@1 0.050)"
+    assert not tables["summary"].set_index("method").loc["slide", "learned"]
+    assert tables["table"]["target_p_at_1"].tolist() == [0.55, 0.55]  # set by the run that learned
+    assert "did not learn (stayed at label popularity" in text
+    assert "no comparison" not in text and "most-frequent-labels baseline" not in text
+    assert "Verdict: undecided." in text and "n/a: SLIDE (CPU) did not learn" in text
+
+
+def _texts_inside(fig, ax) -> bool:
+    fig.canvas.draw()
+    frame = ax.get_window_extent()
+    return all(frame.x0 - 1 <= t.get_window_extent().x0 and t.get_window_extent().x1 <= frame.x1 + 1
+               for t in ax.texts)
+
+
+def test_headline_figure_gives_na_rows_a_reason_inside_the_frame(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)]),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)], **BUSY),
+            _write_run(tmp_path, "tf-sampled-cpu", [(2, 0.05), (4, 0.052)])]
+    _, out = _aggregate(tmp_path, runs, [], [])
+    fig = figures_mod.fig_headline(load_tables(out), PLAN, PAPER)
+    ax = fig.axes[0]
+    na = {t.get_text().replace("\n", " ") for t in ax.texts if t.get_text().startswith("n/a")}
+    assert "n/a: TF sampled softmax (CPU) did not learn (stayed at label popularity, P@1 0.050)" in na
+    busy = na - {"n/a: TF sampled softmax (CPU) did not learn (stayed at label popularity, P@1 0.050)"}
+    assert len(busy) == 1
+    assert busy.pop().startswith(f"n/a: {DISTURBED_NOTE} (TF full softmax (CPU) seed0: other processes used 45%")
+    assert _texts_inside(fig, ax) and _texts_inside(fig, fig.axes[1])
+    assert any(t.get_text() == "2.70x" for t in ax.texts)  # the paper's bars keep their values
+    plt.close(fig)
+
+
+def test_every_p1_plot_draws_the_popularity_line(fixture_runs):
+    root, runs, bench, records = fixture_runs
+    _, out = _aggregate(root, runs, bench, records)
+    tables = load_tables(out)
+    for name in ("p1_vs_time", "p1_vs_iterations", "sampled_softmax", "batch_size"):
+        fig = figures_mod._DRAW[name](tables, PLAN, PAPER)
+        lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("label popularity")]
+        assert len(lines) == 1, name
+        assert list(lines[0].get_ydata()) == pytest.approx([0.05, 0.05]), name
+        assert "label popularity (most frequent labels first)" in [t.get_text() for t in fig.legends[0].get_texts()]
+        plt.close(fig)
+    svg = root / "t.svg"
+    make_figure("p1_vs_time", tables, PLAN, PAPER, root / "t.png", svg)
+    assert "label popularity: P@1 0.050" in svg.read_text()
+
+
+def test_thread_scaling_in_ms_over_measured_counts_with_load_and_disturbed_marks(tmp_path):
+    bench = [_write_bench(tmp_path, "slide", 1, 0.02, **QUIET), _write_bench(tmp_path, "slide", 2, 0.03, **BUSY)]
+    _, out = _aggregate(tmp_path, [], bench, [])
+    fig = figures_mod.fig_thread_scaling(load_tables(out), PLAN, PAPER)
+    ax = fig.axes[0]
+    assert "(ms)" in ax.get_ylabel()
+    assert list(ax.get_xticks()) == [1, 2] and ax.get_xlim()[1] < 3
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([20, 30])
+    assert {t.get_text() for t in ax.texts} >= {"0.3", "2.9"}  # 1-minute load by each point
+    assert any("44 cores" in t.get_text() for t in ax.texts)
+    ringed = [c for c in ax.collections if DISTURBED_NOTE in str(c.get_label())]
+    assert len(ringed) == 1 and ringed[0].get_offsets().tolist() == [[2, 30]]
+    plt.close(fig)
+
+
+def test_tables_show_best_epoch_active_fraction_and_the_time_cap(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6), (3, 0.5)], active=50.0, active_fraction=0.05,
+                       best={"p_at_1": 0.6, "epoch": 0.6667, "step": 20}, max_train_seconds_cut=True),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)])]  # no `best`: from the curve
+    tables, text = _report_text(tmp_path, runs)
+    s = tables["summary"].set_index("method")
+    assert s.loc["slide", "best_epoch"] == pytest.approx(0.6667) and s.loc["slide", "max_train_seconds_cut"]
+    assert s.loc["tf-full-cpu", "best_p_at_1"] == 0.55 and s.loc["tf-full-cpu", "best_step"] == 20
+    assert "0.600 (epoch 0.67)" in text and "5.00%" in text
+    assert "cut by the time cap" in text and "Cut by the time cap" in text
+
+
+def test_machine_table_has_no_empty_header_and_one_format_per_column(fixture_runs):
+    _, html_path = _build_all(*fixture_runs)
+    text = html_path.read_text()
+    assert "<th></th>" not in text and "<th scope='row'>CPU</th>" in text
+    table = text[text.index("<h2>Table:"):]
+    table = table[:table.index("</table>")]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    memory = [c[5] for c in cells if c[5] != "&ndash;"]
+    assert memory and all(re.fullmatch(r"[\d,]+ MB", m) for m in memory)
+    assert all(re.fullmatch(r"\d\.\d{3}", c[6]) for c in cells if c[6] != "&ndash;")  # P@1
+
+
+def test_per_preset_paths():
+    assert tables_path("paper", "summary.csv") == "results/paper/summary.csv"
+    assert plan_path("paper") == "results/paper/skipped.json"
+    assert report_path("paper") == "reports/paper/report.html"
+    assert report_path("tiny", "figures/jobs.png") == "reports/tiny/figures/jobs.png"
+    assert tables_path("paper") == "results/paper"

@@ -8,12 +8,13 @@ Definitions (also stated in the report):
   points plotted in the P@1-against-time figure); NaN when the run never reaches t.
 * **speedup of SLIDE over method M at equal P@1**: on one dataset and seed, take the lower of the
   two runs' best P@1 as the target; speedup = M's time to reach it / SLIDE's time to reach it
-  (> 1: SLIDE is faster). Seeds are averaged. When the target is not above the P@1 of ranking
-  the most frequent training labels first (``popularity`` in run.json) by at least
-  ``POPULARITY_MARGIN``, the two runs never
-  learned beyond label popularity in common and the speedup is NaN: no comparison.
+  (> 1: SLIDE is faster). Seeds are averaged over the comparable pairs. A pair gives no speedup
+  (NaN, with the reason in ``reason``) when either run was disturbed (other processes took its
+  cores, :func:`slide.contention.disturbed_reason`) or when either run did not learn: its best P@1
+  is not above the P@1 of ranking the most frequent training labels first (``popularity`` in
+  run.json, "label popularity") by more than ``POPULARITY_MARGIN``.
 * **table target**: ``datasets.<name>.target_p_at_1`` when set, else the lowest best P@1 among
-  the completed headline runs on the dataset, so that every method reaches it.
+  the completed headline runs on the dataset that learned, so that every such method reaches it.
 """
 
 from __future__ import annotations
@@ -26,22 +27,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from slide.contention import DISTURBED_NOTE, disturbed_reason
 from slide.runs import CURVE_COLUMNS, load_run, read_curve
 
 from .io import write_csv
+from .style import method_label, method_order
 
+#: Timing-contention figures of a run or benchmark (``slide.contention``); ``load_1m_*`` is the
+#: 1-minute load average at the start and end, ``disturbed`` the reason ("" when quiet).
+CONTENTION_COLUMNS = [
+    "compile_seconds", "cpu_seconds", "cpu_utilisation", "other_cpu_share", "load_1m_start", "load_1m_end",
+    "disturbed",
+]
 SUMMARY_COLUMNS = [
     "dataset", "dataset_name", "source", "method", "variant", "seed", "status", "reason",
     "p_at_1", "p_at_3", "p_at_5", "best_p_at_1", "final_eval_points", "train_seconds", "wall_seconds",
     "eval_seconds", "steps", "epochs", "samples", "batch_size", "threads", "median_batch_seconds",
     "samples_per_second", "peak_rss_mb", "active_per_sample_mean", "num_labels", "active_fraction",
-    "target_p_at_1", "time_to_target_seconds", "popularity_p_at_1", "cpu", "cores", "memory_gb", "run_dir",
+    "target_p_at_1", "time_to_target_seconds", "popularity_p_at_1", "learned", "best_epoch", "best_step",
+    "max_train_seconds_cut", "stopped_early", *CONTENTION_COLUMNS, "cpu", "cores", "memory_gb", "run_dir",
 ]
-CURVES_COLUMNS = ["dataset", "method", "variant", "seed", "status", *CURVE_COLUMNS, "full_eval"]
+CURVES_COLUMNS = ["dataset", "method", "variant", "seed", "status", "disturbed", *CURVE_COLUMNS, "full_eval"]
 THREADS_COLUMNS = [
     "dataset", "method", "threads", "seed", "batch_size", "batches", "median_batch_seconds",
     "p10_batch_seconds", "p90_batch_seconds", "samples_per_second", "active_per_sample_mean",
-    "peak_rss_mb", "scale", "path",
+    "peak_rss_mb", "scale", *CONTENTION_COLUMNS, "path",
 ]
 #: A common P@1 must beat label popularity by this much to count: curves are rounded to 6 digits and
 #: periodic evaluations use a sample of test points (about 0.015 standard error at 1,000 points).
@@ -49,12 +59,13 @@ POPULARITY_MARGIN = 0.01
 SPEEDUP_COLUMNS = [
     "dataset", "baseline", "seeds", "target_p_at_1", "slide_seconds", "baseline_seconds", "speedup",
     "slide_best_p_at_1", "baseline_best_p_at_1", "slide_final_p_at_1", "baseline_final_p_at_1",
-    "popularity_p_at_1",
+    "popularity_p_at_1", "disturbed", "reason",
 ]
 TABLE_COLUMNS = [
     "dataset", "method", "runs", "completed", "failed", "median_batch_seconds", "samples_per_second",
     "peak_rss_mb", "p_at_1", "p_at_3", "p_at_5", "target_p_at_1", "time_to_target_seconds",
-    "reached_target", "active_per_sample_mean", "active_fraction", "train_seconds",
+    "reached_target", "best_p_at_1", "best_epoch", "active_per_sample_mean", "active_fraction", "train_seconds",
+    "learned", "disturbed",
 ]
 JOBS_COLUMNS = [
     "job", "kind", "dataset", "method", "variant", "seed", "seconds", "max_rss_mb", "mean_load",
@@ -89,6 +100,40 @@ def _read_curve_or_none(path: Path):
         return None
 
 
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def contention(rec: dict) -> dict:
+    """The ``CONTENTION_COLUMNS`` of a run.json record or bench result; absent figures are NaN.
+
+    ``disturbed`` comes from :func:`slide.contention.disturbed_reason`, so records written before
+    the figures existed are judged by the same rule (and found quiet).
+    """
+    load = (lambda key: float(rec[key][0]) if rec.get(key) else math.nan)
+    return dict(compile_seconds=_num(rec.get("compile_seconds")), cpu_seconds=_num(rec.get("cpu_seconds")),
+                cpu_utilisation=_num(rec.get("cpu_utilisation")),
+                other_cpu_share=_num(rec.get("other_cpu_share")),
+                load_1m_start=load("load_average_start"), load_1m_end=load("load_average_end"),
+                disturbed=disturbed_reason(rec) or "")
+
+
+def best_point(rec: dict, curve) -> tuple[float, float, float]:
+    """(best P@1, its epoch, its step): run.json's ``best``, else the curve's first maximum."""
+    best = rec.get("best") or {}
+    if best.get("p_at_1") is not None:
+        return float(best["p_at_1"]), _num(best.get("epoch")), _num(best.get("step"))
+    if curve is None or curve.empty:
+        return math.nan, math.nan, math.nan
+    row = curve.loc[curve["p_at_1"].idxmax()]
+    return float(row["p_at_1"]), float(row["epoch"]), float(row["step"])
+
+
+def learned(best_p_at_1: float, popularity_p_at_1: float) -> bool:
+    """False when the best P@1 is not above label popularity by more than ``POPULARITY_MARGIN``."""
+    return not (best_p_at_1 <= popularity_p_at_1 + POPULARITY_MARGIN)
+
+
 def load_runs(run_paths, datasets: dict | None = None):
     """(summary rows without targets, {run key: curve}) for every run.json."""
     datasets = datasets or {}
@@ -98,45 +143,53 @@ def load_runs(run_paths, datasets: dict | None = None):
         key = parse_run_path(p)
         run_dir = Path(p).parent
         curve = _read_curve_or_none(run_dir / "curve.csv")
-        final = rec.get("final") or {}
-        hp = rec.get("hyperparameters") or {}
-        info = datasets.get(key["dataset"], {})
-        num_labels = info.get("labels")
-        active = rec.get("active_per_sample_mean")
-        train_s = float(rec.get("train_seconds") or 0.0)
-        samples = int(rec.get("samples") or 0)
-        machine = rec.get("machine") or {}
-        row = dict(
-            dataset=key["dataset"], dataset_name=info.get("name", key["dataset"]),
-            source=info.get("source", ""), method=rec["method"], variant=key["variant"],
-            seed=int(rec["seed"]), status=rec["status"], reason=rec.get("reason") or "",
-            p_at_1=final.get("p_at_1", math.nan), p_at_3=final.get("p_at_3", math.nan),
-            p_at_5=final.get("p_at_5", math.nan),
-            best_p_at_1=float(curve["p_at_1"].max()) if curve is not None and len(curve) else math.nan,
-            final_eval_points=final.get("eval_points", math.nan),
-            train_seconds=train_s, wall_seconds=rec.get("wall_seconds", math.nan),
-            eval_seconds=rec.get("eval_seconds", math.nan), steps=rec.get("steps"),
-            epochs=rec.get("epochs"), samples=samples, batch_size=hp.get("batch_size", math.nan),
-            threads=rec.get("threads"), median_batch_seconds=rec.get("median_batch_seconds"),
-            samples_per_second=samples / train_s if train_s > 0 else math.nan,
-            peak_rss_mb=rec.get("peak_rss_mb"), active_per_sample_mean=active,
-            num_labels=num_labels,
-            active_fraction=(active / num_labels) if active is not None and num_labels else math.nan,
-            target_p_at_1=math.nan, time_to_target_seconds=math.nan,
-            popularity_p_at_1=(rec.get("popularity") or {}).get("p_at_1", math.nan),
-            cpu=machine.get("cpu", ""), cores=machine.get("cores"), memory_gb=machine.get("memory_gb"),
-            run_dir=str(run_dir),
-        )
-        rows.append(row)
+        rows.append(_summary_row(rec, key, curve, datasets.get(key["dataset"], {}), run_dir))
         if curve is not None:
             curves[(key["dataset"], rec["method"], key["variant"], int(rec["seed"]))] = curve
     return rows, curves
 
 
+def _summary_row(rec: dict, key: dict, curve, info: dict, run_dir: Path) -> dict:
+    """One ``SUMMARY_COLUMNS`` row (targets still NaN) from a run.json record and its curve."""
+    final = rec.get("final") or {}
+    hp = rec.get("hyperparameters") or {}
+    num_labels = info.get("labels")
+    active = rec.get("active_per_sample_mean")
+    fraction = rec.get("active_fraction")
+    if fraction is None:
+        fraction = (active / num_labels) if active is not None and num_labels else math.nan
+    train_s = float(rec.get("train_seconds") or 0.0)
+    samples = int(rec.get("samples") or 0)
+    machine = rec.get("machine") or {}
+    best, best_epoch, best_step = best_point(rec, curve)
+    popularity = _num((rec.get("popularity") or {}).get("p_at_1"))
+    return dict(
+        dataset=key["dataset"], dataset_name=info.get("name", key["dataset"]),
+        source=info.get("source", ""), method=rec["method"], variant=key["variant"],
+        seed=int(rec["seed"]), status=rec["status"], reason=rec.get("reason") or "",
+        p_at_1=final.get("p_at_1", math.nan), p_at_3=final.get("p_at_3", math.nan),
+        p_at_5=final.get("p_at_5", math.nan), best_p_at_1=best,
+        final_eval_points=final.get("eval_points", math.nan),
+        train_seconds=train_s, wall_seconds=rec.get("wall_seconds", math.nan),
+        eval_seconds=rec.get("eval_seconds", math.nan), steps=rec.get("steps"),
+        epochs=rec.get("epochs"), samples=samples, batch_size=hp.get("batch_size", math.nan),
+        threads=rec.get("threads"), median_batch_seconds=rec.get("median_batch_seconds"),
+        samples_per_second=samples / train_s if train_s > 0 else math.nan,
+        peak_rss_mb=rec.get("peak_rss_mb"), active_per_sample_mean=active, num_labels=num_labels,
+        active_fraction=fraction, target_p_at_1=math.nan, time_to_target_seconds=math.nan,
+        popularity_p_at_1=popularity, learned=learned(best, popularity), best_epoch=best_epoch,
+        best_step=best_step, max_train_seconds_cut=bool(rec.get("max_train_seconds_cut")),
+        stopped_early=bool(rec.get("stopped_early")), **contention(rec),
+        cpu=machine.get("cpu", ""), cores=machine.get("cores"), memory_gb=machine.get("memory_gb"),
+        run_dir=str(run_dir),
+    )
+
+
 def dataset_targets(summary: pd.DataFrame, datasets: dict) -> dict:
-    """Per dataset id: the configured target, else the lowest best P@1 of the completed headline runs."""
+    """Per dataset id: the configured target, else the lowest best P@1 of the completed headline runs
+    that learned (a run at label popularity would make any target trivial)."""
     out = {}
-    head = summary[(summary["variant"] == "") & (summary["status"] == "completed")]
+    head = summary[(summary["variant"] == "") & (summary["status"] == "completed") & summary["learned"]]
     for did in sorted(set(summary["dataset"])):
         configured = (datasets.get(did) or {}).get("target_p_at_1")
         if configured is not None:
@@ -149,11 +202,12 @@ def dataset_targets(summary: pd.DataFrame, datasets: dict) -> dict:
 
 
 def curves_frame(rows, curves) -> pd.DataFrame:
-    status = {(r["dataset"], r["method"], r["variant"], r["seed"]): r["status"] for r in rows}
+    by_key = {(r["dataset"], r["method"], r["variant"], r["seed"]): r for r in rows}
     frames = []
     for key, curve in sorted(curves.items()):
         df = curve.copy()
-        df.insert(0, "status", status.get(key, ""))
+        df.insert(0, "disturbed", by_key[key]["disturbed"] if key in by_key else "")
+        df.insert(0, "status", by_key[key]["status"] if key in by_key else "")
         for i, (col, val) in enumerate(zip(("dataset", "method", "variant", "seed"), key)):
             df.insert(i, col, val)
         full = df.groupby(["dataset", "method", "variant", "seed"])["eval_points"].transform("max")
@@ -174,38 +228,55 @@ def speedups(summary: pd.DataFrame, curves: dict) -> pd.DataFrame:
         for base in sorted(set(ds["method"]) - {"slide"}):
             other = ds[ds["method"] == base].set_index("seed")
             seeds = sorted(set(slide.index) & set(other.index))
-            per = []
-            for s in seeds:
-                cs, co = curves.get((did, "slide", "", s)), curves.get((did, base, "", s))
-                if cs is None or co is None or cs.empty or co.empty:
-                    continue
-                target = float(min(cs["p_at_1"].max(), co["p_at_1"].max()))
-                floor = float(np.nanmax([slide.loc[s, "popularity_p_at_1"], other.loc[s, "popularity_p_at_1"], 0.0]))
-                if not target > floor + POPULARITY_MARGIN:
-                    # no common level above ranking the most frequent labels first: not a comparison
-                    per.append((target, math.nan, math.nan, math.nan, floor))
-                    continue
-                ts, to = time_to_reach(cs, target), time_to_reach(co, target)
-                per.append((target, ts, to, to / ts if ts > 0 else math.nan, floor))
-            if not per:
-                continue
-            arr = np.array(per, dtype=float)
-            with warnings.catch_warnings():  # all-NaN columns (no comparison) average to NaN, silently
-                warnings.simplefilter("ignore", RuntimeWarning)
-                out.append(_speedup_row(did, base, seeds, arr, slide, other))
+            pairs = [_pair(base, s, slide.loc[s], other.loc[s], curves.get((did, "slide", "", s)),
+                           curves.get((did, base, "", s))) for s in seeds]
+            pairs = [p for p in pairs if p is not None]
+            if pairs:
+                out.append(_speedup_row(did, base, seeds, pairs, slide, other))
     return pd.DataFrame(out, columns=SPEEDUP_COLUMNS)
 
 
-def _speedup_row(did, base, seeds, arr, slide, other) -> dict:
-    """One row of the speedup table from the per-seed (target, t_slide, t_base, speedup, floor) rows."""
-    mean = [float(np.nanmean(arr[:, j])) for j in range(arr.shape[1])]
+def _pair(base, seed, slide_row, other_row, cs, co):
+    """One seed's (target, t_slide, t_base, speedup, floor), its disturbed runs and why no speedup.
+
+    None when a curve is missing.
+    """
+    if cs is None or co is None or cs.empty or co.empty:
+        return None
+    target = float(min(cs["p_at_1"].max(), co["p_at_1"].max()))
+    floor = float(np.nanmax([slide_row["popularity_p_at_1"], other_row["popularity_p_at_1"], 0.0]))
+    runs = (("slide", slide_row), (base, other_row))
+    disturbed = "; ".join(f"{method_label(m)} seed{seed}: {r['disturbed']}" for m, r in runs if r["disturbed"])
+    stayed = [method_label(m) for m, r in runs if not r["learned"]]
+    if disturbed:
+        reason = f"{DISTURBED_NOTE} ({disturbed})"
+    elif stayed:
+        reason = f"{' and '.join(stayed)} did not learn (stayed at label popularity, P@1 {floor:.3f})"
+    else:
+        ts, to = time_to_reach(cs, target), time_to_reach(co, target)
+        return (target, ts, to, to / ts if ts > 0 else math.nan, floor), "", ""
+    return (target, math.nan, math.nan, math.nan, floor), disturbed, reason
+
+
+def _speedup_row(did, base, seeds, pairs, slide, other) -> dict:
+    """One row of the speedup table from the seeds' :func:`_pair` results."""
+    arr = np.array([p[0] for p in pairs], dtype=float)
+    with warnings.catch_warnings():  # a column of NaN (no comparable seed) averages to NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = [float(np.nanmean(arr[:, j])) for j in range(arr.shape[1])]
+    reasons = list(dict.fromkeys(p[2] for p in pairs if p[2]))
     return dict(dataset=did, baseline=base, seeds=len(arr), target_p_at_1=mean[0], slide_seconds=mean[1],
                 baseline_seconds=mean[2], speedup=mean[3],
                 slide_best_p_at_1=float(slide.loc[seeds, "best_p_at_1"].mean()),
                 baseline_best_p_at_1=float(other.loc[seeds, "best_p_at_1"].mean()),
                 slide_final_p_at_1=float(slide.loc[seeds, "p_at_1"].mean()),
                 baseline_final_p_at_1=float(other.loc[seeds, "p_at_1"].mean()),
-                popularity_p_at_1=mean[4])
+                popularity_p_at_1=mean[4], disturbed="; ".join(p[1] for p in pairs if p[1]),
+                reason="; ".join(reasons))
+
+
+def _reasons(values) -> str:
+    return "; ".join(dict.fromkeys(v for v in values if isinstance(v, str) and v))
 
 
 def table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -222,11 +293,11 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
             peak_rss_mb=mean("peak_rss_mb"), p_at_1=mean("p_at_1"), p_at_3=mean("p_at_3"), p_at_5=mean("p_at_5"),
             target_p_at_1=float(g["target_p_at_1"].iloc[0]),
             time_to_target_seconds=(float(ok["time_to_target_seconds"].mean()) if reached else math.nan),
-            reached_target=f"{reached}/{len(ok)}", active_per_sample_mean=mean("active_per_sample_mean"),
-            active_fraction=mean("active_fraction"), train_seconds=mean("train_seconds"),
+            reached_target=f"{reached}/{len(ok)}", best_p_at_1=mean("best_p_at_1"), best_epoch=mean("best_epoch"),
+            active_per_sample_mean=mean("active_per_sample_mean"), active_fraction=mean("active_fraction"),
+            train_seconds=mean("train_seconds"), learned=bool(ok["learned"].all()),
+            disturbed=_reasons(g["disturbed"]),
         ))
-    from .style import method_order
-
     df = pd.DataFrame(out, columns=TABLE_COLUMNS)
     if len(df):
         order = {m: i for i, m in enumerate(method_order(df["method"]))}
@@ -246,7 +317,7 @@ def load_bench(paths) -> pd.DataFrame:
             median_batch_seconds=rec.get("median_batch_seconds"), p10_batch_seconds=rec.get("p10_batch_seconds"),
             p90_batch_seconds=rec.get("p90_batch_seconds"), samples_per_second=rec.get("samples_per_second"),
             active_per_sample_mean=rec.get("active_per_sample_mean"), peak_rss_mb=rec.get("peak_rss_mb"),
-            scale=rec.get("scale"), path=p,
+            scale=rec.get("scale"), **contention(rec), path=p,
         ))
     return pd.DataFrame(rows, columns=THREADS_COLUMNS)
 

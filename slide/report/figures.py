@@ -12,11 +12,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import textwrap  # noqa: E402
+
 import matplotlib.ticker  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from slide.contention import DISTURBED_NOTE  # noqa: E402
 
 from .io import save_figure  # noqa: E402
 from .style import VARIANT_STYLES, method_color, method_label, method_order  # noqa: E402
@@ -64,8 +68,54 @@ def _why_empty(plan, what):
     return f"no {what}"
 
 
-def _plot_curves(ax, curves, x, group_style=None, label_fn=None):
-    """One line per run; runs of one (method, variant) share colour, style and legend entry."""
+POPULARITY_LABEL = "label popularity (most frequent labels first)"
+
+
+def _popularity_line(ax, summary, did) -> None:
+    """The P@1 of ranking the most frequent training labels first, as a labelled horizontal line."""
+    if summary is None or not len(summary):
+        return
+    pop = summary.loc[summary["dataset"] == did, "popularity_p_at_1"].astype(float).dropna()
+    if len(pop):
+        value = pop.mean()
+        ax.axhline(value, color="#555555", linestyle="--", linewidth=1.1, zorder=1, label=POPULARITY_LABEL)
+        ax.annotate(f"label popularity: P@1 {value:.3f}", xy=(0.01, value), xycoords=("axes fraction", "data"),
+                    xytext=(0, 2), textcoords="offset points", fontsize=7, color="#555555", va="bottom")
+
+
+def _legend(fig, axes) -> None:
+    """One legend for every panel, right of them, so that it never hides a curve."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="upper left", bbox_to_anchor=(1.0, 0.88),
+                   fontsize=7.5, frameon=False)
+
+
+def _run_notes(summary) -> dict:
+    """{(dataset, method, variant, seed): legend suffixes} for disturbed runs and runs that did not learn."""
+    out = {}
+    if summary is None or not len(summary):
+        return out
+    for r in summary.itertuples():
+        notes = []
+        if r.disturbed:
+            notes.append("disturbed")
+        if not r.learned:
+            notes.append("did not learn")
+        out[(r.dataset, r.method, r.variant, r.seed)] = notes
+    return out
+
+
+def _plot_curves(ax, curves, x, group_style=None, label_fn=None, notes=None):
+    """One line per run; runs of one (method, variant) share colour, style and legend entry.
+
+    A disturbed run is drawn with hollow markers; ``notes`` (from :func:`_run_notes`) add
+    "(disturbed)" or "(did not learn)" to the legend.
+    """
+    notes = notes or {}
     labelled = set()
     keys = ["method", "variant", "seed"]
     order = {m: i for i, m in enumerate(method_order(curves["method"]))}
@@ -75,11 +125,14 @@ def _plot_curves(ax, curves, x, group_style=None, label_fn=None):
         style = group_style(method, variant) if group_style else "-"
         label = label_fn(method, variant) if label_fn else method_label(method)
         failed = (g["status"] == "failed").any()
-        if failed:
-            label += " (failed)"
+        extra = (["failed"] if failed else []) + notes.get((g["dataset"].iloc[0], method, variant, seed), [])
+        if extra:
+            label += f" ({', '.join(extra)})"
         show = label if label not in labelled else None
         labelled.add(label)
-        ax.plot(g[x], g["p_at_1"], color=method_color(method), linestyle=style, marker="o", markersize=2.5,
+        disturbed = "disturbed" in extra
+        ax.plot(g[x], g["p_at_1"], color=method_color(method), linestyle=style, marker="o",
+                markersize=4 if disturbed else 2.5, markerfacecolor="white" if disturbed else None,
                 linewidth=1.4, alpha=0.9 if seed == g["seed"].min() else 0.6, label=show)
         if failed and len(g):
             ax.plot(g[x].iloc[-1], g["p_at_1"].iloc[-1], marker="x", color="black", markersize=8)
@@ -115,19 +168,20 @@ def fig_p1_vs_time(tables, plan, paper, x="train_seconds", xlabel="training time
             _empty(ax, _why_empty(plan, "completed headline runs"))
             continue
         g = head[head["dataset"] == did]
-        _plot_curves(ax, g, x)
+        _plot_curves(ax, g, x, notes=_run_notes(tables.get("summary")))
+        _popularity_line(ax, tables.get("summary"), did)
         if x == "train_seconds":
             _time_axis(ax, g[x])
         ax.set_title(dataset_label(plan, did), fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("P@1 (fraction of test points)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
         name = ((plan or {}).get("datasets", {}).get(did) or {}).get("name", did)
         note = _paper_note(paper, name) if x == "train_seconds" else ""
         if note:  # below the axes, so it never hides a curve
             ax.text(0.0, -0.2, note, transform=ax.transAxes, fontsize=7, va="top",
                     bbox=dict(boxstyle="round", facecolor="#f7f7f7", edgecolor="#bbbbbb"))
+    _legend(fig, axes)
     fig.suptitle(FIGURES["p1_vs_time" if x == "train_seconds" else "p1_vs_iterations"], fontsize=11)
     return fig
 
@@ -164,13 +218,15 @@ def _variant_figure(tables, plan, prefix, title, what, with_slide_headline):
                 return f"{method_label(method)}, {float(value) * 100:g}% of labels sampled"
             return f"{method_label(method)}, batch {value}"
 
-        _plot_curves(ax, g, "train_seconds", group_style=lambda m, v: style.get(v, "-"), label_fn=label)
+        _plot_curves(ax, g, "train_seconds", group_style=lambda m, v: style.get(v, "-"), label_fn=label,
+                     notes=_run_notes(tables.get("summary")))
+        _popularity_line(ax, tables.get("summary"), did)
         _time_axis(ax, g["train_seconds"])
         ax.set_title(dataset_label(plan, did), fontsize=10)
         ax.set_xlabel("training time (s, evaluation excluded)")
         ax.set_ylabel("P@1 (fraction of test points)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="lower right")
+    _legend(fig, axes)
     fig.suptitle(title, fontsize=11)
     return fig
 
@@ -186,109 +242,132 @@ def fig_batch_size(tables, plan, paper):
 def fig_thread_scaling(tables, plan, paper):
     th = tables["threads"]
     dids = _datasets(th) or [None]
-    fig, axes = _panels(len(dids))
+    fig, axes = _panels(len(dids), height=4.2)
     cores = int((plan or {}).get("cores") or 1)
     paper_counts = ((paper or {}).get("thread_scaling") or {}).get("core_counts", [])
-    uncovered = [c for c in paper_counts if c > cores]
     for ax, did in zip(axes, dids):
         if did is None:
             _empty(ax, _why_empty(plan, "thread-scaling benchmarks"))
             continue
         g = th[th["dataset"] == did]
         for method in method_order(g["method"]):
-            m = g[g["method"] == method].sort_values("threads")
-            ax.plot(m["threads"], m["median_batch_seconds"], marker="o", color=method_color(method),
-                    label=method_label(method))
-            if m["p10_batch_seconds"].notna().all() and m["p90_batch_seconds"].notna().all():
-                ax.fill_between(m["threads"], m["p10_batch_seconds"], m["p90_batch_seconds"],
-                                color=method_color(method), alpha=0.15, linewidth=0)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ticks = sorted(set(g["threads"].astype(int)) | set(uncovered))
-        for c in uncovered:
-            ax.axvline(c, color="#999999", linestyle=":", linewidth=1)
-        if uncovered:
-            ax.text(0.98, 0.02, f"paper's {', '.join(map(str, uncovered))} cores:\nnot covered "
-                    f"(this machine has {cores})", transform=ax.transAxes, ha="right", va="bottom",
-                    fontsize=7, color="#555555")
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([str(t) for t in ticks])
+            _thread_line(ax, g[g["method"] == method].sort_values("threads"), method)
+        counts = sorted(set(g["threads"].astype(int)))
+        ax.set_xticks(counts)
+        ax.set_xticklabels([str(t) for t in counts])
+        ax.set_xlim(counts[0] - 0.5, counts[-1] + 0.5)
+        ax.set_ylim(bottom=0)
         ax.set_title(dataset_label(plan, did), fontsize=10)
         ax.set_xlabel("threads (cores)")
-        ax.set_ylabel("median time per batch (s)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        ax.set_ylabel("median time per batch (ms)")
+        ax.grid(alpha=0.3)
+        if paper_counts:
+            ax.text(0.0, -0.2, f"The paper goes to {max(paper_counts)} cores; this machine gave the pipeline "
+                    f"{cores}.\nNumbers by the points: 1-minute load average when the benchmark started.",
+                    transform=ax.transAxes, fontsize=7, va="top", color="#555555")
+    _legend(fig, axes)
     fig.suptitle(FIGURES["thread_scaling"], fontsize=11)
     return fig
 
 
-def fig_headline(tables, plan, paper):
-    sp = tables["speedups"]
-    summary = tables["summary"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    # (a) speedups: measured bars, paper values as hatched bars
+def _thread_line(ax, m, method) -> None:
+    """One method's ms per batch against threads: 10th-90th percentile band, load by each point,
+    disturbed points ringed in black."""
+    color = method_color(method)
+    ax.plot(m["threads"], 1000 * m["median_batch_seconds"], marker="o", color=color, label=method_label(method))
+    if m["p10_batch_seconds"].notna().all() and m["p90_batch_seconds"].notna().all():
+        ax.fill_between(m["threads"], 1000 * m["p10_batch_seconds"], 1000 * m["p90_batch_seconds"],
+                        color=color, alpha=0.15, linewidth=0)
+    for r in m.itertuples():
+        if np.isfinite(r.load_1m_start):
+            ax.annotate(f"{r.load_1m_start:.1f}", (r.threads, 1000 * r.median_batch_seconds), fontsize=6.5,
+                        color=color, xytext=(5, 4), textcoords="offset points")
+    bad = m[m["disturbed"].astype(bool)]
+    if len(bad):
+        ax.scatter(bad["threads"], 1000 * bad["median_batch_seconds"], s=110, facecolors="none",
+                   edgecolors="black", linewidths=1.4, zorder=5,
+                   label=f"{method_label(method)}: {DISTURBED_NOTE}")
+
+
+def _speedup_bars(sp, plan, paper) -> list[tuple]:
+    """(label, value, kind, baseline, dataset name, n/a reason) per measured and paper speedup."""
     bars = []
     for r in sp.itertuples():
         name = ((plan or {}).get("datasets", {}).get(r.dataset) or {}).get("name", r.dataset)
-        bars.append((f"{r.dataset}\nvs {method_label(r.baseline)}", r.speedup, "measured", r.baseline, name))
-    measured_pairs = {(b[4], b[3]) for b in bars}
+        why = "" if np.isfinite(r.speedup) else (r.reason or "no common P@1 level")
+        bars.append((f"{r.dataset}\nvs {method_label(r.baseline)}", r.speedup, "measured", r.baseline, name, why))
     for s in (paper or {}).get("speedups", []):
         bars.append((f"{s['dataset']} (paper)\nvs {method_label(s['baseline'])}", s["speedup"], "paper",
-                     s["baseline"], s["dataset"]))
-    bars.sort(key=lambda b: (b[4], b[3], b[2] != "measured"))
-    if bars:
-        y = np.arange(len(bars))
-        for i, (label, value, kind, baseline, _) in enumerate(bars):
-            v = value if value and np.isfinite(value) else 0
-            ax1.barh(i, v, color=method_color(baseline), alpha=1.0 if kind == "measured" else 0.35,
-                     hatch=None if kind == "measured" else "//", edgecolor="black", linewidth=0.5)
-            ax1.text(v, i, f" {value:.2f}x" if value and np.isfinite(value) else " n/a", va="center", fontsize=7)
-        ax1.set_yticks(y)
-        ax1.set_yticklabels([b[0] for b in bars], fontsize=6.5)
-        ax1.axvline(1, color="black", linewidth=0.8)
-        ax1.set_xscale("log")
-        vals = [b[1] for b in bars if b[1] and np.isfinite(b[1]) and b[1] > 0] or [1.0]
-        lo, hi = min(min(vals), 1.0) / 1.6, max(max(vals), 1.0) * 1.6
-        ticks = [t for t in (0.01, 0.03, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 100) if lo <= t <= hi]
-        ax1.set_xlim(lo, hi)
-        ax1.set_xticks(ticks)
-        ax1.set_xticklabels([f"{t:g}x" for t in ticks])
-        ax1.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax1.set_xlabel("speedup of SLIDE at equal P@1 (x, log scale; >1 = SLIDE faster)")
-        ax1.invert_yaxis()
-        missing = [b for b in bars if b[2] == "paper" and (b[4], b[3]) not in measured_pairs]
-        if missing:
-            ax1.set_title("hatched: paper; solid: measured here", fontsize=8)
-    else:
-        _empty(ax1, "no speedup could be computed\n(SLIDE and a baseline must both complete)")
-    ax1.grid(alpha=0.3, axis="x", which="both")
-    # (b) active output neurons per sample, as % of the labels
-    labels, values, colors, alphas = [], [], [], []
+                     s["baseline"], s["dataset"], ""))
+    return sorted(bars, key=lambda b: (b[4], b[3], b[2] != "measured"))
+
+
+def _speedup_panel(ax, bars) -> None:
+    """Horizontal log-scale bars; rows without a value say "n/a: <reason>" inside the frame."""
+    vals = [b[1] for b in bars if np.isfinite(b[1]) and b[1] > 0] or [1.0]
+    lo, hi = min(min(vals), 1.0) / 2.0, max(max(vals), 1.0) * 3.0  # room for the value labels
+    for i, (_, value, kind, baseline, _, why) in enumerate(bars):
+        if np.isfinite(value) and value > 0:
+            ax.barh(i, value, left=lo, color=method_color(baseline), alpha=1.0 if kind == "measured" else 0.35,
+                    hatch=None if kind == "measured" else "//", edgecolor="black", linewidth=0.5)
+            ax.text(value * 1.05, i, f"{value:.2f}x", va="center", fontsize=7)
+        else:
+            ax.text(lo * 1.1, i, textwrap.fill(f"n/a: {why}", 70), va="center", fontsize=6.5, color="#7a0000")
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([b[0] for b in bars], fontsize=7)
+    ax.axvline(1, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ticks = [t for t in (0.01, 0.03, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 100) if lo <= t <= hi]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}x" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("speedup of SLIDE at equal P@1 (log scale; >1 = SLIDE faster)")
+    ax.set_ylim(len(bars) - 0.5, -0.5)
+    ax.set_title("solid: measured here; hatched: paper", fontsize=8)
+    ax.grid(alpha=0.3, axis="x", which="both")
+
+
+def _active_bars(summary, paper) -> list[tuple]:
+    """(label, % of labels active, measured?) for SLIDE's headline runs and the paper's figures."""
+    bars = []
     head = summary[(summary["method"] == "slide") & (summary["variant"].fillna("") == "")] if len(summary) else summary
     for did, g in (head.groupby("dataset") if len(head) else []):
         frac = g["active_fraction"].astype(float).mean()
-        act = g["active_per_sample_mean"].astype(float).mean()
         if np.isfinite(frac):
-            labels.append(f"{did}\n(measured: {act:.0f} of {g['num_labels'].iloc[0]:.0f})")
-            values.append(100 * frac)
-            colors.append(method_color("slide"))
-            alphas.append(1.0)
+            act = g["active_per_sample_mean"].astype(float).mean()
+            bars.append((f"{did}\n(measured: {act:,.0f} of {act / frac:,.0f})", 100 * frac, True))
     for name, a in ((paper or {}).get("active_neurons") or {}).items():
-        labels.append(f"{name} (paper)\n(~{a['per_sample']:,} of {a['labels']:,})")
-        values.append(100 * a["per_sample"] / a["labels"])
-        colors.append(method_color("slide"))
-        alphas.append(0.35)
-    if labels:
-        for i, (v, c, a) in enumerate(zip(values, colors, alphas)):
-            ax2.barh(i, v, color=c, alpha=a, hatch=None if a == 1.0 else "//", edgecolor="black", linewidth=0.5)
-            ax2.text(v, i, f" {v:.2f}%", va="center", fontsize=7)
-        ax2.set_yticks(range(len(labels)))
-        ax2.set_yticklabels(labels, fontsize=6.5)
-        ax2.invert_yaxis()
-        ax2.set_xlabel("active output neurons per training sample (% of labels)")
+        bars.append((f"{name} (paper)\n(~{a['per_sample']:,} of {a['labels']:,})",
+                     100 * a["per_sample"] / a["labels"], False))
+    return bars
+
+
+def _active_panel(ax, bars) -> None:
+    for i, (_, v, measured) in enumerate(bars):
+        ax.barh(i, v, color=method_color("slide"), alpha=1.0 if measured else 0.35,
+                hatch=None if measured else "//", edgecolor="black", linewidth=0.5)
+        ax.text(v, i, f" {v:.2f}%", va="center", fontsize=7)
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([b[0] for b in bars], fontsize=7)
+    ax.set_xlim(0, max(b[1] for b in bars) * 1.25)  # room for the value labels
+    ax.set_ylim(len(bars) - 0.5, -0.5)
+    ax.set_xlabel("active output neurons per training sample (% of labels)")
+    ax.grid(alpha=0.3, axis="x")
+
+
+def fig_headline(tables, plan, paper):
+    bars, active = _speedup_bars(tables["speedups"], plan, paper), _active_bars(tables["summary"], paper)
+    height = max(4.2, 0.42 * max(len(bars), len(active)) + 1.6)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [1.5, 1]})
+    if bars:
+        _speedup_panel(ax1, bars)
+    else:
+        _empty(ax1, "no speedup could be computed\n(SLIDE and a baseline must both complete)")
+    if active:
+        _active_panel(ax2, active)
     else:
         _empty(ax2, "no SLIDE run reported active neurons")
-    ax2.grid(alpha=0.3, axis="x")
     fig.suptitle(FIGURES["headline"], fontsize=11)
     fig.tight_layout()
     return fig
@@ -301,23 +380,25 @@ def fig_jobs(tables, plan, paper):
         _empty(axes[0], "no benchmark records (no timed job ran)")
         return fig
     jobs = jobs.sort_values(["kind", "dataset", "method", "variant", "seed"]).reset_index(drop=True)
-    h = max(3.0, 0.22 * len(jobs) + 1.2)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, h), sharey=True)
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.3 * len(jobs) + 1.2)))
     y = np.arange(len(jobs))
-    colors = [method_color(m) for m in jobs["method"]]
-    ax1.barh(y, jobs["seconds"], color=colors)
-    ax2.barh(y, jobs["max_rss_mb"], color=colors)
-    ax1.set_yticks(y)
-    ax1.set_yticklabels(jobs["job"], fontsize=6)
-    ax1.invert_yaxis()
-    ax1.set_xlabel("job wall-clock time (s, start-up and evaluation included)")
-    ax2.set_xlabel("job peak resident memory (MB)")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3, axis="x")
+    ax.barh(y, jobs["seconds"], color=[method_color(m) for m in jobs["method"]])
+    for i, r in enumerate(jobs.itertuples()):
+        ax.text(r.seconds, i, f" {r.seconds:,.0f} s, {r.max_rss_mb:,.0f} MB", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(jobs["job"], fontsize=8)
+    ax.set_ylim(len(jobs) - 0.5, -0.5)
+    ax.set_xlim(0, float(np.nanmax(jobs["seconds"])) * 1.35 if jobs["seconds"].notna().any() else 1)
+    ax.set_xlabel("job wall-clock time (s; start-up, data loading and evaluation included); "
+                  "label: time, peak memory", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
     fig.suptitle(FIGURES["jobs"], fontsize=11)
     fig.tight_layout()
     return fig
 
+
+#: Columns whose empty value ("" in the tables, NaN once read back) means "none".
+TEXT_COLUMNS = {"variant", "reason", "disturbed"}
 
 _DRAW = {
     "p1_vs_time": fig_p1_vs_time, "p1_vs_iterations": fig_p1_vs_iterations,
@@ -341,8 +422,8 @@ def load_tables(paths: dict) -> dict:
     out = {}
     for name, path in paths.items():
         df = pd.read_csv(path)
-        if "variant" in df.columns:
-            df["variant"] = df["variant"].fillna("").astype(str)
+        for col in TEXT_COLUMNS & set(df.columns):
+            df[col] = df[col].astype(object).fillna("").astype(str)
         out[name] = df
     return out
 

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from slide.contention import DISTURBED_NOTE
+
 from .figures import FIGURES
-from .io import atomic_write_text
+from .io import atomic_write_text, plan_path, tables_path
 from .style import method_color, method_label, method_order
 
+FULL_SOFTMAX = ("tf-full-cpu", "tf-full-gpu")
 VERSIONED = ("numpy", "numba", "tensorflow", "pandas", "matplotlib", "snakemake", "jsonschema", "slide-repro")
 
 CSS = """
@@ -36,23 +39,17 @@ def esc(x) -> str:
     return html.escape(str(x))
 
 
-def fmt(x, digits=3, unit="") -> str:
+def num(x, spec="{:.3f}", unit="", missing="&ndash;", scale=1.0) -> str:
+    """``x`` times ``scale`` in a column's one format (``spec``, then ``unit``), or ``missing``."""
     try:
-        v = float(x)
+        v = float(x) * scale
     except (TypeError, ValueError):
-        return esc(x) if x not in (None, "") else "&ndash;"
-    if not math.isfinite(v):
-        return "&ndash;"
-    if abs(v) >= 1000:
-        s = f"{v:,.0f}"
-    elif abs(v) >= 100:
-        s = f"{v:.1f}"
-    else:
-        s = f"{v:.{digits}g}"
-    return s + unit
+        return missing
+    return spec.format(v) + unit if math.isfinite(v) else missing
 
 
 def seconds(x) -> str:
+    """A duration for prose (s, min or h, whichever reads best)."""
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -71,15 +68,26 @@ def _method_cell(m) -> str:
 
 
 def _table(headers, rows, numeric=()) -> str:
-    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>"]
+    """An HTML table; without ``headers`` the first cell of each row is its header."""
+    out = ["<table>"] + (["<tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>"] if headers else [])
     for r in rows:
         cells = []
         for i, c in enumerate(r):
+            if not headers and i == 0:
+                cells.append(f"<th scope='row'>{c}</th>")
+                continue
             cls = ' class="num"' if i in numeric else ""
             cells.append(f"<td{cls}>{c}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def disturbed_cell(reason) -> str:
+    """"quiet", or the disturbed note with its reason."""
+    if not reason:
+        return "quiet"
+    return f'<span class="failed">{esc(DISTURBED_NOTE)}</span> ({esc(reason)})'
 
 
 def versions() -> dict:
@@ -106,15 +114,38 @@ def _paper_speedup(paper, name, baseline):
     return None
 
 
-def overall_verdict(sp, plan) -> str:
+def _run_name(r, plan) -> str:
+    return f"{method_label(r.method)} on {_ds(plan, r.dataset)}, seed {r.seed}"
+
+
+def busy_sentence(sp, summary, plan) -> str | None:
+    """The verdict's first sentence when a headline comparison has a disturbed run, else None."""
+    hit = set(sp.loc[sp["disturbed"].astype(bool), "dataset"]) if len(sp) else set()
+    if not hit:
+        return None
+    runs = summary[(summary["variant"] == "") & summary["dataset"].isin(hit) & summary["disturbed"].astype(bool)]
+    which = "; ".join(f"{esc(_run_name(r, plan))} ({esc(r.disturbed)})" for r in runs.itertuples())
+    return (f"<strong>Verdict: none, the machine was busy</strong>: other processes took the cores while these "
+            f"runs were timed: {which}. {esc(DISTURBED_NOTE)}; no speedup is computed from a pair with a "
+            "disturbed run, so this report declares no winner.")
+
+
+def overall_verdict(sp, summary, plan) -> str:
     """One sentence: did SLIDE beat TensorFlow's full softmax here (the paper's main claim)?"""
-    rows = sp[(sp["baseline"].isin(["tf-full-cpu", "tf-full-gpu"])) & (sp["speedup"] > 0)] if len(sp) else sp
+    busy = busy_sentence(sp, summary, plan)
+    if busy:
+        return busy
+    full = sp[sp["baseline"].isin(FULL_SOFTMAX)] if len(sp) else sp
+    rows = full[full["speedup"] > 0] if len(full) else full
     if not len(rows):
-        return ("<strong>Verdict: undecided.</strong> No SLIDE run and TF full-softmax run completed on a common "
-                "dataset with a common P@1 level, so the paper's claim could not be checked here.")
+        why = "; ".join(f"on {esc(_ds(plan, r.dataset))} against {esc(method_label(r.baseline))}: "
+                        f"n/a: {esc(r.reason)}" for r in full.itertuples() if r.reason)
+        return ("<strong>Verdict: undecided.</strong> " + (
+            f"No speedup at equal P@1 over TensorFlow's full softmax: {why}." if why else
+            "No SLIDE run and TF full-softmax run completed on a common dataset, so the paper's claim could "
+            "not be checked here."))
     fast = rows[rows["speedup"] > 1]
-    med = float(rows["speedup"].median())
-    where = ", ".join(f"{fmt(r.speedup, 3)}x on {esc(r.dataset)} vs {esc(method_label(r.baseline))}"
+    where = ", ".join(f"{r.speedup:.3g}x on {esc(r.dataset)} vs {esc(method_label(r.baseline))}"
                       for r in rows.itertuples())
     if len(fast) == len(rows):
         head = ("<strong>Verdict: SLIDE beat TensorFlow's full softmax</strong> in every comparison here, "
@@ -125,42 +156,56 @@ def overall_verdict(sp, plan) -> str:
     else:
         head = (f"<strong>Verdict: mixed</strong> &mdash; SLIDE beat TensorFlow's full softmax in {len(fast)} of "
                 f"{len(rows)} comparisons")
-    return f"{head} (speedup at equal P@1: {where}; median {fmt(med, 3)}x; &gt;1 = SLIDE faster)."
+    return (f"{head} (speedup at equal P@1: {where}; median {float(rows['speedup'].median()):.3g}x; "
+            "&gt;1 = SLIDE faster).")
+
+
+def _comparison(r, plan, paper) -> str:
+    """One dataset's clause of a baseline's verdict sentence."""
+    where = esc(_ds(plan, r.dataset))
+    if not r.speedup > 0:
+        return (f"on {where} n/a: {esc(r.reason)} (best P@1: SLIDE {r.slide_best_p_at_1:.3f}, "
+                f"{esc(method_label(r.baseline))} {r.baseline_best_p_at_1:.3f})")
+    ps = _paper_speedup(paper, _ds(plan, r.dataset, "name"), r.baseline)
+    faster = "faster" if r.speedup > 1 else "slower"
+    factor = r.speedup if r.speedup >= 1 else 1 / r.speedup
+    paper_txt = f"; paper: {ps['speedup']:g}x faster" if ps else ""
+    return (f"on {where} SLIDE reached P@1 {r.target_p_at_1:.3f} in {seconds(r.slide_seconds)} against "
+            f"{seconds(r.baseline_seconds)}, i.e. <strong>{factor:.3g}x {faster}</strong>{paper_txt}")
+
+
+def _final_p_at_1(head, plan) -> str | None:
+    """Final P@1 per dataset and method; a method that did not learn says so."""
+    acc = []
+    for did, g in head[head["status"] == "completed"].groupby("dataset"):
+        items = []
+        for m in method_order(g["method"]):
+            runs = g[g["method"] == m]
+            txt = f"{esc(method_label(m))} {runs['p_at_1'].mean():.3f}"
+            if not runs["learned"].all():
+                txt += f" (did not learn: stayed at label popularity, P@1 {runs['popularity_p_at_1'].mean():.3f})"
+            items.append(txt)
+        acc.append(f"{esc(_ds(plan, did))}: {', '.join(items)}")
+    if not acc:
+        return None
+    return "<strong>Final P@1</strong> (full test set, mean over seeds) &mdash; " + "; ".join(acc) + "."
 
 
 def verdict(tables, plan, paper) -> list[str]:
     """Plain sentences: SLIDE against each TensorFlow baseline, measured and in the paper."""
     sp, summary = tables["speedups"], tables["summary"]
     gpu = (plan or {}).get("gpu") or {}
-    out = []
     if not len(summary):
         return ["No training run completed, so nothing was measured; see <em>What could not run</em> below."]
     head = summary[summary["variant"] == ""]
-    out.append(overall_verdict(sp, plan))
+    out = [overall_verdict(sp, summary, plan)]
     for baseline in method_order(set(sp["baseline"]) if len(sp) else []):
         rows = sp[sp["baseline"] == baseline]
-        parts = []
-        for r in rows.itertuples():
-            name = _ds(plan, r.dataset, "name")
-            ps = _paper_speedup(paper, name, baseline)
-            if not (r.speedup > 0):
-                pop = getattr(r, "popularity_p_at_1", math.nan)
-                floor = f" {pop:.3f}" if pop == pop else ""
-                parts.append(f"on {esc(_ds(plan, r.dataset))} the two never shared a P@1 level above the "
-                             f"most-frequent-labels baseline{floor} (best P@1: SLIDE {r.slide_best_p_at_1:.3f}, "
-                             f"baseline {r.baseline_best_p_at_1:.3f}), so this dataset gives no speedup")
-                continue
-            faster = "faster" if r.speedup > 1 else "slower"
-            factor = r.speedup if r.speedup >= 1 else (1 / r.speedup if r.speedup > 0 else math.nan)
-            paper_txt = f"; paper: {ps['speedup']:g}x faster" if ps else ""
-            parts.append(
-                f"on {esc(_ds(plan, r.dataset))} SLIDE reached P@1 {r.target_p_at_1:.3f} in "
-                f"{seconds(r.slide_seconds)} against {seconds(r.baseline_seconds)}, i.e. "
-                f"<strong>{fmt(factor, 3)}x {faster}</strong>{paper_txt}")
-        n_fast = int((rows["speedup"] > 1).sum())
-        n_cmp = int((rows["speedup"] > 0).sum())
-        out.append(f"<strong>SLIDE vs {esc(method_label(baseline))}</strong>: SLIDE was faster at equal P@1 on "
-                   f"{n_fast} of {n_cmp} comparable dataset(s): " + "; ".join(parts) + ".")
+        n_fast, n_cmp = int((rows["speedup"] > 1).sum()), int((rows["speedup"] > 0).sum())
+        count = (f"SLIDE was faster at equal P@1 on {n_fast} of {n_cmp} comparable dataset(s)" if n_cmp
+                 else "no speedup at equal P@1")
+        out.append(f"<strong>SLIDE vs {esc(method_label(baseline))}</strong>: {count}: "
+                   + "; ".join(_comparison(r, plan, paper) for r in rows.itertuples()) + ".")
     measured = set(sp["baseline"]) if len(sp) else set()
     if not any(m.endswith("-gpu") for m in measured):
         reason = gpu.get("reason") or "no GPU run"
@@ -168,14 +213,9 @@ def verdict(tables, plan, paper) -> list[str]:
         claim_txt = ", ".join(f"{s['speedup']:g}x on {s['dataset']}" for s in claims)
         out.append(f"<strong>SLIDE vs TF on a GPU</strong>: not measured here ({esc(reason)}). "
                    f"The paper reports SLIDE on 44 cores faster than TF-GPU on a V100: {claim_txt}.")
-    # accuracy
-    acc = []
-    for did, g in head[head["status"] == "completed"].groupby("dataset"):
-        best = g.groupby("method")["p_at_1"].mean()
-        items = ", ".join(f"{esc(method_label(m))} {best[m]:.3f}" for m in method_order(best.index))
-        acc.append(f"{esc(_ds(plan, did))}: {items}")
+    acc = _final_p_at_1(head, plan)
     if acc:
-        out.append("<strong>Final P@1</strong> (full test set, mean over seeds) &mdash; " + "; ".join(acc) + ".")
+        out.append(acc)
     failed = summary[summary["status"] == "failed"]
     if len(failed):
         out.append(f'<span class="failed">{len(failed)} run(s) failed</span> (diverged or stopped); '
@@ -194,6 +234,13 @@ def verdict(tables, plan, paper) -> list[str]:
     return out
 
 
+def _measured_speedup(r) -> str:
+    if not r.speedup > 0:
+        return f"n/a on {esc(r.dataset)}: {esc(r.reason)}"
+    return (f"{r.speedup:.3g}x on {esc(r.dataset)} (target P@1 {r.target_p_at_1:.3f}: "
+            f"{seconds(r.slide_seconds)} vs {seconds(r.baseline_seconds)})")
+
+
 def claims_table(tables, plan, paper) -> str:
     sp, summary = tables["speedups"], tables["summary"]
     rows = []
@@ -204,13 +251,7 @@ def claims_table(tables, plan, paper) -> str:
         measured = []
         for did in name_to_ids.get(s["dataset"], []):
             m = sp[(sp["dataset"] == did) & (sp["baseline"] == s["baseline"])] if len(sp) else sp
-            if len(m) and not m.iloc[0].speedup > 0:
-                measured.append(f"no comparison on {esc(did)}: no common P@1 above the most-frequent-labels "
-                                "baseline")
-            elif len(m):
-                r = m.iloc[0]
-                measured.append(f"{fmt(r.speedup, 3)}x on {esc(did)} (target P@1 {r.target_p_at_1:.3f}: "
-                                f"{seconds(r.slide_seconds)} vs {seconds(r.baseline_seconds)})")
+            measured += [_measured_speedup(r) for r in m.itertuples()]
         if not measured:
             why = "not run here"
             if s["baseline"].endswith("-gpu"):
@@ -228,9 +269,8 @@ def claims_table(tables, plan, paper) -> str:
         measured = "not measured by this pipeline"
         if c["id"] == "abstract-tf-cpu":
             m = sp[sp["baseline"] == "tf-full-cpu"] if len(sp) else sp
-            m = m[m["speedup"] > 0] if len(m) else m
             if len(m):
-                measured = ", ".join(f"{fmt(r.speedup, 3)}x ({esc(r.dataset)})" for r in m.itertuples())
+                measured = "<br>".join(_measured_speedup(r) for r in m.itertuples())
         rows.append([esc(c["text"]), val, measured, esc(c["source"])])
     head = summary[(summary["method"] == "slide") & (summary["variant"] == "")] if len(summary) else summary
     for name, a in ((paper or {}).get("active_neurons") or {}).items():
@@ -240,7 +280,7 @@ def claims_table(tables, plan, paper) -> str:
             if len(g) and g["active_per_sample_mean"].notna().any():
                 act = g["active_per_sample_mean"].astype(float).mean()
                 frac = g["active_fraction"].astype(float).mean()
-                measured.append(f"{act:,.0f} per sample = {100 * frac:.2f}% of {g['num_labels'].iloc[0]:,.0f} "
+                measured.append(f"{act:,.0f} per sample = {100 * frac:.2f}% of {act / frac:,.0f} "
                                 f"labels ({esc(did)})")
         rows.append([f"Active output neurons per sample, {esc(name)}",
                      f"~{a['per_sample']:,} ({100 * a['per_sample'] / a['labels']:.2f}% of {a['labels']:,})",
@@ -250,20 +290,48 @@ def claims_table(tables, plan, paper) -> str:
     return _table(["Claim", "Paper", "Measured here", "Paper source"], rows)
 
 
+def speedups_table(tables, plan) -> str:
+    """Every SLIDE-against-baseline comparison; a row without a speedup says n/a and why."""
+    sp = tables["speedups"]
+    if not len(sp):
+        return "<p>No SLIDE run and baseline run completed on a common dataset.</p>"
+    rows = [[esc(_ds(plan, r.dataset)), _method_cell(r.baseline), num(r.seeds, "{:.0f}"),
+             num(r.target_p_at_1), num(r.slide_seconds, "{:,.1f}", " s"), num(r.baseline_seconds, "{:,.1f}", " s"),
+             num(r.speedup, "{:.2f}", "x", missing=f"n/a: {esc(r.reason)}"), num(r.popularity_p_at_1)]
+            for r in sp.itertuples()]
+    return _table(["Dataset", "Baseline", "Seeds", "Target P@1", "SLIDE time", "Baseline time", "Speedup",
+                   "Label popularity P@1"], rows, numeric={2, 3, 4, 5, 7})
+
+
 def results_table(tables, plan) -> str:
     t = tables["table"]
     if not len(t):
         return "<p>No headline run completed.</p>"
     rows = []
     for r in t.itertuples():
+        best = f"{num(r.best_p_at_1)} ({num(r.best_epoch, 'epoch {:.2f}', missing='epoch unknown')})"
+        if not r.learned:
+            best += "<br>did not learn (stayed at label popularity)"
         rows.append([esc(_ds(plan, r.dataset)), _method_cell(r.method), f"{r.completed}/{r.runs}",
-                     fmt(r.median_batch_seconds, 3, " s"), fmt(r.samples_per_second, 3),
-                     fmt(r.peak_rss_mb, 3, " MB"), fmt(r.p_at_1), fmt(r.p_at_3), fmt(r.p_at_5),
-                     fmt(r.target_p_at_1), seconds(r.time_to_target_seconds) + f" ({esc(r.reached_target)})",
-                     fmt(r.active_per_sample_mean, 4)])
-    return _table(["Dataset", "Method", "Completed", "Median s/batch", "Samples/s", "Peak memory",
-                   "P@1", "P@3", "P@5", "Target P@1", "Time to target (runs reaching it)",
-                   "Active neurons/sample"], rows, numeric=set(range(3, 12)))
+                     num(r.median_batch_seconds, "{:,.1f}", " ms", scale=1000), num(r.samples_per_second, "{:,.0f}"),
+                     num(r.peak_rss_mb, "{:,.0f}", " MB"), num(r.p_at_1), num(r.p_at_3), num(r.p_at_5), best,
+                     num(r.target_p_at_1),
+                     num(r.time_to_target_seconds, "{:,.1f}", " s", missing="not reached")
+                     + f" ({esc(r.reached_target)})",
+                     num(r.active_per_sample_mean, "{:,.0f}"), num(r.active_fraction, "{:.2%}"),
+                     disturbed_cell(r.disturbed)])
+    return _table(["Dataset", "Method", "Completed", "Median time/batch", "Samples/s", "Peak memory",
+                   "P@1", "P@3", "P@5", "Best P@1 (epoch)", "Target P@1", "Time to target (runs reaching it)",
+                   "Active neurons/sample", "Active fraction", "Timing"], rows, numeric=set(range(3, 14)))
+
+
+def _status_cell(r) -> str:
+    status = esc(r.status) if r.status == "completed" else f'<span class="failed">{esc(r.status)}</span>'
+    if r.max_train_seconds_cut:
+        status += "<br>cut by the time cap (max_train_seconds)"
+    if r.stopped_early:
+        status += "<br>stopped early (patience)"
+    return status
 
 
 def runs_table(tables, plan) -> str:
@@ -272,14 +340,17 @@ def runs_table(tables, plan) -> str:
         return "<p>No run.</p>"
     rows = []
     for r in s.itertuples():
-        status = esc(r.status) if r.status == "completed" else f'<span class="failed">{esc(r.status)}</span>'
-        rows.append([esc(r.dataset), _method_cell(r.method), esc(r.variant or "headline"), esc(r.seed), status,
-                     fmt(r.p_at_1), fmt(r.best_p_at_1), seconds(r.train_seconds), esc(r.steps),
-                     fmt(r.median_batch_seconds, 3, " s"), fmt(r.peak_rss_mb, 3, " MB"), esc(r.threads),
-                     f"<code>{esc(r.run_dir)}/run.json</code>"])
-    return _table(["Dataset", "Method", "Variant", "Seed", "Status", "Final P@1", "Best P@1", "Train time",
-                   "Steps", "Median s/batch", "Peak memory", "Threads", "Record"], rows,
-                  numeric={5, 6, 7, 8, 9, 10, 11})
+        rows.append([esc(r.dataset), _method_cell(r.method), esc(r.variant or "headline"), esc(r.seed),
+                     _status_cell(r), num(r.p_at_1), num(r.best_p_at_1), num(r.best_epoch, "{:.2f}"),
+                     num(r.train_seconds, "{:,.1f}", " s"), num(r.compile_seconds, "{:,.1f}", " s"),
+                     num(r.steps, "{:,.0f}"), num(r.median_batch_seconds, "{:,.1f}", " ms", scale=1000),
+                     num(r.active_fraction, "{:.2%}"), num(r.cpu_utilisation, "{:.0%}"),
+                     num(r.other_cpu_share, "{:.0%}"), num(r.load_1m_start, "{:.2f}"), num(r.load_1m_end, "{:.2f}"),
+                     disturbed_cell(r.disturbed), f"<code>{esc(r.run_dir)}/run.json</code>"])
+    return _table(["Dataset", "Method", "Variant", "Seed", "Status", "Final P@1", "Best P@1", "Best epoch",
+                   "Train time", "Compile time", "Steps", "Median time/batch", "Active fraction", "CPU use",
+                   "Other processes' CPU share", "Load (1 min) start", "Load (1 min) end", "Timing", "Record"],
+                  rows, numeric=set(range(5, 17)))
 
 
 def notes(tables, plan, paper, experiments) -> list[str]:
@@ -300,7 +371,7 @@ def notes(tables, plan, paper, experiments) -> list[str]:
                         + (f" and {len(runs) - 12} more" if len(runs) > 12 else "") + "</li>"
                         for reason, runs in by_reason.items())
         out.append(f"<strong>{len(skipped)} run(s) left out of the pipeline</strong> "
-                   f"(<code>results/skipped.json</code>):<ul>{items}</ul>")
+                   f"(<code>{esc(plan_path((plan or {}).get('preset', '?')))}</code>):<ul>{items}</ul>")
     srcs = {d.get("source") for d in ((plan or {}).get("datasets") or {}).values()}
     if srcs == {"synth"}:
         out.append("<strong>Real data not used</strong>: this preset trains on synthetic stand-ins (same "
@@ -312,6 +383,7 @@ def notes(tables, plan, paper, experiments) -> list[str]:
         items = "".join(f"<li><code>{esc(r.run_dir)}</code>: {esc(r.reason)}</li>" for r in failed.itertuples())
         out.append(f'<span class="failed">Failed runs</span> (recorded with <code>status: failed</code>, '
                    f"kept in every table and figure):<ul>{items}</ul>")
+    out += _run_notes(tables["summary"])
     cores = int((plan or {}).get("cores") or 1)
     paper_counts = ((paper or {}).get("thread_scaling") or {}).get("core_counts", [])
     uncovered = [c for c in paper_counts if c > cores]
@@ -325,6 +397,30 @@ def notes(tables, plan, paper, experiments) -> list[str]:
     return out
 
 
+#: (summary column, whether a true value is the news, what the note says) for :func:`_run_notes`.
+RUN_NOTES = (
+    ("disturbed", True, f'<span class="failed">{esc(DISTURBED_NOTE)}</span>: other processes took the cores '
+                        "while these runs were timed; no speedup is computed from them"),
+    ("learned", False, "<strong>Did not learn</strong> (stayed at label popularity: best P@1 not above the "
+                       "most-frequent-labels P@1 by more than 0.01)"),
+    ("max_train_seconds_cut", True, "<strong>Cut by the time cap</strong>: the safety cap "
+                                    "<code>max_train_seconds</code> ended these runs before their schedule"),
+)
+
+
+def _run_notes(summary) -> list[str]:
+    """A note listing the runs that were disturbed, did not learn or were cut by the time cap."""
+    out = []
+    for col, news, text in RUN_NOTES:
+        hit = summary[summary[col].astype(bool) == news] if len(summary) else summary
+        if not len(hit):
+            continue
+        items = "".join(f"<li><code>{esc(r.run_dir)}</code>" + (f": {esc(r.disturbed)}" if col == "disturbed" else "")
+                        + "</li>" for r in hit.itertuples())
+        out.append(f"{text}:<ul>{items}</ul>")
+    return out
+
+
 _EXP_FIG = {"time_curves": "p1_vs_time", "iteration_curves": "p1_vs_iterations",
             "sampled_softmax": "sampled_softmax", "batch_size": "batch_size",
             "thread_scaling": "thread_scaling", "table": "table"}
@@ -332,19 +428,22 @@ _EXP_FIG = {"time_curves": "p1_vs_time", "iteration_curves": "p1_vs_iterations",
 CAPTIONS = {
     "p1_vs_time": "P@1 on the test set against training time (time inside training steps; evaluation "
                   "excluded, as in the paper). Sample evaluations use a fixed random subset of the test "
-                  "points; evaluations at epoch ends and the last one use the full test set. The box under "
-                  "each panel quotes the paper.",
+                  "points; evaluations at epoch ends and the last one use the full test set. Dashed grey "
+                  "line: label popularity, the P@1 of ranking the most frequent training labels first. "
+                  "Hollow markers: a disturbed run. The box under each panel quotes the paper.",
     "p1_vs_iterations": "The same runs against iterations (training batches): how much each method learns "
                         "per step, independent of its speed.",
     "sampled_softmax": "TF sampled softmax with several fractions of the labels sampled per batch, beside the "
                        "SLIDE headline run.",
     "batch_size": "Each method at several batch sizes (line style); colour = method.",
-    "thread_scaling": "Median time per training batch against threads on data of the dataset's shape (band: "
-                      "10th-90th percentile). Dotted lines: the paper's core counts this machine could not "
-                      "cover.",
+    "thread_scaling": "Median time per training batch, in milliseconds, against the thread counts measured "
+                      "here, on data of the dataset's shape (band: 10th-90th percentile). The number by each "
+                      "point is the 1-minute load average when that benchmark started; a black ring marks a "
+                      "disturbed benchmark.",
     "headline": "Left: speedup of SLIDE at equal P@1 (time for each method to reach the lower of the two "
-                "methods' best P@1), measured (solid) and in the paper (hatched). Right: output neurons SLIDE "
-                "computes per training sample, as a share of all labels.",
+                "methods' best P@1), measured (solid) and in the paper (hatched); a comparison without a "
+                "value says n/a and why. Right: output neurons SLIDE computes per training sample, as a "
+                "share of all labels.",
     "jobs": "Wall-clock time and peak memory of every timed Snakemake job (its <code>benchmark:</code> record, "
             "start-up, data loading and evaluation included).",
 }
@@ -371,13 +470,16 @@ def build_report(tables, plan, paper, figures: dict, out, title: str, experiment
     parts.append("<h2>Verdict</h2><div class='verdict'>" + "".join(f"<p>{v}</p>" for v in verdict(tables, plan, paper))
                  + "</div>")
     parts.append("<h2>The paper's claims beside our measurements</h2>")
-    parts.append("<p class='muted'><strong>Speedup at equal P@1</strong>: for SLIDE and a baseline on one dataset "
-                 "and seed, the target is the lower of the two runs' best P@1; the speedup is the baseline's "
-                 "training time to first reach it divided by SLIDE's (&gt;1: SLIDE faster). Training time excludes "
-                 "evaluation. Seeds are averaged. A target that does not beat ranking the most frequent "
-                 "training labels first by at least 0.01 P@1 gives no comparison: both runs would only "
-                 "have learned label popularity.</p>")
+    parts.append("<p class='muted'><strong>Speedup at equal P@1</strong>: for SLIDE and a baseline (a TensorFlow "
+                 "method) on one dataset and seed, the target is the lower of the two runs' best P@1; the speedup "
+                 "is the baseline's training time to first reach it divided by SLIDE's (&gt;1: SLIDE faster). "
+                 "Training time excludes evaluation and compilation. Seeds are averaged. A pair gives no speedup "
+                 "(n/a, with the reason) when either run was disturbed (other processes took its cores) or did "
+                 "not learn: its best P@1 is not above label popularity (the P@1 of ranking the most frequent "
+                 "training labels first) by more than 0.01.</p>")
     parts.append(claims_table(tables, plan, paper))
+    parts.append("<h3>Every comparison</h3>")
+    parts.append(speedups_table(tables, plan))
     # machine
     parts.append("<h2>Machine and software</h2>")
     run_cpus = sorted({c for c in summary.get("cpu", pd.Series(dtype=str)).dropna() if c}) if len(summary) else []
@@ -389,7 +491,7 @@ def build_report(tables, plan, paper, figures: dict, out, title: str, experiment
     if run_cpus and run_cpus != [machine_info.get("cpu")]:
         rows.append(["CPUs recorded in run.json", esc("; ".join(run_cpus))])
     rows += [[f"{esc(k)} version", esc(v)] for k, v in version_info.items()]
-    parts.append(_table(["", ""], rows))
+    parts.append(_table(None, rows))
     # figures
     parts.append("<h2>Figures</h2>")
     legend = " ".join(_method_cell(m) for m in method_order(set(summary["method"]) if len(summary) else []))
@@ -400,17 +502,20 @@ def build_report(tables, plan, paper, figures: dict, out, title: str, experiment
                      f"</strong> {CAPTIONS.get(name, '')}</figcaption></figure>")
     if experiments.get("table", True):
         parts.append("<h2>Table: speed, memory and accuracy per dataset and method</h2>")
-        parts.append("<p class='muted'>Headline runs, mean over completed seeds. Median s/batch: median time of "
-                     "one training step. Samples/s: training samples over training time. Peak memory: peak "
-                     "resident set of the training process. P@k: final, full test set. Time to target: "
-                     "training time to first reach the target P@1 (the dataset's configured target, else the "
-                     "lowest best P@1 among the methods).</p>")
+        parts.append("<p class='muted'>Headline runs, mean over completed seeds. Median time/batch: median time "
+                     "of one training step. Samples/s: training samples over training time. Peak memory: peak "
+                     "resident set of the training process. P@k: final, full test set. Best P@1: the best "
+                     "evaluation and its epoch. Time to target: training time to first reach the target P@1 "
+                     "(the dataset's configured target, else the lowest best P@1 among the methods). Active "
+                     "neurons: output neurons computed per training sample, and their share of the labels. "
+                     "Timing: whether other processes took the cores while the runs were timed.</p>")
         parts.append(results_table(tables, plan))
     parts.append("<h2>What could not run, and why</h2>")
     items = notes(tables, plan, paper, experiments)
     parts.append("<ul>" + "".join(f"<li>{n}</li>" for n in items) + "</ul>" if items else "<p>Everything ran.</p>")
     parts.append("<h2>Every run</h2><details><summary>"
-                 f"{len(summary)} run(s) (<code>results/summary.csv</code>)</summary>")
+                 f"{len(summary)} run(s) (<code>{esc(tables_path((plan or {}).get('preset', '?'), 'summary.csv'))}"
+                 "</code>)</summary>")
     parts.append(runs_table(tables, plan) + "</details>")
     parts.append("</body></html>\n")
     text = "\n".join(parts)

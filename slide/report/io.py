@@ -6,7 +6,22 @@ from pathlib import Path
 
 from slide.io import atomic_path, atomic_write_text
 
-__all__ = ["write_csv", "save_figure", "atomic_write_text"]
+__all__ = ["write_csv", "save_figure", "atomic_write_text", "tables_path", "plan_path", "report_path"]
+
+
+def tables_path(preset: str, name: str = "") -> str:
+    """Where a preset's derived tables go: ``results/<preset>/<name>``."""
+    return f"results/{preset}/{name}".rstrip("/")
+
+
+def plan_path(preset: str) -> str:
+    """A preset's plan: what ran, what was left out and why (``results/<preset>/skipped.json``)."""
+    return tables_path(preset, "skipped.json")
+
+
+def report_path(preset: str, name: str = "report.html") -> str:
+    """Where a preset's report and figures go: ``reports/<preset>/<name>``."""
+    return f"reports/{preset}/{name}".rstrip("/")
 
 
 def write_csv(df, path) -> Path:
