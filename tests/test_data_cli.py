@@ -157,3 +157,94 @@ def test_list():
     proc = slide_cmd("list")
     assert proc.returncode == 0
     assert {"bibtex", "delicious-200k", "amazon-670k"} <= set(json.loads(proc.stdout))
+
+
+# ----------------------------------------------------------------------------- issue 10: bad inputs
+
+
+def test_folder_and_fifo_as_data_file_say_what_they_are(tmp_path):
+    """Issue 10 item 16: a folder or FIFO given as a data file said "no such file"."""
+    folder = tmp_path / "dir.txt"
+    folder.mkdir()
+    proc = slide_cmd("stats", folder, cache_dir=tmp_path / "c")
+    assert_one_line_error(proc, f"{folder}: is a directory, not a data file")
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    proc = slide_cmd("stats", fifo, cache_dir=tmp_path / "c")  # must not hang reading it
+    assert_one_line_error(proc, f"{fifo}: is a FIFO (named pipe), not a data file")
+    d = tmp_path / "ds"
+    write_pair(d)
+    proc = slide_cmd("prepare", "--train", d / "train.txt", "--test", folder, cache_dir=tmp_path / "c")
+    assert_one_line_error(proc, f"{folder}: is a directory, not a data file")
+    assert sorted(p.name for p in d.iterdir()) == ["test.txt", "train.txt"]
+    proc = slide_cmd("stats", d / "train.txt", "--split", fifo, cache_dir=tmp_path / "c")
+    assert_one_line_error(proc, f"{fifo}: is a FIFO (named pipe), not a split file")
+
+
+def test_unreadable_data_or_split_file_is_one_line(tmp_path, monkeypatch, capsys):
+    """Issue 10 item 14: an unreadable data or split file gave a PermissionError traceback."""
+    import slide.io as io_mod
+    from slide.data.commands import main
+
+    d = tmp_path / "ds"
+    write_pair(d)
+    split = d / "split.txt"
+    split.write_text("1\n2\n")
+    denied = {str(d / "test.txt"), str(split)}
+    if os.geteuid() != 0:
+        for p in denied:
+            os.chmod(p, 0)
+    else:  # root reads anything: make the open fail as it would for a user
+        real_open = os.open
+
+        def deny(path, *args, **kwargs):
+            if str(path) in denied:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(io_mod.os, "open", deny)
+    monkeypatch.setenv("SLIDE_CACHE_DIR", str(tmp_path / "c"))
+    for argv, bad in ((["stats", str(d / "test.txt"), "--no-cache"], d / "test.txt"),
+                      (["stats", str(d / "test.txt")], d / "test.txt"),
+                      (["stats", str(d / "train.txt"), "--split", str(split)], split),
+                      (["prepare", "--train", str(d / "train.txt"), "--test", str(d / "test.txt")],
+                       d / "test.txt")):
+        capsys.readouterr()
+        assert main(["data", *argv]) == 2
+        out = capsys.readouterr()
+        assert out.out == "" and out.err == f"slide: error: {bad}: permission denied (cannot read it)\n", argv
+
+
+def test_prepare_refuses_a_zero_point_test_set(tmp_path):
+    """Issue 10 item 15: a 0-point train or test set was accepted."""
+    d = tmp_path / "ds"
+    write_pair(d)
+    (d / "test.txt").write_text("0 6 4\r\n")
+    proc = slide_cmd("prepare", "--train", d / "train.txt", "--test", d / "test.txt", cache_dir=tmp_path / "c")
+    assert_one_line_error(proc, f"{d / 'test.txt'}: the test set has 0 points")
+    assert sorted(p.name for p in d.iterdir()) == ["test.txt", "train.txt"]
+
+
+def test_blank_line_in_data_file_is_refused_by_the_cli(tmp_path):
+    """Issue 10 item 15: `3 5 3` with a blank second record loaded as 3 points."""
+    bad = tmp_path / "blank.txt"
+    bad.write_bytes(b"3 5 3\r\n0 1:1\r\n\r\n1 2:1\r\n2 3:1\r\n")
+    proc = slide_cmd("stats", bad, cache_dir=tmp_path / "c")
+    assert_one_line_error(proc, f"{bad}:3: empty line where record 2 of 3 should be")
+
+
+def test_tampered_cache_warns_and_the_command_still_answers(tmp_path):
+    """Issue 10 item 3: the CLI reparses a damaged cache, with one warning line naming it."""
+    d = tmp_path / "ds"
+    write_pair(d)
+    assert slide_cmd("stats", d / "train.txt", cache_dir=tmp_path / "c").returncode == 0
+    cache = d / "train.txt.cache.npz"
+    with np.load(cache, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["x_indices"] = arrays["x_indices"] + 1000
+    np.savez(cache, **arrays)
+    proc = slide_cmd("stats", d / "train.txt", cache_dir=tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["points"] == 3
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"slide: warning: {cache}: damaged cache"), lines

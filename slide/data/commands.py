@@ -7,6 +7,7 @@ line. Every command prints one JSON document on stdout.
 
     slide data stats FILE [--split SPLITFILE --column N] [--no-cache]
     slide data fetch NAME [--root data] [--url-template URL] [--no-progress]
+          [--deadline S] [--min-rate B/S] [--rate-window S] [--read-timeout S]
     slide data synth --like NAME --scale S --seed N --out DIR
           -> DIR/train.txt, DIR/test.txt, DIR/synth.json
     slide data prepare --train FILE --test FILE [--train-split F --test-split F
@@ -68,10 +69,12 @@ def cmd_stats(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from slide.data.fetch import fetch
+    from slide.data.fetch import DownloadLimits, fetch
 
+    limits = DownloadLimits.resolve(deadline=args.deadline, min_rate=args.min_rate,
+                                    rate_window=args.rate_window, read_timeout=args.read_timeout)
     res = fetch(args.name, root=args.root, progress=not args.no_progress,
-                url_template=args.url_template, keep_archive=args.keep_archive)
+                url_template=args.url_template, keep_archive=args.keep_archive, limits=limits)
     _print_json(res)
     return 0
 
@@ -101,7 +104,7 @@ def _parse_or_cached(path: Path):
 
 def cmd_prepare(args) -> int:
     from slide.data.cache import write_cache
-    from slide.data.splits import TEST_ORDER_FILE, read_split, write_test_order
+    from slide.data.splits import TEST_ORDER_FILE, read_split, refuse_empty, write_test_order
 
     train, test = Path(args.train), Path(args.test)
     if (args.train_split is None) != (args.test_split is None):
@@ -124,6 +127,8 @@ def cmd_prepare(args) -> int:
     if args.train_split is not None:
         n_train = len(read_split(args.train_split, args.split_column, num_records=len(train_ds)))
         n_test = len(read_split(args.test_split, args.split_column, num_records=len(test_ds)))
+    refuse_empty("train", n_train, args.train_split or train)
+    refuse_empty("test", n_test, args.test_split or test)
     out_dir = Path(args.out) if args.out is not None else test.parent
     order_path = out_dir / TEST_ORDER_FILE
     if args.out is None and not _writable_dir(out_dir):
@@ -237,6 +242,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v >= 0) or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return v
+
+
 def _nonneg_int(text: str) -> int:
     try:
         v = int(text)
@@ -275,6 +290,16 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
                    help="download URL with {id} instead of Google Drive (also $SLIDE_DOWNLOAD_URL)")
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--deadline", type=_nonneg_float, default=None,
+                   help="seconds one download attempt may take, 0 = none "
+                        "(default $SLIDE_FETCH_DEADLINE or 7200)")
+    p.add_argument("--min-rate", type=_nonneg_float, default=None,
+                   help="bytes/s a download must average over every --rate-window, 0 = none "
+                        "(default $SLIDE_FETCH_MIN_RATE or 10240)")
+    p.add_argument("--rate-window", type=_positive_float, default=None,
+                   help="seconds of the throughput window (default $SLIDE_FETCH_RATE_WINDOW or 60)")
+    p.add_argument("--read-timeout", type=_positive_float, default=None,
+                   help="seconds one read may wait for data (default $SLIDE_FETCH_READ_TIMEOUT or 60)")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("synth", help="write a synthetic stand-in: OUT/train.txt, OUT/test.txt, OUT/synth.json")
