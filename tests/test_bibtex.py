@@ -1,4 +1,4 @@
-"""Real Bibtex files (read in place from ../shared, read-only): counts and statistics."""
+"""Real Bibtex files (a read-only copy of ../shared, see conftest.py): counts and statistics."""
 
 from __future__ import annotations
 
