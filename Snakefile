@@ -33,3 +33,16 @@ rule all:
     default_target: True
     input:
         final_targets(),
+
+
+# What was left out, why, and where the report is: the last thing on the console.
+onsuccess:
+    print(
+        end_of_run(SKIPPED, FETCH_NAMES, REPORT_HTML, PIPELINE_START), file=sys.stderr
+    )
+
+
+onerror:
+    print(
+        end_of_run(SKIPPED, FETCH_NAMES, REPORT_HTML, PIPELINE_START), file=sys.stderr
+    )

@@ -11,9 +11,11 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -23,12 +25,12 @@ import pytest
 import yaml
 
 from slide.report.aggregate import (CURVES_COLUMNS, SPEEDUP_COLUMNS, SUMMARY_COLUMNS, TABLE_COLUMNS,
-                                    aggregate, parse_run_path, time_to_reach)
+                                    aggregate, end_of_run, parse_run_path, time_to_reach)
 from slide.contention import DISTURBED_NOTE
 from slide.report import figures as figures_mod
 from slide.report.figures import FIGURES, load_tables, make_figure
 from slide.report.html import build_report
-from slide.report.io import plan_path, report_path, tables_path
+from slide.report.io import final_outputs, plan_path, report_path, tables_path
 from slide.runs import RunRecorder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +49,8 @@ def _write_run(root, method, points, *, variant="", status="completed", reason=N
     for i, (t, p1) in enumerate(points, start=1):
         full = i == len(points)
         rec.add_point(step=10 * i, epoch=round(i / len(points), 4), samples=10 * i * batch, train_seconds=float(t),
-                      wall_seconds=float(t) * 1.3, cpu_seconds=float(t) * 1.9, loss=1.0 / i, p_at_1=p1, p_at_3=p1 * 0.8, p_at_5=p1 * 0.6,
-                      eval_points=test_points if full else 100)
+                      wall_seconds=float(t) * 1.3, cpu_seconds=float(t) * 1.9, loss=1.0 / i, p_at_1=p1,
+                      p_at_3=p1 * 0.8, p_at_5=p1 * 0.6, eval_points=test_points if full else 100)
     last = points[-1][1] if points else 0.0
     final = None if status == "failed" else {"p_at_1": last, "p_at_3": last * 0.8, "p_at_5": last * 0.6,
                                              "eval_points": test_points}
@@ -404,5 +406,44 @@ def test_per_preset_paths():
     assert tables_path("paper", "summary.csv") == "results/paper/summary.csv"
     assert plan_path("paper") == "results/paper/skipped.json"
     assert report_path("paper") == "reports/paper/report.html"
-    assert report_path("tiny", "figures/jobs.png") == "reports/tiny/figures/jobs.png"
-    assert tables_path("paper") == "results/paper"
+    assert final_outputs("tiny", ["jobs"]) == ["reports/tiny/report.html", "results/tiny/summary.csv",
+                                               "reports/tiny/figures/jobs.png", "reports/tiny/figures/jobs.svg"]
+
+
+def test_paper_preset_without_data_leaves_the_default_report_alone(tmp_path):
+    res = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "-n",
+                          "--cores", "2", "--directory", str(tmp_path), "--config", "preset=paper", "gpu=no"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    outputs = set(re.findall(r"output: (.+)", res.stdout))
+    assert "reports/paper/report.html" in outputs and "results/paper/skipped.json" in outputs
+    assert "reports/paper/figures/p1_vs_time.png, reports/paper/figures/p1_vs_time.svg" in outputs
+    assert not re.search(r"reports/(report\.html|figures/|default/)|results/(summary|skipped)", res.stdout)
+
+
+def test_end_of_run_names_failed_fetches_left_out_runs_and_the_report(tmp_path):
+    raw = tmp_path / "data" / "raw"
+    for name in ("amazon-670k", "delicious-200k"):
+        (raw / name).mkdir(parents=True)
+        (raw / name / "FETCH_FAILED").write_text("downloading\nslide: error: download failed: offline\n")
+    os.utime(raw / "delicious-200k" / "FETCH_FAILED", (1, 1))  # an earlier run's failure
+    since = (raw / "amazon-670k" / "FETCH_FAILED").stat().st_mtime - 1
+    report = tmp_path / "reports" / "paper" / "report.html"
+
+    def message():
+        return end_of_run(PLAN["skipped"], {"amazon-670k", "delicious-200k"}, str(report), since,
+                          data_root=tmp_path / "data")
+
+    lines = message().splitlines()
+    assert lines[:3] == [
+        "[slide pipeline] Left out of this run:",
+        "  - amazon-670k: fetching the data failed (slide: error: download failed: offline); "
+        "the jobs that need it did not run",
+        f"  - 1 run(s) on {DID}: {GPU_REASON}"]
+    assert lines[-1] == f"[slide pipeline] No report was written ({report} does not exist)"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html></html>")
+    assert message().splitlines()[-1] == f"[slide pipeline] Report: {report}"
+    os.utime(report, (1, 1))
+    assert "NOT rebuilt by this run" in message().splitlines()[-1]
+    assert end_of_run([], set(), str(report), since).startswith("[slide pipeline] Nothing was left out.")

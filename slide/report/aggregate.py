@@ -374,3 +374,48 @@ def aggregate(run_paths, bench_paths, benchmark_paths, plan: dict, out: dict) ->
         if name in out:
             write_csv(df, out[name])
     return tables
+
+
+def end_of_run_message(skipped, fetch_failed: dict, report: str, report_state: str) -> str:
+    """What the console says when the pipeline ends: what was left out, why, and where the report is.
+
+    Parameters
+    ----------
+    skipped : list of dict
+        The runs left out of the DAG (``dataset``, ``method``, ``reason``; the plan's ``skipped``).
+    fetch_failed : dict
+        Dataset name -> the last line of its fetch job's error, for fetches that failed in this run.
+    report : str
+        The preset's report path.
+    report_state : {"written", "stale", "missing"}
+        Whether this run wrote the report, an earlier one did, or none has.
+    """
+    lines = []
+    for name, why in sorted(fetch_failed.items()):
+        lines.append(f"  - {name}: fetching the data failed ({why}); the jobs that need it did not run")
+    by_reason = {}
+    for s in skipped:
+        by_reason.setdefault(s["reason"], []).append(s["dataset"])
+    for reason, datasets in by_reason.items():
+        lines.append(f"  - {len(datasets)} run(s) on {', '.join(dict.fromkeys(datasets))}: {reason}")
+    head = ["[slide pipeline] Left out of this run:", *lines] if lines else ["[slide pipeline] Nothing was left out."]
+    where = {"written": f"Report: {report}",
+             "stale": f"Report: {report} was NOT rebuilt by this run (it is an earlier run's)",
+             "missing": f"No report was written ({report} does not exist)"}[report_state]
+    return "\n".join(head + [f"[slide pipeline] {where}"])
+
+
+def end_of_run(skipped, fetch_names, report: str, since: float, data_root="data") -> str:
+    """:func:`end_of_run_message` for a pipeline that started at ``since`` (``time.time()``).
+
+    A fetch failed in this run when its ``<data_root>/raw/<name>/FETCH_FAILED`` marker (written by
+    the ``fetch`` rule) is newer than ``since``; the report was written by it when it is too.
+    """
+    fetch_failed = {}
+    for name in fetch_names:
+        marker = Path(data_root, "raw", name, "FETCH_FAILED")
+        if marker.is_file() and marker.stat().st_mtime >= since:
+            fetch_failed[name] = (marker.read_text().strip().splitlines() or ["no message"])[-1]
+    html = Path(report)
+    state = "missing" if not html.is_file() else ("written" if html.stat().st_mtime >= since else "stale")
+    return end_of_run_message(skipped, fetch_failed, report, state)

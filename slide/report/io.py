@@ -6,7 +6,8 @@ from pathlib import Path
 
 from slide.io import atomic_path, atomic_write_text
 
-__all__ = ["write_csv", "save_figure", "atomic_write_text", "tables_path", "plan_path", "report_path"]
+__all__ = ["write_csv", "save_figure", "atomic_write_text", "tables_path", "plan_path", "report_path",
+           "final_outputs"]
 
 
 def tables_path(preset: str, name: str = "") -> str:
@@ -22,6 +23,12 @@ def plan_path(preset: str) -> str:
 def report_path(preset: str, name: str = "report.html") -> str:
     """Where a preset's report and figures go: ``reports/<preset>/<name>``."""
     return f"reports/{preset}/{name}".rstrip("/")
+
+
+def final_outputs(preset: str, figures) -> list[str]:
+    """What a pipeline run makes: the preset's report, its summary table and each figure as PNG and SVG."""
+    return [report_path(preset), tables_path(preset, "summary.csv"),
+            *(report_path(preset, f"figures/{f}.{ext}") for f in figures for ext in ("png", "svg"))]
 
 
 def write_csv(df, path) -> Path:

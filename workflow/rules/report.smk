@@ -1,11 +1,32 @@
-# aggregate -> plot -> report. None of these are timed, so they take one core.
+# aggregate -> plot -> report, per preset: the tables and the plan go to results/<preset>/, the report
+# and its figures to reports/<preset>/, so that one preset never replaces another's report. None of
+# these are timed, so they take one core.
+from functools import partial
+
+from slide.report.aggregate import end_of_run
+from slide.report.io import final_outputs, plan_path, report_path, tables_path
+
+PRESET = config["preset"]
+PLAN_JSON = plan_path(PRESET)
+TABLES = {
+    name: tables_path(PRESET, f"{name}.csv")
+    for name in ("summary", "curves", "threads", "speedups", "table", "jobs")
+}
+REPORT_HTML = report_path(PRESET)
+FIGURE_DIR = report_path(PRESET, "figures")
+PIPELINE_START = time.time()
+
+
+# `rule all` asks for final_targets(); common.smk's version names the unversioned reports/ paths,
+# so it is replaced here (this file is included after it) by the preset's outputs.
+final_targets = partial(final_outputs, PRESET, figure_names())
 
 
 rule skipped:
     output:
-        "results/skipped.json",
+        PLAN_JSON,
     log:
-        "logs/report/skipped.log",
+        f"logs/report/{PRESET}/skipped.log",
     conda:
         "../envs/slide.yaml"
     threads: 1
@@ -16,7 +37,7 @@ rule skipped:
         skipped=json.dumps(SKIPPED, sort_keys=True),
         datasets=json.dumps(DATASET_INFO, sort_keys=True),
         gpu=json.dumps(dict(available=GPU_AVAILABLE, reason=GPU_REASON)),
-        preset=config["preset"],
+        preset=PRESET,
         cores=timed_threads(),
         threads=thread_counts(),
     script:
@@ -28,16 +49,11 @@ rule aggregate:
         runs=RUN_JSONS,
         bench=BENCH_JSONS,
         job_benchmarks=JOB_BENCHMARKS,
-        skipped="results/skipped.json",
+        skipped=PLAN_JSON,
     output:
-        summary="results/summary.csv",
-        curves="results/curves.csv",
-        threads="results/threads.csv",
-        speedups="results/speedups.csv",
-        table="results/table.csv",
-        jobs="results/jobs.csv",
+        **TABLES,
     log:
-        "logs/report/aggregate.log",
+        f"logs/report/{PRESET}/aggregate.log",
     conda:
         "../envs/slide.yaml"
     threads: 1
@@ -50,23 +66,19 @@ rule aggregate:
 
 rule plot:
     input:
-        summary="results/summary.csv",
-        curves="results/curves.csv",
-        threads="results/threads.csv",
-        speedups="results/speedups.csv",
-        jobs="results/jobs.csv",
-        skipped="results/skipped.json",
+        **{k: TABLES[k] for k in ("summary", "curves", "threads", "speedups", "jobs")},
+        skipped=PLAN_JSON,
         paper=PAPER_RESULTS,
     output:
         png=report(
-            "reports/figures/{figure}.png",
+            f"{FIGURE_DIR}/{{figure}}.png",
             caption="../report/figure.rst",
             category="Figures",
             labels={"figure": "{figure}"},
         ),
-        svg="reports/figures/{figure}.svg",
+        svg=f"{FIGURE_DIR}/{{figure}}.svg",
     log:
-        "logs/report/plot_{figure}.log",
+        f"logs/report/{PRESET}/plot_{{figure}}.log",
     conda:
         "../envs/slide.yaml"
     threads: 1
@@ -79,23 +91,18 @@ rule plot:
 
 rule report_html:
     input:
-        figures=expand("reports/figures/{figure}.png", figure=figure_names()),
-        summary="results/summary.csv",
-        curves="results/curves.csv",
-        threads="results/threads.csv",
-        speedups="results/speedups.csv",
-        table="results/table.csv",
-        jobs="results/jobs.csv",
-        skipped="results/skipped.json",
+        **TABLES,
+        figures=expand(f"{FIGURE_DIR}/{{figure}}.png", figure=figure_names()),
+        skipped=PLAN_JSON,
         paper=PAPER_RESULTS,
     output:
         report(
-            "reports/report.html",
+            REPORT_HTML,
             caption="../report/report_html.rst",
             category="Report",
         ),
     log:
-        "logs/report/report_html.log",
+        f"logs/report/{PRESET}/report_html.log",
     conda:
         "../envs/slide.yaml"
     threads: 1

@@ -1,4 +1,4 @@
-"""Snakemake script: every run.json / curve.csv / bench.json / job benchmark -> results/*.csv."""
+"""Snakemake script: every run.json / curve.csv / bench.json / job benchmark -> results/<preset>/*.csv."""
 
 import json
 import sys

@@ -1,4 +1,4 @@
-"""Snakemake script: one figure (wildcard `figure`) as PNG and SVG in reports/figures/."""
+"""Snakemake script: one figure (wildcard `figure`) as PNG and SVG in reports/<preset>/figures/."""
 
 import json
 import sys

@@ -1,4 +1,4 @@
-"""Snakemake script: the self-contained reports/report.html."""
+"""Snakemake script: the self-contained reports/<preset>/report.html."""
 
 import json
 import sys

@@ -1,4 +1,4 @@
-"""Snakemake script: write results/skipped.json - the runs left out of the DAG (with the reason),
+"""Snakemake script: write results/<preset>/skipped.json - the runs left out of the DAG (with the reason),
 the datasets (labels, sizes, targets), the GPU check, the cores and the thread counts.
 
 The report reads it to say what could not run here and why.
