@@ -38,11 +38,13 @@ rule all:
 # What was left out, why, and where the report is: the last thing on the console.
 onsuccess:
     print(
-        end_of_run(SKIPPED, FETCH_NAMES, REPORT_HTML, PIPELINE_START), file=sys.stderr
+        end_of_run(SKIPPED, FETCH_NAMES, REPORT_HTML, PIPELINE_START),
+        file=sys.stderr,
     )
 
 
 onerror:
     print(
-        end_of_run(SKIPPED, FETCH_NAMES, REPORT_HTML, PIPELINE_START), file=sys.stderr
+        end_of_run(SKIPPED, FETCH_NAMES, REPORT_HTML, PIPELINE_START),
+        file=sys.stderr,
     )
