@@ -12,12 +12,14 @@ Public API::
     dataset_stats(ds) -> dict
     synthesize(like, scale, seed) -> (train, test); write_synth(out_dir, like, scale, seed)
     get_dataset(name) -> DatasetSpec; list_datasets(); load_registry(path_or_dict)
-    fetch(name, root="data", progress=True) -> dict of paths
+    fetch(name, root="data", progress=True, limits=None) -> dict of paths
+    DownloadLimits(deadline, min_rate, rate_window, read_timeout)   bounds on one download
+    xxh64_file(path) -> int                         content hash the cache is keyed on
 """
 
-from slide.data.cache import FORMAT_VERSION, load_xc, read_cache, write_cache
+from slide.data.cache import FORMAT_VERSION, load_xc, read_cache, write_cache, xxh64_file
 from slide.data.dataset import XCDataset
-from slide.data.fetch import dataset_paths, fetch
+from slide.data.fetch import DownloadLimits, dataset_paths, fetch
 from slide.data.registry import DatasetSpec, get_dataset, list_datasets, load_registry
 from slide.data.splits import (TEST_ORDER_FILE, TEST_ORDER_SEED, load_split, load_test_order,
                                load_train_test, read_split, test_order, write_test_order)
@@ -30,5 +32,5 @@ __all__ = [
     "FORMAT_VERSION", "read_split", "load_split", "load_train_test", "test_order",
     "write_test_order", "load_test_order", "TEST_ORDER_FILE", "TEST_ORDER_SEED", "dataset_stats",
     "synthesize", "synth_shape", "write_synth", "DatasetSpec", "get_dataset", "list_datasets",
-    "load_registry", "fetch", "dataset_paths",
+    "load_registry", "fetch", "dataset_paths", "DownloadLimits", "xxh64_file",
 ]
