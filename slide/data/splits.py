@@ -113,18 +113,18 @@ def load_train_test(train, test, train_split=None, test_split=None, split_column
         test_out = test_ds.subset(read_split(test_split, split_column, num_records=len(test_ds)))
     else:
         test_out = test_ds
-    for what, ds, path in (("train", train_out, train), ("test", test_out, test)):
-        refuse_empty(what, ds, path)
+    refuse_empty("train", len(train_out), train)
+    refuse_empty("test", len(test_out), test)
     return train_out, test_out
 
 
-def refuse_empty(what: str, ds: XCDataset, path) -> None:
-    """Raise a one-line error when the ``what`` set (train or test) holds no point.
+def refuse_empty(what: str, n_points: int, path) -> None:
+    """Raise a one-line error naming ``path`` when the ``what`` set (train or test) is empty.
 
     A 0-point file is valid XC (the reader accepts it) but cannot be trained or
     evaluated on: training would do nothing and report P@k over 0 points as completed.
     """
-    if len(ds) == 0:
+    if n_points == 0:
         raise DatasetFormatError(path, None, f"the {what} set has 0 points; nothing to "
                                              f"{'train on' if what == 'train' else 'evaluate on'}")
 
