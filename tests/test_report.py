@@ -344,6 +344,7 @@ def test_headline_figure_gives_na_rows_a_reason_inside_the_frame(tmp_path):
     assert busy.pop().startswith(f"n/a: {DISTURBED_NOTE} (TF full softmax (CPU) seed0: other processes used 45%")
     assert _texts_inside(fig, ax) and _texts_inside(fig, fig.axes[1])
     assert any(t.get_text() == "2.70x" for t in ax.texts)  # the paper's bars keep their values
+    assert {round(p.get_x() + p.get_width(), 6) for p in ax.patches} == {1.8, 2.7, 8.0}  # bars end at the value
     plt.close(fig)
 
 
@@ -368,7 +369,7 @@ def test_thread_scaling_in_ms_over_measured_counts_with_load_and_disturbed_marks
     _, out = _aggregate(tmp_path, [], bench, [])
     fig = figures_mod.fig_thread_scaling(load_tables(out), PLAN, PAPER)
     ax = fig.axes[0]
-    assert "(ms)" in ax.get_ylabel()
+    assert "(ms" in ax.get_ylabel()
     assert list(ax.get_xticks()) == [1, 2] and ax.get_xlim()[1] < 3
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([20, 30])
     assert {t.get_text() for t in ax.texts} >= {"0.3", "2.9"}  # 1-minute load by each point

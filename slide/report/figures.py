@@ -256,11 +256,14 @@ def fig_thread_scaling(tables, plan, paper):
         ax.set_xticks(counts)
         ax.set_xticklabels([str(t) for t in counts])
         ax.set_xlim(counts[0] - 0.5, counts[-1] + 0.5)
-        ax.set_ylim(bottom=0)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(dataset_label(plan, did), fontsize=10)
         ax.set_xlabel("threads (cores)")
-        ax.set_ylabel("median time per batch (ms)")
-        ax.grid(alpha=0.3)
+        ax.set_ylabel("median time per batch (ms, log scale)")
+        ax.grid(alpha=0.3, which="both")
         if paper_counts:
             ax.text(0.0, -0.2, f"The paper goes to {max(paper_counts)} cores; this machine gave the pipeline "
                     f"{cores}.\nNumbers by the points: 1-minute load average when the benchmark started.",
@@ -285,8 +288,7 @@ def _thread_line(ax, m, method) -> None:
     bad = m[m["disturbed"].astype(bool)]
     if len(bad):
         ax.scatter(bad["threads"], 1000 * bad["median_batch_seconds"], s=110, facecolors="none",
-                   edgecolors="black", linewidths=1.4, zorder=5,
-                   label=f"{method_label(method)}: {DISTURBED_NOTE}")
+                   edgecolors="black", linewidths=1.4, zorder=5, label=DISTURBED_NOTE)
 
 
 def _speedup_bars(sp, plan, paper) -> list[tuple]:
@@ -308,11 +310,12 @@ def _speedup_panel(ax, bars) -> None:
     lo, hi = min(min(vals), 1.0) / 2.0, max(max(vals), 1.0) * 3.0  # room for the value labels
     for i, (_, value, kind, baseline, _, why) in enumerate(bars):
         if np.isfinite(value) and value > 0:
-            ax.barh(i, value, left=lo, color=method_color(baseline), alpha=1.0 if kind == "measured" else 0.35,
+            ax.barh(i, value - lo, left=lo, color=method_color(baseline), alpha=1.0 if kind == "measured" else 0.35,
                     hatch=None if kind == "measured" else "//", edgecolor="black", linewidth=0.5)
             ax.text(value * 1.05, i, f"{value:.2f}x", va="center", fontsize=7)
         else:
-            ax.text(lo * 1.1, i, textwrap.fill(f"n/a: {why}", 70), va="center", fontsize=6.5, color="#7a0000")
+            ax.text(lo * 1.1, i, textwrap.fill(f"n/a: {why}", 70), va="center", fontsize=6.5, color="#7a0000",
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.9, pad=1))
     ax.set_yticks(range(len(bars)))
     ax.set_yticklabels([b[0] for b in bars], fontsize=7)
     ax.axvline(1, color="black", linewidth=0.8)
