@@ -1,18 +1,18 @@
 """The report's figures (matplotlib, Agg backend); each is saved as PNG and SVG, atomically.
 
 ``make_figure(name, tables, plan, paper, png, svg)`` draws one of :data:`FIGURES` from the
-aggregated tables (``results/*.csv`` as DataFrames), the plan (``results/skipped.json``) and the
-paper's numbers (``workflow/resources/paper_results.yaml``). A figure without data still renders,
-with a panel that says why.
+aggregated tables (``results/<preset>/*.csv`` as DataFrames), the plan
+(``results/<preset>/skipped.json``) and the paper's numbers (``workflow/resources/paper_results.yaml``).
+A figure without data still renders, with a panel that says why.
 """
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
-
-import textwrap  # noqa: E402
 
 import matplotlib.ticker  # noqa: E402
 
