@@ -121,7 +121,8 @@ def test_tiny_pipeline_outputs(tiny_pipeline):
     results = workdir / "results"
     # one run.json per training run, valid against the schema, with its curve
     runs = sorted(results.glob("**/run.json"))
-    summary = pd.read_csv(results / "summary.csv")
+    tables = results / "tiny"
+    summary = pd.read_csv(tables / "summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert len(summary) == len(runs) >= 6
     for run in runs:
@@ -137,21 +138,21 @@ def test_tiny_pipeline_outputs(tiny_pipeline):
     assert len(benches) == 2
     for b in benches:
         assert {"median_batch_seconds", "threads", "method"} <= set(json.loads(b.read_text()))
-    plan = json.loads((results / "skipped.json").read_text())
+    plan = json.loads((tables / "skipped.json").read_text())
     assert {"skipped", "datasets", "gpu", "cores"} <= set(plan)
     # figures: PNG and SVG of each; the report embeds every one
-    figures = sorted((workdir / "reports" / "figures").glob("*.png"))
+    figures = sorted((workdir / "reports" / "tiny" / "figures").glob("*.png"))
     names = {p.stem for p in figures}
     assert {"p1_vs_time", "p1_vs_iterations", "sampled_softmax", "batch_size", "thread_scaling",
             "headline", "jobs"} <= names
-    html = (workdir / "reports" / "report.html").read_text()
+    html = (workdir / "reports" / "tiny" / "report.html").read_text()
     for name in names:
         assert f'alt="{name}"' in html, name
     assert "Verdict" in html and "Machine and software" in html
     # one log per job and a benchmark record per timed job
     assert len(list((workdir / "logs" / "train").glob("**/*.log"))) == len(runs)
     assert len(list((workdir / "benchmarks").glob("**/*.tsv"))) == len(runs) + len(benches)
-    jobs = pd.read_csv(results / "jobs.csv")
+    jobs = pd.read_csv(tables / "jobs.csv")
     assert len(jobs) == len(runs) + len(benches)
     # no temporary files left behind
     assert not [p for p in workdir.glob("results/**/*") if p.name.startswith(".") and ".tmp" in p.name]

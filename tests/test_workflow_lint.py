@@ -114,7 +114,7 @@ def test_synthetic_default_lists_the_pipeline_stages(tmp_path):
     assert res.returncode == 0, (out + res.stderr)[-4000:]
     for rule in ("synth", "prepare", "train", "skipped", "aggregate", "plot", "report_html"):
         assert re.search(rf"^rule {rule}:", out, re.M), rule
-    assert "reports/report.html" in out and "results/summary.csv" in out
+    assert "reports/default/report.html" in out and "results/default/summary.csv" in out
     assert re.search(r"benchmark: benchmarks/\S+/slide/seed0\.tsv", out)
     assert "log: logs/train/" in out
 

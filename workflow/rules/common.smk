@@ -342,7 +342,7 @@ JOB_BENCHMARKS = [
 ]
 if SKIPPED:
     note(
-        f"{len(SKIPPED)} run(s) left out of the DAG; listed in results/skipped.json and the report"
+        f"{len(SKIPPED)} run(s) left out of the DAG; listed in results/{config['preset']}/skipped.json and the report"
     )
 
 
@@ -493,11 +493,7 @@ def figure_names():
     return figs
 
 
-def figure_files():
-    return [
-        f"reports/figures/{f}.{ext}" for f in figure_names() for ext in ("png", "svg")
-    ]
-
-
 def final_targets():
-    return ["reports/report.html", "results/summary.csv", *figure_files()]
+    from slide.report.io import final_outputs
+
+    return final_outputs(config["preset"], figure_names())

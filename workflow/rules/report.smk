@@ -1,10 +1,9 @@
 # aggregate -> plot -> report, per preset: the tables and the plan go to results/<preset>/, the report
 # and its figures to reports/<preset>/, so that one preset never replaces another's report. None of
 # these are timed, so they take one core.
-from functools import partial
 
 from slide.report.aggregate import end_of_run
-from slide.report.io import final_outputs, plan_path, report_path, tables_path
+from slide.report.io import plan_path, report_path, tables_path
 
 PRESET = config["preset"]
 PLAN_JSON = plan_path(PRESET)
@@ -15,11 +14,6 @@ TABLES = {
 REPORT_HTML = report_path(PRESET)
 FIGURE_DIR = report_path(PRESET, "figures")
 PIPELINE_START = time.time()
-
-
-# `rule all` asks for final_targets(); common.smk's version names the unversioned reports/ paths,
-# so it is replaced here (this file is included after it) by the preset's outputs.
-final_targets = partial(final_outputs, PRESET, figure_names())
 
 
 rule skipped:
