@@ -70,8 +70,10 @@ def evaluate_topk(pred: np.ndarray, data, rows=None) -> dict:
 
     Parameters
     ----------
-    pred : (n, >=5) int array
-        Predicted label ids per point, best first.
+    pred : (n, m) int array
+        Predicted label ids per point, best first. ``m`` may be below 5 when the data set has
+        fewer labels: the missing ranks count as misses, so P@k keeps its definition (hits in the
+        top k over k) for every k, and a perfect ranking of a 3-label set scores P@5 <= 3/5.
     data : XCDataset
         Holds the true labels.
     rows : int array, optional
@@ -86,8 +88,10 @@ def evaluate_topk(pred: np.ndarray, data, rows=None) -> dict:
     pred = np.asarray(pred, dtype=np.int64)
     rows = np.arange(len(data), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     kmax = max(KS)
-    if pred.ndim != 2 or pred.shape[0] != len(rows) or pred.shape[1] < kmax:
-        raise ValueError(f"pred must be ({len(rows)}, >={kmax}), got {pred.shape}")
+    if pred.ndim != 2 or pred.shape[0] != len(rows) or pred.shape[1] < min(kmax, max(int(data.num_labels), 1)):
+        raise ValueError(f"pred must be ({len(rows)}, >={min(kmax, data.num_labels)}), got {pred.shape}")
+    if pred.shape[1] < kmax:  # fewer labels than k: the ranks beyond the last label are misses
+        pred = np.concatenate([pred, np.full((pred.shape[0], kmax - pred.shape[1]), -1, np.int64)], axis=1)
     hits = np.zeros((len(rows), kmax), dtype=np.bool_)
     n_true = np.zeros(len(rows), dtype=np.int64)
     _hits(pred[:, :kmax], data.y_indptr, data.y_indices, rows, hits, n_true)
@@ -110,11 +114,12 @@ def popularity_baseline(train, test, k: int = 5) -> dict:
     """Metrics of ranking the ``k`` most frequent training labels first for every test point.
 
     A learned model must beat this to have learned anything about the inputs; comparisons of
-    methods at a P@1 this low say nothing about them.
+    methods at a P@1 this low say nothing about them. With fewer than ``k`` labels every label
+    is ranked (see :func:`evaluate_topk` for the ranks beyond the last).
     """
     counts = np.bincount(train.y_indices, minlength=train.num_labels)
     best = np.argsort(-counts, kind="stable")[:k]
-    return evaluate_topk(np.broadcast_to(best, (len(test), k)), test)
+    return evaluate_topk(np.broadcast_to(best, (len(test), len(best))), test)
 
 
 def scoring_chunk_rows(num_labels: int, budget_bytes: int = 256 << 20) -> int:

@@ -80,3 +80,25 @@ def test_popularity_baseline_ranks_most_frequent_training_labels():
     got = popularity_baseline(train, test)
     want = evaluate_topk(np.tile([2, 5, 1, 0, 3], (3, 1)), test)
     assert got == want and got["p_at_1"] == pytest.approx(1 / 3)
+
+
+def test_metrics_with_fewer_labels_than_k():
+    """Issue 10 item 7: P@k and nDCG@k stay defined (missing ranks are misses) when L < 5."""
+    labels = [[0], [1, 2], [2], [0, 1, 2]]
+    test = _labels_dataset(labels, 3)
+    pred = np.array([[0, 1, 2], [1, 2, 0], [0, 2, 1], [2, 1, 0]])
+    got = evaluate_topk(pred, test)
+    for k in (1, 3, 5):
+        padded = [list(r) + [-1] * (5 - len(r)) for r in pred]
+        p, nd = _reference(np.array(padded), labels, k)
+        assert got[f"p_at_{k}"] == pytest.approx(p) and got[f"ndcg_at_{k}"] == pytest.approx(nd)
+    assert got["p_at_5"] <= 3 / 5
+    with pytest.raises(ValueError):
+        evaluate_topk(pred[:, :2], test)  # fewer ranks than labels is still an error
+
+
+def test_popularity_baseline_with_fewer_labels_than_k():
+    train = _labels_dataset([[2], [2, 1], [1]], 3)
+    test = _labels_dataset([[2], [1], [0]], 3)
+    got = popularity_baseline(train, test)
+    assert got["p_at_1"] == pytest.approx(1 / 3) and got["p_at_5"] == pytest.approx(3 / 15)
