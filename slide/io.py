@@ -9,7 +9,12 @@ a full disk or an exception never leaves a truncated file that looks finished.
     with atomic_path(path) as tmp: ...write tmp...   # renamed over path on success
     save_npz_atomic(path, **arrays)                   # uncompressed .npz
 
-and reads input files without surprises:
+A failed write is one :class:`OutputWriteError` line naming the file
+(``describe_write_error`` says why: disk full, read-only, permission), and the
+temporaries a killed writer left behind (``.NAME.*.tmp.SUFFIX``) are removed by
+``remove_stale_temporaries`` when the next run starts.
+
+It also reads input files without surprises:
 
     read_regular_file(path, what="data file")         # whole file as a uint8 array
     not_a_regular_file(path, what)                    # why path cannot be read, or None
@@ -31,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "save_npz_atomic",
-           "fsync_dir", "read_regular_file", "not_a_regular_file", "describe_os_error"]
+           "fsync_dir", "read_regular_file", "not_a_regular_file", "describe_os_error",
+           "OutputWriteError", "describe_write_error", "remove_stale_temporaries", "writable_dir_problem"]
 
 
 def fsync_dir(directory) -> None:
@@ -195,3 +201,91 @@ def read_regular_file(path, what: str = "data file") -> np.ndarray:
         raise DatasetFormatError(path, None, describe_os_error(path, exc)) from None
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------- writing outputs
+
+def describe_write_error(exc: OSError) -> str:
+    """A short phrase for why a file could not be written (disk full, read-only, ...)."""
+    phrases = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EFBIG: "file too large for this file system or limit",
+               errno.ENOTDIR: "a parent of it is not a folder", errno.EISDIR: "it is a folder"}
+    if getattr(errno, "EDQUOT", None) is not None:
+        phrases[errno.EDQUOT] = "disk quota exceeded"
+    return phrases.get(exc.errno, f"cannot write: {exc.strerror or exc}")
+
+
+def _slide_error():
+    from slide.errors import SlideError
+
+    return SlideError
+
+
+class OutputWriteError(_slide_error()):
+    """An output file could not be written; the message names it and says why."""
+
+    def __init__(self, path, exc: OSError):
+        self.path = str(path)
+        self.reason = describe_write_error(exc)
+        super().__init__(f"{self.path}: cannot write it: {self.reason}")
+
+
+def writable_dir_problem(path) -> str | None:
+    """Why ``path`` cannot be (created and) used as an output folder, or None.
+
+    Checks, without creating anything: ``path`` is a folder or can be created below its nearest
+    existing ancestor, that ancestor is a folder (not a file), and it is writable.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        return "exists and is not a folder"
+    probe = p
+    while not probe.exists():
+        if probe.is_symlink():
+            return f"is a broken symbolic link ({probe})"
+        parent = probe.parent
+        if parent == probe:
+            break
+        probe = parent
+    if not probe.is_dir():
+        return f"cannot be created: {probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"cannot be written: the folder {probe} is read-only for this user"
+    if _read_only_fs(probe):
+        return f"cannot be written: {probe} is on a read-only file system"
+    return None
+
+
+def _read_only_fs(path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def remove_stale_temporaries(directory, names) -> tuple[int, int]:
+    """Delete the temporaries :func:`atomic_path` made for ``names`` in ``directory``.
+
+    A writer killed between creating its temporary (``.NAME.XXXX.tmp.SUFFIX``) and the rename
+    leaves it behind; only files of exactly that naming are removed. Call this before the run
+    that owns ``directory`` starts writing (two runs must not share a folder). Returns (files,
+    bytes) removed.
+    """
+    directory = Path(directory)
+    count = size = 0
+    if not directory.is_dir():
+        return 0, 0
+    for name in names:
+        suffix = Path(name).suffix
+        for tmp in directory.glob(f".{name}.*.tmp{suffix}"):
+            try:
+                st = tmp.lstat()
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                tmp.unlink()
+            except OSError:
+                continue
+            count += 1
+            size += st.st_size
+    return count, size

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jsonschema
 
+from .errors import SlideError
 from .settings import available_cores
 
 CURVE_COLUMNS = ("step", "epoch", "samples", "train_seconds", "wall_seconds", "cpu_seconds", "loss",
@@ -25,9 +26,71 @@ _VERSIONED = ("numpy", "numba", "tensorflow", "pandas", "slide-repro")
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from .io import atomic_write_text
+    """Write ``text`` atomically; a failed write is one :class:`~slide.io.OutputWriteError` naming ``path``."""
+    from .io import OutputWriteError, atomic_write_text
 
-    atomic_write_text(path, text)
+    try:
+        atomic_write_text(path, text)
+    except OSError as err:
+        raise OutputWriteError(path, err) from None
+
+
+class DamagedRunFile(SlideError):
+    """A run's ``model.npz``, ``run.json`` or ``curve.csv`` cannot be read back (``--resume``)."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {problem}; move it away (or run without --resume) to start over")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def read_run_for_resume(path) -> dict:
+    """``run.json`` as a dict, or :class:`DamagedRunFile` saying what is wrong with it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DamagedRunFile(path, "damaged: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise DamagedRunFile(path, f"damaged: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except OSError as err:
+        raise DamagedRunFile(path, f"cannot be read ({err.strerror or err})") from None
+    if not isinstance(record, dict):
+        raise DamagedRunFile(path, "damaged: not a JSON object")
+    try:
+        validate_run(record, path)
+    except ValueError as err:
+        raise DamagedRunFile(path, f"damaged: {str(err).split(': ', 1)[-1]}") from None
+    return record
+
+
+def read_curve_for_resume(path) -> list[dict]:
+    """The rows of ``curve.csv``, or :class:`DamagedRunFile` saying what is wrong with it."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = read_curve(path)
+    except pd.errors.EmptyDataError:
+        raise DamagedRunFile(path, "damaged: empty (no header line)") from None
+    except UnicodeDecodeError:
+        raise DamagedRunFile(path, "damaged: not UTF-8 text") from None
+    except OSError as err:
+        raise DamagedRunFile(path, f"cannot be read ({err.strerror or err})") from None
+    except (ValueError, pd.errors.ParserError) as err:
+        msg = str(err)
+        msg = msg[len(str(path)) + 2:] if msg.startswith(f"{path}: ") else msg
+        raise DamagedRunFile(path, f"damaged: {_one_line(msg)}") from None
+    bad = [c for c in df.columns if c != "loss" and not pd.api.types.is_numeric_dtype(df[c])]
+    if bad or not pd.api.types.is_numeric_dtype(df["loss"]):
+        raise DamagedRunFile(path, f"damaged: non-numeric values in {bad or ['loss']}")
+    if df["step"].isna().any() or (len(df) > 1 and (df["step"].diff().iloc[1:] <= 0).any()):
+        raise DamagedRunFile(path, "damaged: steps missing or not increasing")
+    return df.to_dict("records")
 
 
 def run_schema() -> dict:
@@ -102,8 +165,13 @@ class RunRecorder:
     """
 
     def __init__(self, out_dir, *, method, dataset, seed, threads, hyperparameters):
+        from .io import OutputWriteError
+
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputWriteError(self.out_dir, err) from None
         self.rows: list[dict] = []
         self.header = dict(method=method, dataset=dataset, seed=int(seed), threads=int(threads),
                            hyperparameters=hyperparameters)

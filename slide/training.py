@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import DivergenceError, SlideError
+from .errors import ConfigError, DivergenceError, SlideError
+from .io import OutputWriteError, remove_stale_temporaries
 from .metrics import evaluate_topk, popularity_baseline
-from .runs import RunRecorder, peak_rss_mb
+from .runs import DamagedRunFile, RunRecorder, peak_rss_mb, read_curve_for_resume, read_run_for_resume
 
 _DRIVER = "driver__"
+#: The files a run writes into its folder (through temporaries named ``.NAME.*.tmp.SUFFIX``).
+OUTPUT_NAMES = ("model.npz", "curve.csv", "run.json")
 
 
 def eval_sample(n_test: int, eval_points: int, seed: int) -> np.ndarray:
@@ -39,7 +42,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 def evaluate(method, data, rows=None, k: int = 5) -> dict:
     """Rank labels with ``method`` for ``rows`` of ``data`` and score them with the shared metrics."""
     rows = np.arange(len(data), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    return evaluate_topk(method.predict_topk(data, rows, k), data, rows)
+    return evaluate_topk(method.predict_topk(data, rows, max(1, min(k, int(data.num_labels)))), data, rows)
 
 
 def _log(msg: str) -> None:
@@ -47,7 +50,11 @@ def _log(msg: str) -> None:
 
 
 def save_checkpoint(method, path, driver: dict) -> None:
-    """Write ``model.npz``: the method's arrays plus the loop's position; no pickled objects."""
+    """Write ``model.npz``: the method's arrays plus the loop's position; no pickled objects.
+
+    A failed write (disk full, read-only) is one :class:`~slide.io.OutputWriteError` naming
+    ``path``; the previous checkpoint, if any, is left as it was.
+    """
     from .io import save_npz_atomic
 
     arrays = dict(method.state_arrays())
@@ -55,7 +62,38 @@ def save_checkpoint(method, path, driver: dict) -> None:
     arrays["model__header"] = np.array(json.dumps(dict(
         num_features=method.num_features, num_labels=method.num_labels, config=method.config,
         seed=method.seed, threads=method.threads)))
-    save_npz_atomic(path, **arrays)
+    try:
+        save_npz_atomic(path, **arrays)
+    except OSError as err:
+        raise OutputWriteError(path, err) from None
+
+
+def _damaged(path, err: BaseException) -> DamagedRunFile:
+    text = " ".join(str(err).split()) or "no detail"
+    return DamagedRunFile(path, f"damaged or not a checkpoint ({type(err).__name__}: {text[:160]})")
+
+
+def read_checkpoint_header(path) -> tuple[dict, dict]:
+    """The model header (config, seed, dimensions) and the loop's position stored in ``model.npz``.
+
+    Raises :class:`~slide.runs.DamagedRunFile` naming ``path`` when it is not a readable checkpoint.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("a single array, not an .npz archive")
+            missing = [k for k in (_DRIVER + "json", "model__header") if k not in z.files]
+            if missing:
+                raise DamagedRunFile(path, f"not a training checkpoint: lacks {missing}")
+            driver = json.loads(str(z[_DRIVER + "json"]))
+            header = json.loads(str(z["model__header"]))
+    except DamagedRunFile:
+        raise
+    except Exception as err:  # BadZipFile, EOFError, ValueError (pickled data), zlib and CRC errors
+        raise _damaged(path, err) from None
+    if not isinstance(driver, dict) or not isinstance(header, dict) or not isinstance(driver.get("step"), int):
+        raise DamagedRunFile(path, "damaged: its loop position or header is not what a checkpoint holds")
+    return header, driver
 
 
 def load_checkpoint(method, path) -> dict:
@@ -63,11 +101,139 @@ def load_checkpoint(method, path) -> dict:
 
     The open archive is handed over as a mapping, so arrays are read one at a time into the
     method's buffers instead of all being held at once (at the Amazon-670K shape that is 1 GB).
+    A damaged or foreign file is one :class:`~slide.runs.DamagedRunFile` line naming it.
     """
-    with np.load(path, allow_pickle=False) as z:
-        driver = json.loads(str(z[_DRIVER + "json"]))
-        method.load_state_arrays(z)
+    _, driver = read_checkpoint_header(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            method.load_state_arrays(z)
+    except Exception as err:  # a missing or misshapen array, a damaged member
+        raise _damaged(path, err) from None
     return driver
+
+
+def data_identity(data) -> dict:
+    """Cheap identity of a data set for resume checks: sizes and a digest of its structure.
+
+    The digest covers the row pointers, every label id and a strided sample of at most about 2**20
+    feature ids and values (tens of milliseconds at the Amazon-670K shape).
+    """
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    step = max(1, int(data.x_indices.shape[0]) >> 20)
+    for arr in (data.x_indptr, data.y_indptr, data.y_indices, data.x_indices[::step], data.x_data[::step]):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return dict(points=int(len(data)), features=int(data.num_features), labels=int(data.num_labels),
+                nnz=int(data.x_indptr[-1]), label_nnz=int(data.y_indptr[-1]), digest=h.hexdigest())
+
+
+def _describe_data(ident: dict) -> str:
+    return f"{ident.get('points')} points, {ident.get('features')} features, {ident.get('labels')} labels"
+
+
+def _value(v) -> str:
+    return json.dumps(v, sort_keys=True) if v is not _MISSING else "(unset)"
+
+
+_MISSING = object()
+
+
+def resume_differences(method, identity: dict, header: dict | None, driver: dict | None,
+                       prior_run: dict | None) -> list[str]:
+    """What differs between a run folder's recorded settings and data and this run's.
+
+    Compares the checkpoint header (configuration, seed, dimensions) and the identity the loop
+    stored in it (method, seed of the loop, evaluation sample size, train and test data) with
+    ``identity`` and ``method``; without a checkpoint, ``run.json``'s method, seed and
+    hyperparameters. Epochs, step and time limits and patience may differ: they extend a run.
+    """
+    diffs: list[str] = []
+    now_cfg = json.loads(json.dumps(method.config))
+    then_cfg = None
+    then_seed = None
+    if header is not None:
+        then_cfg, then_seed = header.get("config"), header.get("seed")
+        for key in ("num_features", "num_labels"):
+            if key in header and header[key] != getattr(method, key):
+                diffs.append(f"{key} {header[key]} -> {getattr(method, key)}")
+    elif prior_run is not None:
+        then_cfg, then_seed = prior_run.get("hyperparameters"), prior_run.get("seed")
+        if prior_run.get("method") != method.name:
+            diffs.append(f"method {prior_run.get('method')} -> {method.name}")
+    if isinstance(then_cfg, dict):
+        then_cfg = json.loads(json.dumps(then_cfg))
+        for key in sorted(set(then_cfg) | set(now_cfg)):
+            a, b = then_cfg.get(key, _MISSING), now_cfg.get(key, _MISSING)
+            if a != b:
+                diffs.append(f"{key} {_value(a)} -> {_value(b)}")
+    then_ident = (driver or {}).get("identity") or {}
+    if then_seed is not None and then_seed != method.seed:
+        diffs.append(f"seed {then_seed} -> {method.seed}")
+    elif "seed" in then_ident and then_ident["seed"] != identity["seed"]:
+        diffs.append(f"seed (data order) {then_ident['seed']} -> {identity['seed']}")
+    if "method" in then_ident and then_ident["method"] != identity["method"]:
+        diffs.append(f"method {then_ident['method']} -> {identity['method']}")
+    if "eval_points" in then_ident and then_ident["eval_points"] != identity["eval_points"]:
+        diffs.append(f"eval_points {then_ident['eval_points']} -> {identity['eval_points']}")
+    for part in ("train", "test"):
+        a, b = then_ident.get(part), identity.get(part)
+        if a and b and a != b:
+            sizes = _describe_data(a), _describe_data(b)
+            diffs.append(f"{part} data ({sizes[0]}) -> ({sizes[1]})" if sizes[0] != sizes[1]
+                         else f"{part} data: same sizes ({sizes[0]}), different content")
+    return diffs
+
+
+def _finished(prior_run: dict | None, driver: dict | None, total_steps: int,
+              max_train_seconds: float | None) -> bool:
+    """Whether ``run.json`` records a completed run that this request would not extend."""
+    if not prior_run or prior_run.get("status") != "completed":
+        return False
+    steps = int(prior_run.get("steps", -1))
+    if driver is not None and int(driver.get("step", -1)) != steps:
+        return False
+    if steps >= total_steps or prior_run.get("stopped_early"):
+        return True
+    return bool(prior_run.get("max_train_seconds_cut") and max_train_seconds is not None
+                and float(prior_run.get("train_seconds", 0.0)) >= max_train_seconds)
+
+
+def check_run_settings(*, epochs=1.0, eval_points=2560, seed=0, max_steps=None, max_train_seconds=None,
+                       patience=0, eval_every=None) -> None:
+    """Refuse loop settings that cannot mean what they say, naming the command-line flag.
+
+    ``epochs`` must be finite and positive; ``max_steps`` and ``max_train_seconds``, when given,
+    positive; ``seed`` and ``patience`` >= 0; ``eval_points`` >= 0, and >= 1 when the method
+    evaluates on the fixed test sample every ``eval_every`` > 0 steps (0 points would record a
+    P@1 of 0 over nothing).
+    """
+    import math
+    import numbers
+
+    def number(name, v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ConfigError(f"{name} must be a number, got {v!r}")
+        return float(v)
+
+    e = number("--epochs", epochs)
+    if not math.isfinite(e) or e <= 0:
+        raise ConfigError(f"--epochs must be a positive finite number, got {epochs!r}")
+    for name, v in (("--eval-points", eval_points), ("--seed", seed), ("--patience", patience)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
+    if seed >= 2**63:
+        raise ConfigError(f"--seed must be below 2**63, got {seed}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral)
+                                  or max_steps < 1):
+        raise ConfigError(f"--max-steps must be an integer >= 1 (leave it out for no limit), got {max_steps!r}")
+    if max_train_seconds is not None:
+        t = number("--max-train-seconds", max_train_seconds)
+        if not t > 0 or math.isnan(t):
+            raise ConfigError(f"--max-train-seconds must be positive (leave it out for no cap), got {max_train_seconds!r}")
+    if eval_every and eval_points == 0:
+        raise ConfigError(f"--eval-points must be >= 1: the method evaluates a fixed test sample every {eval_every} "
+                          f"steps (set eval_every=0 to evaluate at epoch ends only)")
 
 
 def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float = 1.0, eval_points: int = 2560,
@@ -93,6 +259,8 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
     """
     from .contention import ContentionMeter
 
+    check_run_settings(epochs=epochs, eval_points=eval_points, seed=seed, max_steps=max_steps,
+                       max_train_seconds=max_train_seconds, patience=patience, eval_every=method.eval_every)
     out = Path(out_dir)
     recorder = RunRecorder(out, method=method.name, dataset=dataset, seed=seed, threads=method.threads,
                            hyperparameters=method.hyperparameters())
@@ -103,16 +271,38 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
         total_steps = min(total_steps, int(max_steps))
     rows_eval = eval_sample(len(test_data), eval_points, seed)
     state = dict(step=0, samples=0, train_seconds=0.0, eval_seconds=0.0, wall_offset=0.0, batch_seconds=[],
-                 compile_seconds=0.0, meter=None, best=None, since_best=0)
+                 compile_seconds=0.0, meter=None, best=None, since_best=0,
+                 identity=dict(method=method.name, seed=int(seed), eval_points=int(eval_points),
+                               train=data_identity(train_data), test=data_identity(test_data)))
     model_path = out / "model.npz"
-    if resume and model_path.exists():
-        state.update(load_checkpoint(method, model_path))
-        from .runs import read_curve
-
-        if recorder.curve_path.exists():
-            rows = read_curve(recorder.curve_path).to_dict("records")
+    if resume:
+        # Read and check everything before anything is written: a damaged file or different
+        # settings leave the folder as it was.
+        prior_run = read_run_for_resume(recorder.run_path) if recorder.run_path.exists() else None
+        rows = read_curve_for_resume(recorder.curve_path) if recorder.curve_path.exists() else []
+        header = driver = None
+        if model_path.exists():
+            header, driver = read_checkpoint_header(model_path)
+        diffs = resume_differences(method, state["identity"], header, driver, prior_run)
+        if diffs:
+            raise ConfigError(f"{model_path if header is not None else recorder.run_path}: cannot resume: the run "
+                              f"was made with other settings or data ({'; '.join(diffs)}); use another --out, "
+                              f"or drop --resume to start over")
+        if _finished(prior_run, driver, total_steps, max_train_seconds):
+            final = prior_run.get("final") or {}
+            _log(f"{method.name}: {out} is a finished run ({prior_run['steps']} steps, P@1 "
+                 f"{final.get('p_at_1', float('nan')):.4f}); nothing to do, its files are left as they are")
+            return prior_run
+        if driver is not None:
+            identity = state["identity"]
+            state.update(load_checkpoint(method, model_path))
+            state["identity"] = identity
             recorder.rows = [r for r in rows if r["step"] <= state["step"]]
-        _log(f"resuming {method.name} at step {state['step']} from {model_path}")
+            _log(f"resuming {method.name} at step {state['step']} from {model_path}")
+    removed, size = remove_stale_temporaries(out, OUTPUT_NAMES)
+    if removed:
+        _log(f"{method.name}: removed {removed} temporary file(s) ({size / 2**20:.1f} MiB) that an interrupted "
+             f"write left in {out}")
     if progress is None:
         progress = sys.stderr.isatty()
 
@@ -159,8 +349,10 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
         state["wall_offset"] = time.perf_counter() - start
         meter.stop()
         state["meter"] = meter.state()
-        save_checkpoint(method, model_path, state)
-        meter.start()
+        try:
+            save_checkpoint(method, model_path, state)
+        finally:
+            meter.start()
 
     bar = tqdm(total=total_steps, initial=state["step"], unit="batch", disable=not progress,
                desc=f"{method.name} {dataset}", dynamic_ncols=True)
@@ -206,13 +398,21 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
                     _log(f"{method.name}: no better P@1 in {patience} evaluations; stopped at step {state['step']} "
                          f"(best {state['best']['p_at_1']:.4f} at epoch {state['best']['epoch']:g})")
                 break
-    except DivergenceError as err:
+    except (DivergenceError, OutputWriteError) as err:
         status, reason = "failed", str(err)
     finally:
         bar.close()
         meter.stop()
     if status == "completed" and last_metrics is None:
-        last_metrics = record(np.arange(len(test_data), dtype=np.int64), state["step"] / steps_per_epoch)
+        everything = np.arange(len(test_data), dtype=np.int64)
+        last = recorder.rows[-1] if recorder.rows else None
+        if last is not None and int(last["step"]) == state["step"] and int(last["eval_points"]) == len(test_data):
+            last_metrics = evaluate(method, test_data, everything)  # its curve row is there already
+        else:
+            try:
+                last_metrics = record(everything, state["step"] / steps_per_epoch)
+            except OutputWriteError as err:
+                status, reason = "failed", str(err)
     final = None
     if last_metrics is not None:
         final = {k: last_metrics[k] for k in ("p_at_1", "p_at_3", "p_at_5", "ndcg_at_1", "ndcg_at_3",
@@ -221,7 +421,7 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
     stats = method.stats()
     popularity = popularity_baseline(train_data, test_data)
     active = stats.get("active_per_sample_mean")
-    return recorder.finish(
+    outcome = dict(
         status=status, reason=reason, final=final, train_seconds=state["train_seconds"],
         median_batch_seconds=float(np.median(batch_seconds)) if batch_seconds else None,
         extra=dict(steps=int(state["step"]), epochs=round(state["step"] / steps_per_epoch, 4),
@@ -235,6 +435,12 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
                    active_fraction=None if active is None else round(active / method.num_labels, 6),
                    popularity={k: popularity[k] for k in ("p_at_1", "p_at_3", "p_at_5")},
                    method_stats=stats))
+    try:
+        return recorder.finish(**outcome)
+    except OutputWriteError as err:
+        if reason:
+            raise SlideError(f"{err}; the run is not recorded (it failed: {reason})") from None
+        raise SlideError(f"{err}; the run is not recorded as finished") from None
 
 
 def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, max_batches: int | None = None,
