@@ -12,6 +12,36 @@ from .contention import DISTURBED_NOTE
 from .errors import ConfigError
 
 LIKE_CHOICES = ("delicious-200k", "amazon-670k")
+THREADS_HELP = ("threads: 0 (default) uses all usable cores; a number above them is lowered to them, "
+                "with a warning; negative numbers are refused")
+
+
+def resolve_threads(requested: int) -> int:
+    """The thread count a run uses for ``--threads requested`` (see :data:`THREADS_HELP`)."""
+    import warnings
+
+    from .errors import ConfigWarning
+    from .settings import available_cores
+
+    cores = available_cores()
+    if requested < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: all {cores} usable cores), got {requested}")
+    if requested == 0:
+        return cores
+    if requested > cores:
+        warnings.warn(ConfigWarning(f"--threads {requested}: this process may run on {cores} cores; "
+                                    f"using {cores} threads"), stacklevel=2)
+        return cores
+    return requested
+
+
+def check_out_dir(out) -> None:
+    """Refuse an ``--out`` that is a file, lies below a file, or cannot be written, before any work."""
+    from .io import writable_dir_problem
+
+    problem = writable_dir_problem(out)
+    if problem:
+        raise ConfigError(f"--out {out}: {problem}")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,8 +61,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this many evaluations without a better P@1 (default 0: off)")
     p.add_argument("--eval-points", type=int, default=2560,
                    help="test points in the periodic evaluation sample (default 2560: the reference's 20 batches of 128)")
-    p.add_argument("--threads", type=int, default=0, help="threads (default: all usable cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyperparameter (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/model.npz when present")
@@ -49,7 +79,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batches", type=int,
                    help="at most this many timed batches while waiting for two table refreshes "
                         "(default 20 x --batches)")
-    p.add_argument("--threads", type=int, default=0, help="threads (default: all usable cores)")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default="data", help="where generated benchmark data is cached")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -64,16 +94,18 @@ def load_training_data(args):
 
 def run_train(args, make_method) -> int:
     """Load data, build the method with ``make_method(num_features, num_labels, overrides, args)``, train."""
-    from .training import train
+    from .training import check_run_settings, train
 
-    if args.epochs <= 0:
-        raise ConfigError("--epochs must be positive")
+    # Everything that needs no data is checked before the data is read.
+    check_run_settings(epochs=args.epochs, eval_points=args.eval_points, seed=args.seed, max_steps=args.max_steps,
+                       max_train_seconds=args.max_train_seconds, patience=args.patience)
+    check_out_dir(args.out)
+    args.threads = resolve_threads(args.threads)
     train_data, test_data = load_training_data(args)
     if (train_data.num_features, train_data.num_labels) != (test_data.num_features, test_data.num_labels):
         raise ConfigError(f"{args.test}: dimensions differ from {args.train}")
-    if args.patience < 0:
-        raise ConfigError(f"--patience must be >= 0, got {args.patience}")
     method = make_method(train_data.num_features, train_data.num_labels, parse_overrides(args.overrides), args)
+    check_run_settings(eval_points=args.eval_points, eval_every=method.eval_every)
     print_settings(method)
     dataset = args.dataset or Path(args.train).resolve().parent.name
     record = train(method, train_data, test_data, args.out, dataset=dataset, epochs=args.epochs,
@@ -108,6 +140,7 @@ def bench_dataset(like: str, scale: float, seed: int, root="data"):
 def run_bench(args, make_method) -> int:
     from .training import bench
 
+    args.threads = resolve_threads(args.threads)
     data = bench_dataset(args.like, args.scale, args.seed, args.data_root)
     method = make_method(data.num_features, data.num_labels, parse_overrides(args.overrides), args)
     print_settings(method)

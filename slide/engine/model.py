@@ -201,7 +201,7 @@ class SlideMethod(PersistentMixin, Method):
         if need > limit:
             raise ResourceError(
                 f"SLIDE needs about {need / 2**20:,.0f} MiB for {self.num_features:,} features x "
-                f"{self.num_labels:,} labels (hidden {list(self.dims)}: weights, Adam state, gradients, "
+                f"{self.num_labels:,} labels (hidden {[int(h) for h in self.dims]}: weights, Adam state, gradients, "
                 f"hash tables), more than the {limit / 2**20:,.0f} MiB of {source}; "
                 f"reduce hidden, K/L or bucket_size, or raise the limit")
 

@@ -31,8 +31,9 @@ insertion            fifo | reservoir (what a full bucket does on insert)
 bin_size             WTA/DWTA bin size
 topk_minhash         MinHash: the K largest activations that form the set
 sampling             vanilla (union of buckets) | topk (most frequent) | threshold (seen in
-                     more than ``threshold`` tables); the true labels are always active
-threshold            table count for ``sampling: threshold``
+                     at least ``threshold`` tables); the true labels are always active
+threshold            table count for ``sampling: threshold``; at most L (above L no neuron could
+                     ever qualify, so such a configuration is refused)
 min_active           vanilla sampling: pad with random neurons up to this many
                      (null: ``ceil(output_sparsity * labels)``); topk keeps that many retrieved
 min_active_trigger   vanilla sampling: pad only when fewer than this were retrieved (null: =
@@ -191,6 +192,10 @@ def validate(config: dict) -> dict:
     out["lr"] = _float(config, "lr", 0.0, 10.0)
     out["decay"] = _float(config, "decay", 0.0, 10.0, lo_open=False)
     out["init_scale"] = _float(config, "init_scale", 0.0, 10.0)
+    if out["sampling"] == "threshold" and out["output_sparsity"] < 1.0 and out["threshold"] > out["L"]:
+        raise ConfigError(f"threshold must be <= L={out['L']} with sampling: threshold (a neuron is counted "
+                          f"once per table, so none could be seen in {out['threshold']} tables), got "
+                          f"{out['threshold']}")
     if out["hash"] == "simhash" and out["K"] > 30:
         raise ConfigError(f"K must be <= 30 for simhash, got {out['K']}")
     return out
