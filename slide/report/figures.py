@@ -314,7 +314,9 @@ def _speedup_panel(ax, bars) -> None:
                     hatch=None if kind == "measured" else "//", edgecolor="black", linewidth=0.5)
             ax.text(value * 1.05, i, f"{value:.2f}x", va="center", fontsize=7)
         else:
-            ax.text(lo * 1.1, i, textwrap.fill(f"n/a: {why}", 70), va="center", fontsize=6.5, color="#7a0000",
+            # two lines at most, so a row never runs into its neighbours; the tables hold the details
+            ax.text(lo * 1.1, i, textwrap.fill(textwrap.shorten(f"n/a: {why}", 120, placeholder=" ..."), 70),
+                    va="center", fontsize=6.5, color="#7a0000",
                     bbox=dict(facecolor="white", edgecolor="none", alpha=0.9, pad=1))
     ax.set_yticks(range(len(bars)))
     ax.set_yticklabels([b[0] for b in bars], fontsize=7)
