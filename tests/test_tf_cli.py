@@ -91,6 +91,18 @@ def test_bad_value_and_memory_limit(files, tmp_path):
     assert not out.exists()
 
 
+def test_negative_seed_and_threads_are_one_line(files, tmp_path):
+    """Issue 10 item 14/15: the shared flags are checked for the TF baselines too, before any file is written."""
+    out = tmp_path / "run"
+    proc = cli(*base_args(files, out), "--seed", "-1")
+    assert_one_line_error(proc, "--seed")
+    args = base_args(files, out)
+    args[args.index("--threads") + 1] = "-5"
+    proc = cli(*args)
+    assert_one_line_error(proc, "--threads")
+    assert not out.exists()
+
+
 def test_gpu_without_gpu(files, tmp_path):
     from baselines.tf import gpu_available
 
