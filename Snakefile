@@ -13,8 +13,10 @@ include: "workflow/rules/config.smk"
 
 
 # The preset is merged under the keys given in config.yaml / --config / --configfile, then the
-# result is validated against the schema (which also fills in every default).
+# result is validated against the schema (which also fills in every default); a violation is one
+# line naming the key.
 load_preset(config, workflow.basedir)
+validate_config(config, workflow.basedir)
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

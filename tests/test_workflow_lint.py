@@ -154,3 +154,51 @@ def test_earlier_failed_fetch_leaves_the_dataset_out(tmp_path):
     assert "download failed: offline" in res.stderr
     assert "results/delicious-200k/" not in res.stdout
     assert re.search(r"rule fetch:\n\s+output: data/raw/amazon-670k/\.verified", res.stdout)
+
+
+@pytest.mark.parametrize("setting", [
+    "datasets={'amazon-670k': {'epocs': 2}}",
+    "not_a_key=1",
+    "experiments={'batch_size': {'sizes': [0]}}",
+])
+def test_config_error_is_one_line_not_a_schema_dump(tmp_path, setting):
+    res = dry_run(tmp_path, setting)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "Failed validating" not in out and "On instance" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("config key '")]
+    assert len(errors) == 1, out[-3000:]
+    assert len(out.splitlines()) < 12, out[-3000:]
+
+
+def test_misspelt_key_is_named_with_a_suggestion(tmp_path):
+    res = dry_run(tmp_path, "datasets={'amazon-670k': {'epocs': 2}}")
+    assert "config key 'datasets.amazon-670k.epocs': unknown key (did you mean 'epochs'?)" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("setting, expect", [
+    ("methods={'slide': {'set': ['K=0']}}", "K must be an integer >= 1, got 0"),
+    ("methods={'slide': {'set': ['hash=md5']}}", "hash must be one of"),
+    ("methods={'slide': {'set': ['output_sparsity=1.5']}}", "output_sparsity must be in"),
+    ("methods={'tf-full-cpu': {'set': ['K=3']}}", "unknown key 'K'"),
+    ("methods={'tf-sampled-cpu': {'set': ['sample_fraction=0']}}", "sample_fraction must be in (0, 1]"),
+    ("methods={'tf-sampled-cpu': {'set': ['num_sampled=100000']}}", "must be smaller than the"),
+    ("overrides=[{'set': ['lr=-1'], 'methods': ['tf-full-cpu']}]", "lr must be positive"),
+    ("overrides=[{'set': ['batch_size=0'], 'methods': ['slide']}]", "batch_size must be an integer >= 1"),
+])
+def test_invalid_trainer_override_fails_when_the_workflow_is_parsed(tmp_path, setting, expect):
+    """A bad --set value in a preset or --config is refused before any job runs, naming the key."""
+    res = dry_run(tmp_path, "preset=tiny", setting)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert "rule all" not in res.stdout
+    assert expect in out, out[-3000:]
+    assert "invalid trainer setting for" in out
+    assert len(out.splitlines()) < 15, out[-3000:]
+
+
+def test_valid_trainer_overrides_still_dry_run(tmp_path):
+    res = dry_run(tmp_path, "preset=tiny", "methods={'slide': {'set': ['K=3', 'hash=dwta']}}",
+                  "overrides=[{'set': ['lr=0.01', 'hidden=[64]']}]")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "--set K=3 --set hash=dwta --set lr=0.01" in res.stdout

@@ -454,6 +454,86 @@ def prepare_command(wildcards):
     return " ".join(shlex.quote(a) for a in _data_args(DATASETS[wildcards.dataset]))
 
 
+# ----------------------------------------------------------------------------- settings check
+# Every run's --set overrides are checked now, with the trainer's own rules (unknown keys, types
+# and ranges), so a bad value in a preset fails before any job runs, naming the key and the run.
+# Nothing is built and TensorFlow is not imported.
+
+
+def _num_labels(d):
+    """Labels of a dataset (the stand-in's at its scale), for checks that depend on them."""
+    try:
+        if d["source"] == "synth":
+            from slide.data.synth import synth_shape
+
+            return synth_shape(d["name"], d["cfg"]["scale"]).labels
+        return int(d["spec"].stats["labels"])
+    except Exception:
+        return None
+
+
+def check_trainer_settings(method, preset, sets, num_labels=None):
+    """The trainer's complaint about ``--preset preset --set sets`` for ``method``, or None."""
+    from slide.adapter import parse_overrides
+    from slide.errors import ConfigError
+
+    try:
+        overrides = parse_overrides(sets)
+        if method == "slide":
+            from slide.engine.model import SlideMethod
+            from slide.engine.presets import validate as slide_validate
+
+            slide_validate(SlideMethod.resolve_config(preset, overrides))
+        else:
+            from baselines.tf.method import METHODS
+
+            cls = METHODS[method]
+            probe = cls.__new__(cls)  # _check_config's rules without building a model
+            probe.config = cls.resolve_config(preset, overrides)
+            probe.num_labels = int(num_labels) if num_labels else 2**62
+            probe._check_config()
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def _check_planned_settings():
+    checked, problems = (
+        {},
+        {},
+    )  # (method, preset, sets) -> complaint; (method, complaint) -> runs
+    for r in RUNS + BENCH:
+        did, method, variant = r["dataset"], r["method"], r["variant"]
+        d = DATASETS[did]
+        if variant and variant.startswith("threads"):  # bench: --like is its preset
+            preset, sets = d["name"], _sets_for(did, method)
+        else:
+            auto = config["paper_preset"] == "auto" and d["name"] in PAPER_DATASETS
+            preset = d["name"] if auto else None
+            sets = _sets_for(did, method) + _variant_sets(variant)
+        key = (method, preset, tuple(sets))
+        if key not in checked:
+            checked[key] = check_trainer_settings(method, preset, sets, _num_labels(d))
+        if checked[key]:
+            run = f"{did}/{variant}" if variant else did
+            problems.setdefault((method, checked[key]), []).append((run, sets))
+    lines = []
+    for (method, why), runs in problems.items():
+        names = ", ".join(run for run, _ in runs[:3]) + (
+            ", ..." if len(runs) > 3 else ""
+        )
+        sets = " ".join(runs[0][1]) or "(none)"
+        lines.append(
+            f"invalid trainer setting for {method} ({len(runs)} run(s): {names}): {why} "
+            f"[--set {sets}; from config methods.{method}.set, overrides or an experiment]"
+        )
+    if lines:
+        raise ValueError("\n".join(lines))
+
+
+_check_planned_settings()
+
+
 # ----------------------------------------------------------------------------- resources
 
 

@@ -87,3 +87,51 @@ def load_preset(cfg, basedir):
     merged["preset"] = name
     cfg.clear()
     cfg.update(merged)
+
+
+def _schema_error_line(err):
+    """One line for a jsonschema error: the config key it concerns and what is wrong."""
+    import difflib
+
+    path = ""
+    for part in err.absolute_path:
+        path += (
+            f"[{part}]"
+            if isinstance(part, int)
+            else (f".{part}" if path else str(part))
+        )
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = sorted((err.schema.get("properties") or {}).keys())
+        extra = sorted(set(err.instance) - set(known))
+        parts = []
+        for key in extra:
+            full = f"{path}.{key}" if path else key
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            parts.append(f"config key '{full}': unknown key{hint}")
+        if parts:
+            where = f" in '{path}'" if path else ""
+            return "; ".join(parts) + f"; known keys{where}: {', '.join(known)}"
+    msg = " ".join(str(err.message).split())
+    if len(msg) > 300:
+        msg = msg[:297] + "..."
+    return f"config key '{path or '(top level)'}': {msg}"
+
+
+def validate_config(cfg, basedir):
+    """Validate ``cfg`` against the schema; a violation is one line naming the key, not a dump.
+
+    The schema check that fills in defaults (``snakemake.utils.validate``) runs afterwards.
+    """
+    import jsonschema
+
+    schema_path = Path(basedir) / "workflow" / "schemas" / "config.schema.yaml"
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ValueError(
+            f"{_schema_error_line(best)} (preset {cfg.get('preset')!r} with --config and "
+            f"--configfile merged over it; schema: {schema_path.name})"
+        )
