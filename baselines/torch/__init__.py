@@ -1,0 +1,34 @@
+"""PyTorch baselines of the SLIDE paper: full softmax and sampled softmax (log-Q corrected, several
+true labels per point), on CPU or GPU.
+
+``from baselines.torch import method_class, gpu_available`` is cheap: PyTorch is imported only when
+a model is built or a device is probed. PyTorch is an optional extra: ``pip install -e ".[torch]"``.
+"""
+
+from __future__ import annotations
+
+
+def method_class(loss: str, device: str):
+    """The adapter class for ``loss`` (full|sampled) on ``device`` (cpu|gpu); see :mod:`.method`."""
+    from .method import method_class as _method_class
+
+    return _method_class(loss, device)
+
+
+def gpu_available() -> bool:
+    """True when PyTorch is installed and sees a CUDA device; see :mod:`.device`."""
+    from .device import gpu_available as _gpu_available
+
+    return _gpu_available()
+
+
+def torch_importable() -> bool:
+    """True when PyTorch is installed (checked without importing it)."""
+    from .device import torch_importable as _torch_importable
+
+    return _torch_importable()
+
+
+METHOD_NAMES = ("torch-full-cpu", "torch-full-gpu", "torch-sampled-cpu", "torch-sampled-gpu")
+
+__all__ = ["method_class", "gpu_available", "torch_importable", "METHOD_NAMES"]
