@@ -20,7 +20,21 @@ METHOD_COMMANDS = {
     "tf-sampled-cpu": ["-m", "baselines.tf", "bench", "--loss", "sampled", "--device", "cpu"],
     "tf-full-gpu": ["-m", "baselines.tf", "bench", "--loss", "full", "--device", "gpu"],
     "tf-sampled-gpu": ["-m", "baselines.tf", "bench", "--loss", "sampled", "--device", "gpu"],
+    "torch-full-cpu": ["-m", "baselines.torch", "bench", "--loss", "full", "--device", "cpu"],
+    "torch-sampled-cpu": ["-m", "baselines.torch", "bench", "--loss", "sampled", "--device", "cpu"],
+    "torch-full-gpu": ["-m", "baselines.torch", "bench", "--loss", "full", "--device", "gpu"],
+    "torch-sampled-gpu": ["-m", "baselines.torch", "bench", "--loss", "sampled", "--device", "gpu"],
 }
+
+
+def default_methods() -> str:
+    """SLIDE and the TF CPU baselines, plus the torch CPU baselines when PyTorch is installed."""
+    import importlib.util
+
+    methods = ["slide", "tf-full-cpu", "tf-sampled-cpu"]
+    if importlib.util.find_spec("torch") is not None:
+        methods += ["torch-full-cpu", "torch-sampled-cpu"]
+    return ",".join(methods)
 
 
 def bench_method(method: str, like: str, scale: float, batches: int, threads: int, seed: int = 0) -> dict:
@@ -50,17 +64,17 @@ def compare(methods, like: str, scale: float = 1.0, batches: int = 10, threads: 
 
 def format_table(report: dict) -> str:
     """The comparison as text: one row per method; disturbed rows carry no ratio and say why."""
-    rows = [f"{'method':16} {'median s/batch':>14} {'mean s/batch':>12} {'samples/s':>10} {'peak RSS MB':>11} "
+    rows = [f"{'method':17} {'median s/batch':>14} {'mean s/batch':>12} {'samples/s':>10} {'peak RSS MB':>11} "
             f"{'x SLIDE':>8} {'load':>5} {'others':>6}"]
     notes = []
     for r in report["results"]:
         if "error" in r:
-            rows.append(f"{r['method']:16} not run: {r['error']}")
+            rows.append(f"{r['method']:17} not run: {r['error']}")
             continue
         ratio = r.get("seconds_per_batch_vs_slide")
         load = (r.get("load_average_end") or [float("nan")])[0]
         share = r.get("other_cpu_share")
-        rows.append(f"{r['method']:16} {r['median_batch_seconds']:14.4f} {r['mean_batch_seconds']:12.4f} "
+        rows.append(f"{r['method']:17} {r['median_batch_seconds']:14.4f} {r['mean_batch_seconds']:12.4f} "
                     f"{r['samples_per_second']:10.1f} {r['peak_rss_mb']:11.0f} "
                     f"{'n/a' if ratio is None else f'{ratio:.2f}':>8} {load:5.2f} "
                     f"{'' if share is None else f'{share:.0%}':>6}")
@@ -72,8 +86,9 @@ def format_table(report: dict) -> str:
 def add_compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="bench several methods at one shape in one run; print ratios to SLIDE")
     p.add_argument("--like", required=True, choices=("delicious-200k", "amazon-670k"))
-    p.add_argument("--methods", default="slide,tf-full-cpu,tf-sampled-cpu",
-                   help=f"comma-separated, from {', '.join(METHOD_COMMANDS)}")
+    p.add_argument("--methods", default=default_methods(),
+                   help=f"comma-separated, from {', '.join(METHOD_COMMANDS)} (default: %(default)s; the torch "
+                        "methods when PyTorch is installed)")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--batches", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)
