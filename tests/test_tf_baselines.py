@@ -270,6 +270,37 @@ def test_memory_guard_refuses_before_building(monkeypatch):
         cls.from_config(10, 10, threads=THREADS)
 
 
+#: Measured peak RSS (MiB) of warm-up, two training batches and a prediction (TF 2.21 CPU, 2 threads,
+#: batch 128, hidden [128]; see baselines.tf.model.estimate_memory_bytes).
+MEASURED_PEAKS_MIB = [("full", 135909, 670091, 0, 4647), ("sampled", 135909, 670091, 67009, 4307),
+                      ("full", 100, 800000, 0, 4749), ("sampled", 100, 800000, 80000, 4576),
+                      ("sampled", 100, 800000, 8000, 4417), ("full", 100, 400000, 0, 2719),
+                      ("sampled", 100, 400000, 40000, 2594), ("sampled", 100, 400000, 4000, 2544),
+                      ("sampled", 100, 400000, 160000, 2929), ("sampled", 100, 200000, 20000, 1665)]
+
+
+@pytest.mark.parametrize("loss, features, labels, num_sampled, peak_mib", MEASURED_PEAKS_MIB)
+def test_memory_estimate_covers_measured_peaks(loss, features, labels, num_sampled, peak_mib):
+    """Issue 10 item 1: the estimate stays above what the process really held, with a margin."""
+    from slide.metrics import scoring_chunk_rows
+
+    est = M.estimate_memory_bytes(features, labels, [128], 128, loss=loss, num_sampled=num_sampled,
+                                  scoring_rows=scoring_chunk_rows(labels))
+    assert est >= 1.1 * peak_mib * 2**20
+
+
+def test_sampled_softmax_at_6m_labels_is_refused_where_it_was_killed(monkeypatch):
+    """Issue 10 item 1: 100 features x 6,000,000 labels grew past 24 GB; it must be refused there."""
+    from slide.metrics import scoring_chunk_rows
+
+    est = M.estimate_memory_bytes(100, 6_000_000, [128], 128, loss="sampled", num_sampled=600_000,
+                                  scoring_rows=scoring_chunk_rows(6_000_000))
+    assert est > 26 * 2**30  # checked first, so the test never builds a 3 GB model
+    monkeypatch.setenv("SLIDE_MEMORY_LIMIT_MB", str(24 * 1024))
+    with pytest.raises(ResourceError, match="SLIDE_MEMORY_LIMIT_MB"):
+        method_class("sampled", "cpu").from_config(100, 6_000_000, threads=THREADS)
+
+
 @pytest.mark.parametrize("over", [{"lr": -1}, {"lr": "fast"}, {"hidden": [0]}, {"hidden": "x"}, {"batch_size": 0},
                                   {"label_mode": "multi"}, {"num_true": 3}, {"sampler": "zipf"},
                                   {"num_sampled": 20}, {"sample_fraction": 0}, {"pad": "zero"},

@@ -204,30 +204,59 @@ def sampled_softmax_loss(net: Network, indices, values, batch, labels, weights, 
 TF_BASE_BYTES = 700 << 20
 
 
+#: float32 copies of the parameters alive at the peak of a training step (weights, Adam's two
+#: slots, the gradients and the temporaries of Keras' unfused Adam update). The sampled loss's
+#: gradients of the output layer are IndexedSlices, which Keras' Adam applies with extra
+#: full-size temporaries: more copies than the full loss.
+PARAMS_FACTOR = {"full": 6.5, "sampled": 7.5}
+#: Copies of weights and Adam slots the training loop's warm-up keeps while it runs one untimed
+#: step (it restores the state afterwards; see :meth:`slide.adapter.Method.warm_up`).
+WARMUP_COPIES = 3.0
+
+
 def estimate_memory_bytes(num_features: int, num_outputs: int, hidden, batch_size: int, *, loss: str,
                           num_sampled: int = 0, num_true: int = 1, scoring_rows: int = 0,
-                          params_factor: float = 6.5, logits_factor: float = 3.0) -> int:
+                          params_factor: float | None = None, logits_factor: float = 3.0,
+                          warmup_copies: float = WARMUP_COPIES) -> int:
     """Peak resident bytes of a training process, from the parameter count and the batch shape.
 
-    ``params_factor`` counts float32 copies of the parameters alive at the peak: weights, Adam's
-    two slots, the dense gradients, and the temporaries of Keras' (unfused) Adam update.
-    ``logits_factor`` counts ``batch x outputs`` float32 buffers (logits, softmax/gradient, dense
-    targets); the sampled loss has ``num_sampled + num_true`` outputs per row instead of ``L``.
-    Evaluation holds one ``scoring_rows x L`` logits block (and its top-k) instead.
+    ``params_factor`` (default :data:`PARAMS_FACTOR` of ``loss``) plus ``warmup_copies`` count the
+    float32 copies of the parameters alive at the peak. ``logits_factor`` counts ``batch x
+    outputs`` float32 buffers (logits, softmax/gradient, dense targets); the sampled loss has
+    ``num_sampled + num_true`` outputs per row instead of ``L``, and as many gathered rows of the
+    output weights (``width x hidden``, the same number of copies). Evaluation holds one
+    ``scoring_rows x L`` logits block (and its top-k) instead of the batch buffers.
 
-    Calibration (TF 2.21 CPU, batch 128, hidden [128], peak RSS after training batches and an
-    evaluation, synthetic data; estimate in parentheses, MiB): Amazon-670K shape full 3,451
-    (4,256), sampled 10% 3,204 (3,786); Delicious-200K shape full 3,508-3,866 (4,352); Amazon
-    shape scaled by 0.25 full 1,435 (1,855) and by 0.1 full 1,018 (1,469). The estimate stays
-    above every measured peak, by 12-45%.
+    Calibration (TF 2.21 CPU, 2 threads, batch 128, hidden [128], peak RSS of warm-up, two
+    training batches and a prediction, synthetic data; estimate in parentheses, MiB):
+
+    ============================  ============  ============  ===================
+    features x labels             full          sampled 10%   sampled 1% / 40%
+    ============================  ============  ============  ===================
+    135,909 x 670,091 (Amazon)    4,647 (5,445) 4,307 (5,370)
+    100 x 800,000                 4,749 (5,612) 4,576 (5,341) 4,417 (5,341) / -
+    100 x 400,000                 2,719 (3,156) 2,594 (3,277) 2,544 / 2,929 (3,277)
+    100 x 200,000                 -             1,665 (2,245)
+    ============================  ============  ============  ===================
+
+    The estimate stays above every measured peak, by 12-35% (the evaluation block of 512 MiB is
+    the floor of the batch term). Without the warm-up the peaks are lower (100 x 800,000: full
+    3,570, sampled 3,037): the warm-up holds about 3 more parameter copies. Fitted on the
+    100-feature sampled runs, the peak is about 0.75 GiB + 9 parameter copies + 2.5 x num_sampled x
+    (hidden + batch) x 4 bytes; at 6,000,000 labels that is 28 GiB, the process the kernel killed
+    at 24 GB (issue 10); the estimate there is 33 GiB.
     """
     sizes = [int(num_features)] + [int(h) for h in hidden]
     params = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(hidden)))
     params += sizes[-1] * int(num_outputs) + int(num_outputs)
-    width = int(num_outputs) if loss == "full" else int(num_sampled) + int(num_true)
-    per_batch = int(batch_size) * width * 4 * logits_factor
+    factor = (PARAMS_FACTOR[loss] if params_factor is None else float(params_factor)) + float(warmup_copies)
+    if loss == "full":
+        per_batch = int(batch_size) * int(num_outputs) * 4 * logits_factor
+    else:
+        width = int(num_sampled) + int(num_true)
+        per_batch = width * (int(batch_size) + sizes[-1]) * 4 * logits_factor
     scoring = int(scoring_rows) * int(num_outputs) * 4 * 2
-    return int(TF_BASE_BYTES + params * 4 * params_factor + max(per_batch, scoring))
+    return int(TF_BASE_BYTES + params * 4 * factor + max(per_batch, scoring))
 
 
 __all__ = ["Network", "full_softmax_loss", "sampled_softmax_loss", "sparse_batch", "soft_targets",
