@@ -87,7 +87,7 @@ def read_checkpoint_header(path) -> tuple[dict, dict]:
                 raise DamagedRunFile(path, f"not a training checkpoint: lacks {missing}")
             driver = json.loads(str(z[_DRIVER + "json"]))
             header = json.loads(str(z["model__header"]))
-    except DamagedRunFile:
+    except (DamagedRunFile, MemoryError):
         raise
     except Exception as err:  # BadZipFile, EOFError, ValueError (pickled data), zlib and CRC errors
         raise _damaged(path, err) from None
@@ -107,6 +107,8 @@ def load_checkpoint(method, path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             method.load_state_arrays(z)
+    except MemoryError:
+        raise
     except Exception as err:  # a missing or misshapen array, a damaged member
         raise _damaged(path, err) from None
     return driver
@@ -272,7 +274,7 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
     rows_eval = eval_sample(len(test_data), eval_points, seed)
     state = dict(step=0, samples=0, train_seconds=0.0, eval_seconds=0.0, wall_offset=0.0, batch_seconds=[],
                  compile_seconds=0.0, meter=None, best=None, since_best=0,
-                 identity=dict(method=method.name, seed=int(seed), eval_points=int(eval_points),
+                 identity=dict(method=method.name, seed=int(seed), eval_points=int(len(rows_eval)),
                                train=data_identity(train_data), test=data_identity(test_data)))
     model_path = out / "model.npz"
     if resume:
