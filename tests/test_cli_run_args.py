@@ -234,3 +234,42 @@ def test_memory_message_prints_plain_integers(monkeypatch):
     with pytest.raises(ResourceError) as info:
         SlideMethod.from_config(100_000, 100_000, overrides={"hidden": [128, 64]}, threads=1)
     assert "hidden [128, 64]" in str(info.value) and "np.int64" not in str(info.value)
+
+
+def test_slide_train_with_a_file_size_limit_records_the_failure(tmp_path):
+    """Item 8 with a real process: writes beyond RLIMIT_FSIZE fail (EFBIG) as on a full disk.
+
+    model.npz (130 kB here) cannot be written; curve.csv and run.json (a few kB) still can, so
+    the run is recorded as failed, with one line on stderr and no temporary left behind.
+    """
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from slide.data import write_xc
+
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 300), ("test", 100)):
+        xl, yl = rng.integers(1, 6, n), rng.integers(1, 3, n)
+        ds = XCDataset(np.r_[0, np.cumsum(xl)].astype(np.int64),
+                       np.concatenate([rng.choice(30, k, replace=False) for k in xl]).astype(np.int32),
+                       np.ones(int(xl.sum()), np.float32), np.r_[0, np.cumsum(yl)].astype(np.int64),
+                       np.concatenate([rng.choice(40, k, replace=False) for k in yl]).astype(np.int32), 30, 40)
+        write_xc(tmp_path / f"{name}.txt", ds)
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "slide.cli", "train", "--train", str(tmp_path / "train.txt"),
+                           "--test", str(tmp_path / "test.txt"), "--threads", "1", "--out", str(out)],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{out / 'model.npz'}: cannot write it: file too large" in proc.stderr.splitlines()[-1]
+    record = load_run(out / "run.json")
+    assert record["status"] == "failed" and "model.npz" in record["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["curve.csv", "run.json"]
