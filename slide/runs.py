@@ -88,8 +88,9 @@ def read_curve_for_resume(path) -> list[dict]:
     bad = [c for c in df.columns if c != "loss" and not pd.api.types.is_numeric_dtype(df[c])]
     if bad or not pd.api.types.is_numeric_dtype(df["loss"]):
         raise DamagedRunFile(path, f"damaged: non-numeric values in {bad or ['loss']}")
-    if df["step"].isna().any() or (len(df) > 1 and (df["step"].diff().iloc[1:] <= 0).any()):
-        raise DamagedRunFile(path, "damaged: steps missing or not increasing")
+    # a run that stops early scores its last step twice (sample, then the whole test set)
+    if df["step"].isna().any() or (len(df) > 1 and (df["step"].diff().iloc[1:] < 0).any()):
+        raise DamagedRunFile(path, "damaged: steps missing or going backwards")
     return df.to_dict("records")
 
 

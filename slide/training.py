@@ -188,14 +188,20 @@ def resume_differences(method, identity: dict, header: dict | None, driver: dict
 
 
 def _finished(prior_run: dict | None, driver: dict | None, total_steps: int,
-              max_train_seconds: float | None) -> bool:
-    """Whether ``run.json`` records a completed run that this request would not extend."""
+              max_train_seconds: float | None, patience: int = 0) -> bool:
+    """Whether ``run.json`` records a completed run that this request would not extend.
+
+    A run stopped early stays finished while ``patience`` is as strict (set and not larger); one
+    the safety cap cut, while ``max_train_seconds`` is not above what it trained.
+    """
     if not prior_run or prior_run.get("status") != "completed":
         return False
     steps = int(prior_run.get("steps", -1))
     if driver is not None and int(driver.get("step", -1)) != steps:
         return False
-    if steps >= total_steps or prior_run.get("stopped_early"):
+    if steps >= total_steps:
+        return True
+    if prior_run.get("stopped_early") and 0 < patience <= int(prior_run.get("patience") or 0):
         return True
     return bool(prior_run.get("max_train_seconds_cut") and max_train_seconds is not None
                 and float(prior_run.get("train_seconds", 0.0)) >= max_train_seconds)
@@ -290,7 +296,7 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
             raise ConfigError(f"{model_path if header is not None else recorder.run_path}: cannot resume: the run "
                               f"was made with other settings or data ({'; '.join(diffs)}); use another --out, "
                               f"or drop --resume to start over")
-        if _finished(prior_run, driver, total_steps, max_train_seconds):
+        if _finished(prior_run, driver, total_steps, max_train_seconds, patience):
             final = prior_run.get("final") or {}
             _log(f"{method.name}: {out} is a finished run ({prior_run['steps']} steps, P@1 "
                  f"{final.get('p_at_1', float('nan')):.4f}); nothing to do, its files are left as they are")

@@ -281,3 +281,15 @@ def test_checkpoints_leave_no_temporaries(tmp_path):
     _run(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["curve.csv", "model.npz", "run.json"]
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_run_stopped_early_is_finished_unless_patience_is_relaxed(tmp_path, monkeypatch):
+    # a constant ranking never improves P@1: patience 1 stops at the second evaluation
+    monkeypatch.setattr(Counter, "train_batch", lambda self, data, rows: 1.0)
+    first = _run(tmp_path, epochs=3, patience=1)
+    assert first["stopped_early"] and first["steps"] < 30
+    before = _snapshot(tmp_path)
+    assert _run(tmp_path, epochs=3, patience=1, resume=True) == first
+    assert _snapshot(tmp_path) == before
+    relaxed = _run(tmp_path, epochs=3, patience=0, resume=True)
+    assert relaxed["steps"] == 30 and not relaxed["stopped_early"]
