@@ -18,7 +18,7 @@ from slide.training import train  # noqa: E402
 from baselines.torch import METHOD_NAMES, gpu_available, method_class  # noqa: E402
 from baselines.torch import model as M  # noqa: E402
 
-THREADS = 2
+THREADS = 1  # small shapes: one thread is fastest, and immune to a busy machine's OpenMP stalls
 
 
 def toy(n=60, num_features=12, num_labels=7, seed=0, max_labels=3, empty_every=0):
@@ -53,7 +53,10 @@ def bibtex(bibtex_dir):
 @pytest.mark.slow
 def test_both_losses_learn_bibtex(bibtex, tmp_path):
     """Split 1, lr 1e-3 (small data), 12 epochs: torch-full-cpu P@1 >= 0.57, torch-sampled-cpu >= 0.50
-    (10% of the classes, up to 8 true labels per point, log-Q corrected)."""
+    (10% of the classes, up to 8 true labels per point, log-Q corrected). Seen: 0.596 and 0.590.
+
+    One thread (THREADS): at Bibtex's size a step is a few small kernels, and on a busy machine two OpenMP
+    threads spend most of their time waiting for each other (51 s against 1.7 s seen here)."""
     tr, te = bibtex
     p1 = {}
     for loss in ("full", "sampled"):
@@ -359,7 +362,10 @@ def test_keys_presets_and_names():
 
 
 def test_threads_recorded():
-    assert make("full").threads == THREADS == torch.get_num_threads()
+    try:
+        assert method_class("full", "cpu").from_config(12, 7, threads=2).threads == 2 == torch.get_num_threads()
+    finally:
+        assert make("full").threads == THREADS == torch.get_num_threads()
 
 
 def test_gpu_variant_without_gpu_is_a_config_error():
