@@ -24,6 +24,10 @@ _interpreter = config["python"] or sys.executable
 if "/" in _interpreter:
     _bindir = shlex.quote(str(Path(_interpreter).parent))
     shell.prefix(f'set -euo pipefail; export PATH={_bindir}:"$PATH"; ')
+# Training jobs die with the workflow: the launcher (slide/report/launch.py) watches this process
+# and stops its trainer when it is gone, even after a SIGKILL. A cluster job's own Snakemake sets
+# its id when it parses the workflow.
+os.environ.update(SLIDE_WORKFLOW_PID=str(os.getpid()))
 PAPER_DATASETS = ("delicious-200k", "amazon-670k")
 GPU_METHODS = ("tf-full-gpu", "tf-sampled-gpu")
 REGISTRY = load_registry()
