@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -93,11 +95,51 @@ def time_to_reach(curve: pd.DataFrame, target: float) -> float:
     return float(hit.iloc[0]) if len(hit) else math.nan
 
 
-def _read_curve_or_none(path: Path):
+def _note(notes, msg: str) -> None:
+    """Say ``msg`` on stderr (the aggregate's log) and keep it for the console."""
+    print(f"aggregate: {msg}", file=sys.stderr, flush=True)
+    if notes is not None:
+        notes.append(msg)
+
+
+def monotonic_curve(curve: pd.DataFrame, path="curve.csv", notes=None) -> pd.DataFrame:
+    """``curve`` with strictly increasing steps; repeated or backward steps are dropped, loudly.
+
+    A run killed after its last checkpoint and resumed used to keep the rows written after the
+    checkpoint, then write them again (steps ``... 153 160 180 200 220 160 180 ...``). The rows
+    written later are the ones of the run that finished, so when a step is not above the one
+    before it, the earlier rows at that step or beyond are dropped (and rows without a step).
+    Each such curve is named on stderr and in ``notes``.
+    """
+    if curve is None or curve.empty:
+        return curve
+    steps = curve["step"].to_numpy(dtype=float)
+    if not np.isnan(steps).any() and (len(steps) < 2 or (np.diff(steps) > 0).all()):
+        return curve
+    keep: list[int] = []
+    backward = 0
+    for i, step in enumerate(steps):
+        if np.isnan(step):
+            continue
+        if keep and steps[keep[-1]] >= step:
+            backward += 1
+        while keep and steps[keep[-1]] >= step:
+            keep.pop()
+        keep.append(i)
+    dropped = len(curve) - len(keep)
+    nan = int(np.isnan(steps).sum())
+    _note(notes, f"{path}: steps are not increasing ({backward} step(s) go back, e.g. a resume that "
+                 f"repeated rows after its checkpoint{f'; {nan} row(s) without a step' if nan else ''}); "
+                 f"kept the later rows of each repeated step, dropped {dropped} of {len(curve)} row(s)")
+    return curve.iloc[keep].reset_index(drop=True)
+
+
+def _read_curve_or_none(path: Path, notes=None):
     try:
-        return read_curve(path)
+        curve = read_curve(path)
     except (OSError, ValueError, pd.errors.EmptyDataError):
         return None
+    return monotonic_curve(curve, path, notes)
 
 
 def _num(value) -> float:
@@ -134,15 +176,19 @@ def learned(best_p_at_1: float, popularity_p_at_1: float) -> bool:
     return not (best_p_at_1 <= popularity_p_at_1 + POPULARITY_MARGIN)
 
 
-def load_runs(run_paths, datasets: dict | None = None):
-    """(summary rows without targets, {run key: curve}) for every run.json."""
+def load_runs(run_paths, datasets: dict | None = None, notes=None):
+    """(summary rows without targets, {run key: curve}) for every run.json.
+
+    Curves whose steps are not increasing are de-duplicated (:func:`monotonic_curve`); what was
+    dropped is said on stderr and appended to ``notes``.
+    """
     datasets = datasets or {}
     rows, curves = [], {}
     for p in sorted(map(str, run_paths)):
         rec = load_run(p)
         key = parse_run_path(p)
         run_dir = Path(p).parent
-        curve = _read_curve_or_none(run_dir / "curve.csv")
+        curve = _read_curve_or_none(run_dir / "curve.csv", notes)
         rows.append(_summary_row(rec, key, curve, datasets.get(key["dataset"], {}), run_dir))
         if curve is not None:
             curves[(key["dataset"], rec["method"], key["variant"], int(rec["seed"]))] = curve
@@ -352,10 +398,14 @@ def load_job_benchmarks(paths) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=JOBS_COLUMNS)
 
 
-def aggregate(run_paths, bench_paths, benchmark_paths, plan: dict, out: dict) -> dict:
-    """Write every table; ``out`` maps summary/curves/threads/speedups/table/jobs to paths."""
+def aggregate(run_paths, bench_paths, benchmark_paths, plan: dict, out: dict, notes=None) -> dict:
+    """Write every table; ``out`` maps summary/curves/threads/speedups/table/jobs to paths.
+
+    ``out["manifest"]``, when given, receives :func:`input_manifest` of the files read, so that
+    :func:`manifest_is_stale` can tell later whether the tables still follow the run files.
+    """
     datasets = plan.get("datasets", {})
-    rows, curves = load_runs(run_paths, datasets)
+    rows, curves = load_runs(run_paths, datasets, notes)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     targets = dataset_targets(summary, datasets) if len(summary) else {}
     if len(summary):
@@ -373,7 +423,71 @@ def aggregate(run_paths, bench_paths, benchmark_paths, plan: dict, out: dict) ->
     for name, df in tables.items():
         if name in out:
             write_csv(df, out[name])
+    if "manifest" in out:
+        write_manifest(out["manifest"], [*run_paths, *bench_paths, *benchmark_paths])
     return tables
+
+
+# ----------------------------------------------------------------------------- manifest
+# Snakemake does not rerun the aggregate when one of its inputs disappears while its outputs are
+# present and newer (a run.json deleted by hand, or removed by a --forcerun that was killed): it
+# says "Nothing to be done" and the tables keep the old run. The aggregate therefore records the
+# state of every file it read; when the workflow is parsed and a recorded file is gone or changed,
+# the record (an output of the aggregate) is removed, so Snakemake rebuilds the tables, and first
+# the missing run.
+
+
+def _file_state(path) -> dict | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"mtime_ns": st.st_mtime_ns, "size": st.st_size}
+
+
+def input_manifest(paths) -> dict:
+    """{path: {mtime_ns, size} or None} of every input and of each run's curve.csv."""
+    files = {}
+    for p in map(str, paths):
+        files[p] = _file_state(p)
+        if Path(p).name == "run.json":
+            curve = str(Path(p).with_name("curve.csv"))
+            files[curve] = _file_state(curve)
+    return files
+
+
+def write_manifest(path, paths) -> None:
+    """Write :func:`input_manifest` of ``paths`` to ``path`` as JSON (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"files": input_manifest(paths)}, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def manifest_is_stale(path) -> str | None:
+    """Why the tables recorded in manifest ``path`` no longer follow the files (None: they do)."""
+    try:
+        recorded = json.loads(Path(path).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no manifest (Snakemake sees a missing output) or unreadable: nothing to compare
+    gone = [p for p, st in recorded.items() if st is not None and _file_state(p) is None]
+    changed = [p for p, st in recorded.items() if st is not None and _file_state(p) not in (None, st)]
+    appeared = [p for p, st in recorded.items() if st is None and _file_state(p) is not None]
+    parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+             (("gone", gone), ("changed", changed), ("new", appeared)) if v]
+    return "; ".join(parts) or None
+
+
+def drop_stale_manifest(path) -> str | None:
+    """Remove manifest ``path`` when :func:`manifest_is_stale`; return the reason (None: kept)."""
+    why = manifest_is_stale(path)
+    if why:
+        try:
+            Path(path).unlink()
+        except FileNotFoundError:
+            pass
+    return why
 
 
 def end_of_run_message(skipped, fetch_failed: dict, report: str, report_state: str) -> str:

@@ -580,4 +580,6 @@ def figure_names():
 def final_targets():
     from slide.report.io import final_outputs
 
-    return final_outputs(config["preset"], figure_names())
+    # the aggregate's record of its inputs: requested, so that when it is dropped as stale (a
+    # run file deleted or changed, see report.smk) the tables and the report are rebuilt
+    return final_outputs(config["preset"], figure_names()) + [AGGREGATE_MANIFEST]

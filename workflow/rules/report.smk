@@ -2,7 +2,7 @@
 # and its figures to reports/<preset>/, so that one preset never replaces another's report. None of
 # these are timed, so they take one core.
 
-from slide.report.aggregate import end_of_run
+from slide.report.aggregate import drop_stale_manifest, end_of_run
 from slide.report.io import plan_path, report_path, tables_path
 
 PRESET = config["preset"]
@@ -11,6 +11,15 @@ TABLES = {
     name: tables_path(PRESET, f"{name}.csv")
     for name in ("summary", "curves", "threads", "speedups", "table", "jobs")
 }
+# the state of every file the aggregate read: when one is gone or changed (a run.json deleted,
+# or removed by a --forcerun that was killed), the record is dropped so that the tables, the
+# figures and the report are rebuilt from the run files that exist (after rerunning what is missing)
+AGGREGATE_MANIFEST = tables_path(PRESET, "aggregate_inputs.json")
+_stale = drop_stale_manifest(AGGREGATE_MANIFEST)
+if _stale:
+    note(
+        f"run files changed since results/{PRESET}/ was made ({_stale}): rebuilding the tables"
+    )
 REPORT_HTML = report_path(PRESET)
 FIGURE_DIR = report_path(PRESET, "figures")
 PIPELINE_START = time.time()
@@ -46,6 +55,7 @@ rule aggregate:
         skipped=PLAN_JSON,
     output:
         **TABLES,
+        manifest=AGGREGATE_MANIFEST,
     log:
         f"logs/report/{PRESET}/aggregate.log",
     conda:
@@ -87,6 +97,8 @@ rule report_html:
     input:
         **TABLES,
         figures=expand(f"{FIGURE_DIR}/{{figure}}.png", figure=figure_names()),
+        # requested, so a manifest dropped as stale makes Snakemake rerun the aggregate
+        manifest=AGGREGATE_MANIFEST,
         skipped=PLAN_JSON,
         paper=PAPER_RESULTS,
     output:

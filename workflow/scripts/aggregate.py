@@ -10,10 +10,15 @@ def main(snakemake):
     with open(snakemake.log[0], "w") as log:
         sys.stderr = log
         plan = json.loads(open(snakemake.input.skipped).read())
-        out = {k: snakemake.output[k] for k in ("summary", "curves", "threads", "speedups", "table", "jobs")}
-        tables = aggregate(snakemake.input.runs, snakemake.input.bench, snakemake.input.job_benchmarks, plan, out)
+        names = ("summary", "curves", "threads", "speedups", "table", "jobs", "manifest")
+        out = {k: snakemake.output[k] for k in names}
+        notes = []
+        tables = aggregate(snakemake.input.runs, snakemake.input.bench, snakemake.input.job_benchmarks, plan, out,
+                           notes=notes)
         for name, df in tables.items():
             print(f"{name}: {len(df)} row(s)", file=log)
+        for msg in notes:  # e.g. a curve with repeated steps: on the console as well as in the log
+            print(f"[slide pipeline] aggregate: {msg}", file=sys.__stderr__, flush=True)
 
 
 if "snakemake" in globals():
