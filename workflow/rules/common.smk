@@ -491,7 +491,9 @@ def check_trainer_settings(method, preset, sets, num_labels=None):
         else:
             from baselines.tf.method import METHODS
 
-            cls = METHODS[method]
+            cls = METHODS.get(method)
+            if cls is None:  # a method without parse-time rules: its trainer checks at run time
+                return None
             probe = cls.__new__(cls)  # _check_config's rules without building a model
             probe.config = cls.resolve_config(preset, overrides)
             probe.num_labels = int(num_labels) if num_labels else 2**62
