@@ -492,7 +492,8 @@ def check_trainer_settings(method, preset, sets, num_labels=None):
             from baselines.tf.method import METHODS
 
             cls = METHODS.get(method)
-            if cls is None:  # a method without parse-time rules: its trainer checks at run time
+            # a method without parse-time rules: its trainer checks at run time
+            if cls is None:
                 return None
             probe = cls.__new__(cls)  # _check_config's rules without building a model
             probe.config = cls.resolve_config(preset, overrides)
