@@ -109,3 +109,32 @@ def test_write_synth_files_read_back_identically(tmp_path):
             assert np.array_equal(getattr(back, f), getattr(ds, f)), f
     line = (tmp_path / "s" / "train.txt").read_text().split("\n")[1]
     assert all(len(tok.split(":")[1]) <= 6 for tok in line.split()[1:])  # "0.0871"
+
+
+def _pair_log_lift(ds):
+    """Pair-weighted mean log(P(a, b) / (P(a) P(b))) over co-occurring label pairs."""
+    Y = ds.to_dense_labels().astype(np.float64)
+    co = Y.T @ Y
+    np.fill_diagonal(co, 0)
+    cnt = Y.sum(0)
+    expected = np.outer(cnt, cnt) / len(ds)
+    m = co > 0
+    return float((co[m] * np.log(co[m] / expected[m])).sum() / co[m].sum())
+
+
+def test_label_clusters_add_cooccurrence_and_keep_the_averages():
+    base, _ = synthesize("bibtex", 1.0, seed=0)
+    clustered, test = synthesize("bibtex", 1.0, seed=0, cluster_size=8, cooccurrence=0.8,
+                                 cluster_features=0.5)
+    again, _ = synthesize("bibtex", 1.0, seed=0, cluster_size=8, cooccurrence=0.8, cluster_features=0.5)
+    for f in FIELDS:
+        assert np.array_equal(getattr(clustered, f), getattr(again, f))
+    assert _pair_log_lift(clustered) > _pair_log_lift(base) + 0.5
+    shape = synth_shape("bibtex", 1.0)
+    for ds in (clustered, test):
+        st = dataset_stats(ds)
+        assert st["avg_labels_per_point"] == pytest.approx(shape.avg_labels_per_point, rel=0.01)
+        assert st["avg_features_per_point"] == pytest.approx(shape.avg_features_per_point, rel=0.01)
+    for bad in ({"cluster_size": -1}, {"cooccurrence": 1.5}, {"cluster_features": -0.1}):
+        with pytest.raises(ConfigError):
+            synthesize("bibtex", 1.0, seed=0, **bad)
