@@ -159,3 +159,13 @@ def test_gpu_bench_script_cpu_path(tmp_path):
         bench = json.loads((tmp_path / "results" / "gpu-bench" / "delicious-200k-s0.002" / f"{method}.json").read_text())
         assert bench["method"] == method and bench["batches"] >= 2
     assert "torch:" in (tmp_path / "results" / "gpu-bench" / "machine.txt").read_text()
+
+
+def test_without_pytorch_one_line_names_the_extra(tmp_path):
+    """What a machine without the extra sees (simulated by blocking the import)."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from baselines.torch.__main__ import main\n"
+            f"sys.exit(main(['train', '--loss', 'full', '--train', 'x', '--test', 'y', '--out', {str(tmp_path / 'run')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "PyTorch is not installed", 'pip install -e ".[torch]"')
+    assert not (tmp_path / "run").exists()
