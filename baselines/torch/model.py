@@ -165,15 +165,49 @@ def hidden_output(p: dict, hidden, batch, input_mode: str, num_features: int):
     return h
 
 
+_SOFT_CE = None
+
+
+def _soft_target_ce():
+    """``torch.autograd.Function`` for the mean soft-target cross-entropy of a ``B x L`` logits block.
+
+    Written out because autograd's version holds several ``B x L`` buffers at once (the
+    exponentials of logsumexp, a dense zero gradient for the gathered true logits, their sum),
+    each hundreds of MB at the paper's shapes. Here the backward turns the saved logits into the
+    gradient in place, ``(softmax * m_i - t) / B`` (``m_i = sum_j t_ij``), and nothing else of that
+    size is allocated. The logits may be overwritten because no other backward needs them (the
+    matmul that made them keeps its inputs, and a float32 cast under AMP keeps nothing).
+    """
+    global _SOFT_CE
+    if _SOFT_CE is None:
+        torch = import_torch()
+
+        class SoftTargetCE(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, z, t_rows, t_labels, t_values):
+                lse = torch.logsumexp(z, dim=1)
+                mass = torch.zeros_like(lse).index_add_(0, t_rows, t_values)  # 1 for a point with labels
+                loss = ((lse * mass).sum() - (z[t_rows, t_labels] * t_values).sum()) / z.shape[0]
+                ctx.save_for_backward(z, lse, mass, t_rows, t_labels, t_values)
+                return loss
+
+            @staticmethod
+            def backward(ctx, grad):
+                z, lse, mass, t_rows, t_labels, t_values = ctx.saved_tensors
+                g = z.sub_(lse[:, None]).exp_().mul_(mass[:, None])
+                g.index_put_((t_rows, t_labels), -t_values, accumulate=True)
+                g.mul_(grad / z.shape[0])
+                return g, None, None, None
+
+        _SOFT_CE = SoftTargetCE
+    return _SOFT_CE
+
+
 def full_softmax_loss(p: dict, h, t_rows, t_labels, t_values):
     """Mean cross-entropy of the last hidden layer ``h`` against the soft targets ``1/|y|``, given as
-    ``(row, label, value)`` device tensors (see module docs)."""
-    torch = import_torch()
+    ``(row, label, value)`` device tensors (see module docs and :func:`_soft_target_ce`)."""
     z = (h @ p["w_out"].t() + p["b_out"]).float()
-    lse = torch.logsumexp(z, dim=1)
-    mass = torch.zeros_like(lse).index_add_(0, t_rows, t_values)  # 1 for a point with labels, else 0
-    picked = z[t_rows, t_labels]
-    return ((lse * mass).sum() - (picked * t_values).sum()) / z.shape[0]
+    return _soft_target_ce().apply(z, t_rows, t_labels, t_values)
 
 
 def sampled_softmax_loss(p: dict, h, true_labels, counts, sampled, logq_sampled, logq_true, hit_mask, *,
