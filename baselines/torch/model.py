@@ -262,7 +262,7 @@ CUDA_CONTEXT_BYTES = 600 << 20
 
 def estimate_memory_bytes(num_features: int, num_outputs: int, hidden, batch_size: int, *, loss: str,
                           num_sampled: int = 0, num_true: int = 1, scoring_rows: int = 0,
-                          params_factor: float = 7.5, logits_factor: float = 7.0) -> dict:
+                          params_factor: float = 7.5, logits_factor: float = 4.0) -> dict:
     """Peak bytes of a training process, from the parameter count and the batch shape.
 
     Returns ``{"params": ..., "buffers": ..., "host": ..., "device": ...}``. ``params_factor``
@@ -270,14 +270,14 @@ def estimate_memory_bytes(num_features: int, num_outputs: int, hidden, batch_siz
     slots, the dense gradients, the three copies of weights and Adam slots that the warm-up's
     snapshot (or a checkpoint's :meth:`state_arrays`) holds, and half a copy of allocator slack. ``logits_factor`` counts
     ``batch x outputs`` float32 buffers alive together in the full softmax's forward and backward
-    (logits, the exponentials of logsumexp, the softmax, its gradient, the ``L x h`` gradient
-    temporaries of ``W_out``, a float32 copy under AMP); the sampled loss has ``num_sampled + num_true`` outputs per row and gathers
+    (logits, the exponentials of logsumexp, the ``L x h`` gradient temporaries of ``W_out``, a
+    float32 copy under AMP; the gradient reuses the logits, see :func:`_soft_target_ce`); the sampled loss has ``num_sampled + num_true`` outputs per row and gathers
     ``num_sampled`` rows of ``W_out`` (and their gradient). Evaluation holds one
     ``scoring_rows x L`` block and its top-k instead.
 
     Calibration (torch 2.13 CPU, Amazon-670K shape, batch 128, hidden [128], ``bench`` peak RSS,
-    synthetic data of about 0.4 GB included; estimate in parentheses): full softmax 4,742 MiB
-    (5,960), sampled 10% 3,771 (4,180).
+    synthetic data of about 0.4 GB included; estimate in parentheses): full softmax 3,760 MiB
+    (4,980), sampled 10% 3,773 (4,180).
 
     On a GPU, ``device`` = CUDA context + the same parameter copies (the warm-up snapshot is
     made on the device) + the buffers, and ``host_with_gpu`` = runtime + the 3 checkpoint copies.
