@@ -190,3 +190,57 @@ def main_wrapper(parser: argparse.ArgumentParser, argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``prog: error: message``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def baseline_parser(prog: str, description: str, method_class, check_device, *, framework: str,
+                    loss_help: str, device_help: str) -> argparse.ArgumentParser:
+    """``train`` and ``bench`` for a baseline family chosen by ``--loss`` and ``--device``.
+
+    ``method_class(loss, device)`` returns the adapter class; ``check_device(device)`` raises a
+    :class:`~slide.errors.ConfigError` when the device cannot be used. Both, and the ``--set`` keys
+    and the preset, are checked before any data is read.
+    """
+
+    def preset(args):
+        return getattr(args, "preset", None) or getattr(args, "like", None)
+
+    def preflight(args) -> None:
+        method_class(args.loss, args.device).resolve_config(preset(args), parse_overrides(args.overrides))
+        check_device(args.device)
+
+    def make(num_features, num_labels, overrides, args):
+        return method_class(args.loss, args.device).from_config(
+            num_features, num_labels, preset=preset(args), overrides=overrides, seed=args.seed, threads=args.threads)
+
+    def train(args) -> int:
+        preflight(args)
+        return run_train(args, make)
+
+    def bench(args) -> int:
+        preflight(args)
+        return run_bench(args, make)
+
+    def method_arguments(p):
+        p.add_argument("--loss", required=True, choices=("full", "sampled"), help=loss_help)
+        p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help=device_help)
+
+    parser = OneLineParser(prog=prog, description=description)
+    sub = parser.add_subparsers(metavar="COMMAND")
+    p = sub.add_parser("train", help=f"train a {framework} baseline and write curve.csv, run.json, model.npz")
+    method_arguments(p)
+    add_train_arguments(p)
+    p.add_argument("--preset", help="paper preset: delicious-200k or amazon-670k")
+    p.set_defaults(func=train)
+    p = sub.add_parser("bench", help=f"time {framework} training batches at a paper dataset's shape; print JSON")
+    method_arguments(p)
+    add_bench_arguments(p)
+    p.set_defaults(func=bench)
+    return parser
+

@@ -13,75 +13,30 @@ written.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from slide.adapter import parse_overrides  # noqa: E402
-from slide.runner_cli import add_bench_arguments, add_train_arguments, main_wrapper, run_bench, run_train  # noqa: E402
+from slide.runner_cli import baseline_parser, main_wrapper  # noqa: E402
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line (``prog: error: message``), exit status 2."""
+def _method_class(loss, device):
+    from .method import method_class
 
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _preset(args):
-    return getattr(args, "preset", None) or getattr(args, "like", None)
+    return method_class(loss, device)
 
 
-def _preflight(args) -> None:
-    """Fail fast, before data is loaded: unknown --set keys, an unknown preset, no GPU for --device gpu."""
+def _check_device(device) -> None:
     from .device import device_name
-    from .method import method_class
 
-    cls = method_class(args.loss, args.device)
-    cls.resolve_config(_preset(args), parse_overrides(args.overrides))
-    device_name(args.device)
+    device_name(device)
 
 
-def _make_tf(num_features, num_labels, overrides, args):
-    from .method import method_class
-
-    cls = method_class(args.loss, args.device)
-    return cls.from_config(num_features, num_labels, preset=_preset(args), overrides=overrides,
-                           seed=args.seed, threads=args.threads)
-
-
-def _train(args) -> int:
-    _preflight(args)
-    return run_train(args, _make_tf)
-
-
-def _bench(args) -> int:
-    _preflight(args)
-    return run_bench(args, _make_tf)
-
-
-def _add_method_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loss", required=True, choices=("full", "sampled"),
-                   help="full softmax or tf.nn.sampled_softmax_loss")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
-                   help="cpu (default) or gpu: the first GPU TensorFlow sees; an error when it sees none")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m baselines.tf", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(metavar="COMMAND")
-    p = sub.add_parser("train", help="train a TF baseline and write curve.csv, run.json, model.npz")
-    _add_method_arguments(p)
-    add_train_arguments(p)
-    p.add_argument("--preset", help="paper preset: delicious-200k or amazon-670k")
-    p.set_defaults(func=_train)
-    p = sub.add_parser("bench", help="time TF training batches at a paper dataset's shape; print JSON")
-    _add_method_arguments(p)
-    add_bench_arguments(p)
-    p.set_defaults(func=_bench)
-    return parser
+def build_parser():
+    return baseline_parser("python -m baselines.tf", __doc__.split("\n\n")[0], _method_class, _check_device,
+                           framework="TF", loss_help="full softmax or tf.nn.sampled_softmax_loss",
+                           device_help="cpu (default) or gpu: the first GPU TensorFlow sees; an error when it sees none")
 
 
 def main(argv=None) -> int:
