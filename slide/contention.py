@@ -11,8 +11,9 @@ Every timed region (a training run, ``bench``, ``compare``, a thread-scaling job
   ``other_cpu_share``: the part of the machine's capacity other processes (or the hypervisor)
   took while we were timing.
 
-A load average lags by a minute and counts our own threads, so it is recorded for the reader but the
-verdict rests on ``other_cpu_share``, which is measured over exactly the timed span and excludes us.
+A load average lags by a minute and counts our own threads (and, in a pipeline, the job that ran
+just before), so it is recorded for the reader but not judged: the verdict rests on
+``other_cpu_share`` alone, which is measured over exactly the timed span and excludes us.
 :func:`disturbed_reason` turns the figures into the one judgement the report, ``bench`` and
 ``compare`` share: ``None`` (quiet) or a short reason.
 """
@@ -26,8 +27,6 @@ import time
 #: span before its timings are called unreliable. A quiet 2-core machine shows 0.00-0.03 here; one
 #: busy core beside us shows about 0.5.
 MAX_OTHER_CPU_SHARE = 0.10
-#: A 1-minute load average above the cores plus this is a queue of runnable work: disturbed.
-LOAD_MARGIN = 0.5
 DISTURBED_NOTE = "disturbed: timings unreliable, rerun on a quiet machine"
 
 
@@ -66,7 +65,9 @@ class ContentionMeter:
         self._wall = self._other = 0.0
 
     def start(self) -> "ContentionMeter":
-        self.load_start = _load()
+        """Start (or, after :meth:`stop`, continue) the span; the first start's load is kept."""
+        if self.load_start is None:
+            self.load_start = _load()
         self._t0 = time.perf_counter()
         self._busy0 = _busy_seconds()
         self._own0 = time.process_time()
@@ -129,9 +130,4 @@ def disturbed_reason(record: dict, cores: int | None = None) -> str | None:
     share = record.get("other_cpu_share")
     if share is not None and share > MAX_OTHER_CPU_SHARE:
         reasons.append(f"other processes used {share:.0%} of the {cores} cores")
-    for key in ("load_average_start", "load_average_end"):
-        load = record.get(key)
-        if load and load[0] > cores + LOAD_MARGIN:
-            reasons.append(f"1-minute load {load[0]:.2f} on {cores} cores ({key.rsplit('_', 1)[-1]})")
-            break
     return "; ".join(reasons) or None
