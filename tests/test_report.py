@@ -320,7 +320,18 @@ def test_run_at_popularity_did_not_learn(tmp_path):
     assert tables["table"]["target_p_at_1"].tolist() == [0.55, 0.55]  # set by the run that learned
     assert "did not learn (stayed at label popularity" in text
     assert "no comparison" not in text and "most-frequent-labels baseline" not in text
-    assert "Verdict: undecided." in text and "n/a: SLIDE (CPU) did not learn" in text
+    assert "n/a: SLIDE (CPU) did not learn" in text
+    # SLIDE never reached the accuracy TensorFlow reached: a comparison it lost, not an undecided one
+    first = _first_sentence(text)
+    assert first.startswith("Verdict: SLIDE did not beat TensorFlow's full softmax"), first
+    assert "SLIDE did not learn while TF full softmax (CPU) reached P@1 0.550" in text
+
+
+def test_nobody_learned_is_undecided(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.05), (2, 0.055)], popularity=0.05),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.05), (4, 0.052)], popularity=0.05)]
+    _, text = _report_text(tmp_path, runs)
+    assert _first_sentence(text).startswith("Verdict: undecided")
 
 
 def _texts_inside(fig, ax) -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-METHODS = ("slide", "tf-full-cpu", "tf-sampled-cpu", "tf-full-gpu", "tf-sampled-gpu")
+METHODS = ("slide", "tf-full-cpu", "tf-sampled-cpu", "tf-full-gpu", "tf-sampled-gpu",
+           "torch-full-cpu", "torch-sampled-cpu", "torch-full-gpu", "torch-sampled-gpu")
 
 METHOD_COLORS = {
     "slide": "#d62728",          # red, as SLIDE in the paper's figures
@@ -10,6 +11,10 @@ METHOD_COLORS = {
     "tf-sampled-cpu": "#17becf",  # cyan
     "tf-full-gpu": "#2ca02c",    # green
     "tf-sampled-gpu": "#9467bd",  # purple
+    "torch-full-cpu": "#ff7f0e",    # orange
+    "torch-sampled-cpu": "#bcbd22",  # olive
+    "torch-full-gpu": "#8c564b",    # brown
+    "torch-sampled-gpu": "#e377c2",  # pink
 }
 
 METHOD_LABELS = {
@@ -18,6 +23,10 @@ METHOD_LABELS = {
     "tf-sampled-cpu": "TF sampled softmax (CPU)",
     "tf-full-gpu": "TF full softmax (GPU)",
     "tf-sampled-gpu": "TF sampled softmax (GPU)",
+    "torch-full-cpu": "PyTorch full softmax (CPU)",
+    "torch-sampled-cpu": "PyTorch sampled softmax (CPU)",
+    "torch-full-gpu": "PyTorch full softmax (GPU)",
+    "torch-sampled-gpu": "PyTorch sampled softmax (GPU)",
 }
 
 #: Line styles for the variants of one method (batch sizes, sample fractions), in order.
