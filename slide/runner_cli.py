@@ -187,6 +187,10 @@ def main_wrapper(parser: argparse.ArgumentParser, argv=None) -> int:
     except FileNotFoundError as err:
         print(f"{parser.prog}: error: {err.filename}: no such file", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a file-size limit, a read-only file system
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{parser.prog}: error: {where}{err.strerror or err} (nothing was half-written)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
