@@ -138,16 +138,9 @@ def synth_shape(like, scale: float, **overrides) -> SynthShape:
 
 # ----------------------------------------------------------------------------- RNG
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-@numba.njit(cache=True, inline="always")
-def _mix(z):
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+# The engine's SplitMix64 (slide/engine/rng.py), the one copy in the suite.
+from slide.engine.rng import GOLDEN as _GOLDEN  # noqa: E402
+from slide.engine.rng import mix64 as _mix  # noqa: E402
 
 
 @numba.njit(cache=True, inline="always")

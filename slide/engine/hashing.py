@@ -52,6 +52,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..settings import NJIT
+from .rng import GOLDEN as _GOLDEN
+from .rng import mix64
 
 KINDS = ("simhash", "wta", "dwta", "minhash")
 KIND_SIMHASH, KIND_WTA, KIND_DWTA, KIND_MINHASH = 0, 1, 2, 3
@@ -60,10 +62,7 @@ DENSIFY_PROBES = 32
 #: Fields of the int64 ``meta`` array that opens the ``arrays`` tuple.
 (M_KIND, M_DIM, M_ITEMS, M_K, M_L, M_BITS, M_BIN, M_TOPK, M_SLOTS, M_DIRECT, M_BUCKET, M_INSERT, M_SEED) = range(13)
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_S27, _S30, _S31, _S32 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(32)
+_S32 = np.uint64(32)
 
 
 def kind_code(name: str) -> int:
@@ -126,14 +125,6 @@ def draw_params(kind: str, dim: int, K: int, L: int, bin_size: int, seed: int):
     cptr = np.zeros(dim + 1, np.int64)
     cptr[1:] = np.cumsum(np.bincount(coord, minlength=dim))
     return none8, dcoord, cptr, hsh[order].astype(np.int32), aux[order].astype(np.int32)
-
-
-@numba.njit(**NJIT)
-def mix64(z):
-    """SplitMix64 finalizer of a uint64."""
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    return z ^ (z >> _S31)
 
 
 @numba.njit(**NJIT)

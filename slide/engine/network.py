@@ -44,12 +44,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..settings import FAST, FAST_PARALLEL, NJIT, drop_stale_cache
+from ..settings import FAST, FAST_PARALLEL, NJIT
 from .intrinsics import prefetch
+from .rng import GOLDEN, MIX1, MIX2, mix64
 from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
 
-
-drop_stale_cache(__file__, "sampling.py", "tables.py", "hashing.py", "intrinsics.py")
 
 #: Rows ahead that the output-layer and Adam loops prefetch (the rows are scattered in memory).
 PREFETCH_AHEAD = 6
@@ -62,19 +61,13 @@ def _prefetch_row(arr, r):
         prefetch(arr, r, c)
 
 
-_MIX1 = np.uint64(0x9E3779B97F4A7C15)
-_MIX2 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX3 = np.uint64(0x94D049BB133111EB)
 
 
 @numba.njit(**NJIT)
 def sample_seed(seed, step, index):
     """A non-negative 63-bit seed for sample ``index`` of step ``step`` (splitmix64 of the triple)."""
-    z = np.uint64(seed) * _MIX1 + np.uint64(step) * _MIX2 + np.uint64(index) * _MIX3 + _MIX1
-    z = (z ^ (z >> np.uint64(30))) * _MIX2
-    z = (z ^ (z >> np.uint64(27))) * _MIX3
-    z = z ^ (z >> np.uint64(31))
-    return np.int64(z >> np.uint64(1))
+    z = np.uint64(seed) * GOLDEN + np.uint64(step) * MIX1 + np.uint64(index) * MIX2 + GOLDEN
+    return np.int64(mix64(z) >> np.uint64(1))
 
 
 @numba.njit(inline="always", **FAST)

@@ -38,7 +38,9 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..settings import NJIT
-from .hashing import _GOLDEN, M_L, mix64
+from .hashing import M_L
+from .rng import GOLDEN as _GOLDEN
+from .rng import mix64
 from .tables import retrieve
 
 MODES = ("vanilla", "topk", "threshold")

@@ -48,14 +48,14 @@ from .hashing import (
     M_L,
     M_SEED,
     M_SLOTS,
-    _GOLDEN,
     code_bits,
     draw_params,
     hash_into,
     kind_code,
-    mix64,
     pack_key,
 )
+from .rng import GOLDEN as _GOLDEN
+from .rng import mix64
 
 INSERTIONS = ("fifo", "reservoir")
 #: Items hashed per parallel pass of ``build`` (bounds the temporary key buffer to L x CHUNK int64).
