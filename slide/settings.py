@@ -35,29 +35,65 @@ def _simd_lanes() -> int:
 SIMD_LANES = _simd_lanes()
 
 
-def drop_stale_cache(module_file: str, *siblings: str) -> None:
-    """Delete the cached kernels of ``module_file`` when this file or one of ``siblings`` is newer.
+#: Environment variable naming the root folder of the keyed JIT cache (Numba's own; optional).
+CACHE_ENV = "NUMBA_CACHE_DIR"
 
-    ``siblings`` are file names beside ``module_file`` whose functions are compiled into its
-    kernels. Numba's cache checks only the timestamp of the file that defines a kernel, so an edit
-    there would go unnoticed. Only the in-tree cache (``__pycache__``) is checked, not
-    ``NUMBA_CACHE_DIR``.
+
+def jit_cache_key() -> str:
+    """Hash of the source of every engine module, this file and the Numba version (16 hex digits).
+
+    Numba's cache checks only the timestamp of the file that defines a kernel, while the engine's
+    kernels inline functions and constants of their siblings: an edit to ``hashing.py`` would leave
+    the kernels of ``tables.py`` with the old code. Keying the whole cache on all of it means an
+    edit anywhere starts a fresh cache.
     """
-    here = Path(module_file).resolve()
-    deps = [here.with_name(name) for name in siblings] + [Path(__file__).resolve()]
+    import hashlib
+
+    import numba
+
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256(f"numba {numba.__version__}\n".encode())
+    for path in [Path(__file__).resolve(), *sorted((here / "engine").glob("*.py"))]:
+        digest.update(f"{path.relative_to(here)}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_root() -> Path:
+    """Where the keyed folders go: ``NUMBA_CACHE_DIR`` when the user set it, else ``slide/__pycache__/jit``
+    (or ``~/.cache/slide/jit`` where the package folder is read-only)."""
+    user = os.environ.get(CACHE_ENV)
+    if user:
+        return Path(user)
+    local = Path(__file__).resolve().parent / "__pycache__"
     try:
-        newest = max(p.stat().st_mtime for p in deps if p.exists())
-        index_files = list((here.parent / "__pycache__").glob(here.stem + ".*.nbi"))
-    except (ValueError, OSError):
-        return
-    for index in index_files:
-        try:
-            if index.stat().st_mtime < newest:
-                for data in index.parent.glob(index.name[:-len(".nbi")] + ".*.nbc"):
-                    data.unlink(missing_ok=True)
-                index.unlink(missing_ok=True)
-        except OSError:
-            pass
+        local.mkdir(exist_ok=True)
+        if os.access(local, os.W_OK):
+            return local / "jit"
+    except OSError:
+        pass
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "slide" / "jit"
+
+
+def configure_jit_cache() -> Path:
+    """Point Numba's cache of this process at ``<root>/slide-<jit_cache_key()>`` and return it.
+
+    Called when this module is imported, which every engine module does before defining a kernel
+    (Numba picks a kernel's cache folder when the decorator runs, from ``numba.core.config.CACHE_DIR``).
+    Only ``numba.core.config`` is set, not the environment, so a child process computes its own key
+    from its own source. Folders of older keys are left in place (each is a few MiB; delete the
+    root to reclaim them).
+    """
+    from numba.core import config
+
+    folder = _cache_root() / f"slide-{jit_cache_key()}"
+    config.CACHE_DIR = str(folder)
+    return folder
+
+
+#: The keyed cache folder of this process (see :func:`configure_jit_cache`).
+JIT_CACHE_DIR = configure_jit_cache()
 
 
 def available_cores() -> int:

@@ -19,10 +19,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..settings import FAST, FAST_PARALLEL, FLOAT, SIMD_LANES, drop_stale_cache
+from ..settings import FAST, FAST_PARALLEL, FLOAT, SIMD_LANES
 from .intrinsics import vfma, vgt_mask, vlane, vload, vsplat
 
-drop_stale_cache(__file__, "intrinsics.py")
 
 #: Rows of one register tile: two vectors.
 TILE_ROWS = 2 * SIMD_LANES
