@@ -168,3 +168,32 @@ def test_sparse_and_dense_adam_differ_only_on_untouched_rows():
 def test_sample_seed_is_a_function_of_its_arguments():
     assert sample_seed(1, 2, 3) == sample_seed(1, 2, 3) >= 0
     assert len({sample_seed(s, t, i) for s in range(3) for t in range(3) for i in range(3)}) == 27
+
+
+def test_every_rebuild_draws_new_hash_functions():
+    """A rebuild draws its hash functions from a new seed, for the output and the hidden indices.
+
+    Reusing the old seed would rebuild the same tables from the same functions (only the weights move),
+    which a loose statistical threshold elsewhere does not catch.
+    """
+    from slide.engine.schedule import REBUILD
+
+    model = SlideMethod.from_config(D, L, overrides=dict(hidden=[8, 6], output_sparsity=0.5, hidden_sparsity=[1.0, 0.5],
+                                                         K=3, L=4, batch_size=8), seed=3, threads=1)
+    indices = [model.index] + [index for _, index in model.hidden_indices]
+    assert len(indices) == 2
+
+    def params(index):
+        arrays = index.state_arrays()
+        return index.seed, {k: v.copy() for k, v in arrays.items() if k not in ("meta", "keys", "ptr", "items")}
+
+    seen = [[params(index)] for index in indices]
+    for _ in range(3):
+        model._refresh_tables(REBUILD)
+        for index, history in zip(indices, seen):
+            history.append(params(index))
+    for history in seen:
+        seeds = [seed for seed, _ in history]
+        assert len(set(seeds)) == len(seeds), seeds
+        for (_, a), (_, b) in zip(history, history[1:]):
+            assert any(not np.array_equal(a[k], b[k]) for k in a)  # new hash functions, not only a new label

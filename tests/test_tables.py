@@ -177,6 +177,29 @@ def test_query_is_the_sorted_union_of_buckets():
     assert index.query(q).tolist() == sorted(want) and 7 in want
 
 
+@pytest.mark.parametrize("kind, K", [("simhash", 20), ("dwta", 12)])
+def test_query_through_the_hash_map_layout_matches_the_numpy_twin(kind, K):
+    """Large K: keys do not fit a direct table, so ``find_slot`` probes a hash map (linear probing).
+
+    One table, so that a bucket the probe misses shows (with several tables another one still holds
+    the query's own id)."""
+    rng = np.random.default_rng(4)
+    n, dim = 3000, 32
+    weights = rng.standard_normal((n, dim)).astype(np.float32)
+    index = LSHIndex(kind, dim, n, K, 1, bucket_size=8, seed=2)
+    assert not index.arrays[0][M_DIRECT]
+    index.build(weights)
+    ptr, occupied = index.arrays[7], 0
+    for t in range(index.L):
+        occupied += int((ptr[t, 1:] > ptr[t, :-1]).sum())
+    assert occupied > 500  # many keys, so probe chains longer than one slot occur
+    queries = np.concatenate([weights[:300], rng.standard_normal((50, dim)).astype(np.float32)])
+    for i, q in enumerate(queries):
+        want = set().union(*(_bucket(index, t, k) for t, k in enumerate(index.codes(q)[1])))
+        assert index.query(q).tolist() == sorted(want)
+        assert i >= 300 or i in want
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(kind="cosine"), dict(K=65), dict(kind="dwta", K=22), dict(kind="dwta", bin_size=6),
     dict(kind="wta", bin_size=128), dict(kind="wta", dim=4, bin_size=8), dict(insertion="lru"),

@@ -122,3 +122,31 @@ def test_eval_sample_is_fixed_sorted_and_spread():
     assert len(np.unique(a)) == 500 and (np.diff(a) > 0).all()
     assert a.max() > 9_000  # not a prefix of a label-sorted test file
     assert len(eval_sample(100, 500, seed=1)) == 100
+
+
+class _Recorder(Popularity):
+    """Popularity that records the rows of every batch it is given."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.batches = []
+
+    def warm_up(self, data, rows):
+        pass
+
+    def train_batch(self, data, rows):
+        self.batches.append(np.array(rows, copy=True))
+        return super().train_batch(data, rows)
+
+
+def test_each_epoch_visits_every_point_once_in_a_new_order(tmp_path):
+    train_data, test_data = _data(100, 0), _data(20, 1)
+    method = _Recorder.from_config(5, 8, seed=3, threads=1)
+    train(method, train_data, test_data, tmp_path, dataset="toy", epochs=3, eval_points=16, seed=3)
+    assert len(method.batches) == 30
+    epochs = [np.concatenate(method.batches[e * 10:(e + 1) * 10]) for e in range(3)]
+    for order in epochs:
+        assert sorted(order.tolist()) == list(range(100))
+    # a fresh shuffle per epoch: no two epochs share an order (a reused shuffle would repeat epoch 0)
+    assert len({tuple(order.tolist()) for order in epochs}) == 3
+    assert epochs[0].tolist() != list(range(100))
