@@ -13,13 +13,13 @@ NumPy conversion of the CSR batch into ``tf.SparseTensor`` parts.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from slide.adapter import PAPER_SHARED, SHARED_DEFAULTS, Method, PersistentMixin
 from slide.errors import ConfigError, ResourceError
 from slide.metrics import scoring_chunk_rows
+from slide.resources import memory_limit_bytes
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT
 
 from . import model as M
@@ -39,25 +39,6 @@ _SAMPLED = {
     "remove_accidental_hits": True,  # drop sampled classes that are true labels of the point
 }
 _PRESETS = {"delicious-200k": dict(PAPER_SHARED), "amazon-670k": dict(PAPER_SHARED)}
-
-
-def memory_limit_bytes() -> tuple[int, str]:
-    """The memory a new model may use, and where the figure comes from.
-
-    The smaller of psutil's available memory and ``SLIDE_MEMORY_LIMIT_MB`` (when set).
-    """
-    import psutil
-
-    limit, source = int(psutil.virtual_memory().available), "available memory"
-    env = os.environ.get("SLIDE_MEMORY_LIMIT_MB")
-    if env:
-        try:
-            env_bytes = int(float(env) * 2**20)
-        except ValueError:
-            raise ConfigError(f"SLIDE_MEMORY_LIMIT_MB={env!r} is not a number") from None
-        if env_bytes < limit:
-            limit, source = env_bytes, f"SLIDE_MEMORY_LIMIT_MB={env}"
-    return limit, source
 
 
 class TFMethod(PersistentMixin, Method):

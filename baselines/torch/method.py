@@ -18,10 +18,10 @@ import contextlib
 
 import numpy as np
 
-from baselines.tf.method import memory_limit_bytes  # one memory rule for every baseline (no TensorFlow import)
 from slide.adapter import PAPER_SHARED, SHARED_DEFAULTS, Method, PersistentMixin
 from slide.errors import ConfigError, ResourceError
 from slide.metrics import scoring_chunk_rows
+from slide.resources import memory_limit_bytes  # one memory rule for every method
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
 
 from . import model as M

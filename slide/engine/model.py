@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 import warnings
 
@@ -49,6 +48,7 @@ import numpy as np
 
 from ..adapter import Method, PersistentMixin
 from ..errors import ConfigError, ConfigWarning, ResourceError
+from ..resources import memory_limit_bytes
 from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores
 from . import network as net
 from . import scoring
@@ -91,7 +91,8 @@ class SlideMethod(PersistentMixin, Method):
     ConfigError
         A key has an invalid value.
     ResourceError
-        The estimated memory exceeds what is available or ``SLIDE_MEMORY_LIMIT_MB``.
+        The estimated memory exceeds what is available or ``SLIDE_MEMORY_LIMIT_MB`` (the smaller;
+        :func:`slide.resources.memory_limit_bytes`).
     """
 
     DEFAULTS = DEFAULTS
@@ -186,18 +187,7 @@ class SlideMethod(PersistentMixin, Method):
 
     def _check_memory(self) -> None:
         need = self.estimate_memory_bytes()
-        limit_mb = os.environ.get("SLIDE_MEMORY_LIMIT_MB")
-        if limit_mb:
-            try:
-                limit = float(limit_mb) * 2**20
-            except ValueError:
-                raise ConfigError(f"SLIDE_MEMORY_LIMIT_MB must be a number of MiB, got {limit_mb!r}") from None
-            source = f"SLIDE_MEMORY_LIMIT_MB={limit_mb}"
-        else:
-            import psutil
-
-            limit = psutil.virtual_memory().available
-            source = "available memory"
+        limit, source = memory_limit_bytes()
         if need > limit:
             raise ResourceError(
                 f"SLIDE needs about {need / 2**20:,.0f} MiB for {self.num_features:,} features x "
