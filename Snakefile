@@ -1,4 +1,4 @@
-# SLIDE reproduction pipeline: data -> prepare -> train (SLIDE, TF-CPU, TF-GPU) -> aggregate
+# SLIDE reproduction pipeline: data -> prepare -> train (SLIDE, TensorFlow, PyTorch) -> aggregate
 # -> plot -> report.  Run with `snakemake --cores all` (preset `default`), choose another preset
 # with `--config preset=NAME` (workflow/config/presets/NAME.yaml).
 from snakemake.utils import min_version, validate

@@ -13,18 +13,10 @@ import sys
 
 from .contention import DISTURBED_NOTE, disturbed_reason
 from .errors import SlideError
+from .pipeline.methods import METHODS, method_argv
 
-METHOD_COMMANDS = {
-    "slide": ["-m", "slide.cli", "bench"],
-    "tf-full-cpu": ["-m", "baselines.tf", "bench", "--loss", "full", "--device", "cpu"],
-    "tf-sampled-cpu": ["-m", "baselines.tf", "bench", "--loss", "sampled", "--device", "cpu"],
-    "tf-full-gpu": ["-m", "baselines.tf", "bench", "--loss", "full", "--device", "gpu"],
-    "tf-sampled-gpu": ["-m", "baselines.tf", "bench", "--loss", "sampled", "--device", "gpu"],
-    "torch-full-cpu": ["-m", "baselines.torch", "bench", "--loss", "full", "--device", "cpu"],
-    "torch-sampled-cpu": ["-m", "baselines.torch", "bench", "--loss", "sampled", "--device", "cpu"],
-    "torch-full-gpu": ["-m", "baselines.torch", "bench", "--loss", "full", "--device", "gpu"],
-    "torch-sampled-gpu": ["-m", "baselines.torch", "bench", "--loss", "sampled", "--device", "gpu"],
-}
+# each method's ``bench`` command, from the one table of methods (the pipeline builds its commands from it too)
+METHOD_COMMANDS = {m: method_argv(m, "bench") for m in METHODS}
 
 
 def default_methods() -> str:
