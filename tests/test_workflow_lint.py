@@ -202,3 +202,15 @@ def test_valid_trainer_overrides_still_dry_run(tmp_path):
                   "overrides=[{'set': ['lr=0.01', 'hidden=[64]']}]")
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "--set K=3 --set hash=dwta --set lr=0.01" in res.stdout
+
+
+def test_default_profile_runs_timed_jobs_one_at_a_time(tmp_path):
+    """workflow/profiles/default limits timed_slot to 1 (the Snakefile applies the same limit when no
+    profile or --resources gave one); every timed job requests the whole slot."""
+    profile = REPO / "workflow" / "profiles" / "default"
+    assert "timed_slot=1" in yaml.safe_load((profile / "config.yaml").read_text())["resources"]
+    res = dry_run(tmp_path, "preset=tiny", extra=("--workflow-profile", str(profile)))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "workflow specific profile" in res.stdout + res.stderr
+    for rule in ("train", "train_variant", "bench_threads"):
+        assert re.search(rf"rule {rule}:.*?timed_slot=1", res.stdout, re.S), rule

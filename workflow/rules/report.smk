@@ -25,6 +25,14 @@ FIGURE_DIR = report_path(PRESET, "figures")
 PIPELINE_START = time.time()
 
 
+# quick jobs that read and write small files: never submitted to a cluster
+localrules:
+    skipped,
+    aggregate,
+    plot,
+    report_html,
+
+
 rule skipped:
     output:
         PLAN_JSON,

@@ -29,28 +29,17 @@ rule train:
         "python -m slide.report.launch --out {params.out} -- {params.cmd} --threads {threads} > {log} 2>&1"
 
 
-rule train_variant:
-    input:
-        "data/prepared/{dataset}.json",
+# A variant (bs<n>, frac<f>) of a headline run: the same job one folder deeper.
+use rule train as train_variant with:
     output:
         "results/{dataset}/{method}/{variant}/seed{seed}/run.json",
     log:
         "logs/train/{dataset}/{method}/{variant}/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/{method}/{variant}/seed{seed}.tsv"
-    conda:
-        "../envs/slide.yaml"
-    threads: timed_threads()
-    resources:
-        timed_slot=1,
-        gpu=is_gpu,
-        mem_mb=config["resources"]["train"]["mem_mb"],
-        runtime=train_runtime,
     params:
         cmd=train_command,
         out=subpath(output[0], parent=True),
-    shell:
-        "python -m slide.report.launch --out {params.out} -- {params.cmd} --threads {threads} > {log} 2>&1"
 
 
 rule bench_threads:
