@@ -352,3 +352,26 @@ def test_gpu_variant_without_gpu_is_a_config_error():
         pytest.skip("a GPU is visible to TensorFlow here")
     with pytest.raises(ConfigError, match="sees no GPU"):
         method_class("full", "gpu").from_config(12, 7, threads=THREADS)
+
+
+def test_adam_slots_are_the_moments_of_one_adam_step():
+    """The checkpoint reads Adam's moments through baselines.tf.method.adam_slots (public Keras API);
+    this fails loudly if a Keras release names, orders or means them differently."""
+    import tensorflow as tf
+
+    from baselines.tf.method import adam_slots
+
+    variables = [tf.Variable(np.zeros((2, 3), np.float32), name="w_out"), tf.Variable(np.zeros(3, np.float32), name="b"),
+                 tf.Variable(np.zeros((3, 2), np.float32), name="w_0")]
+    opt = tf.keras.optimizers.Adam(learning_rate=0.1, beta_1=ADAM_BETA1, beta_2=ADAM_BETA2, epsilon=ADAM_EPS)
+    opt.build(variables)
+    grads = [np.arange(1, v.shape.num_elements() + 1, dtype=np.float32).reshape(v.shape) * (i + 1)
+             for i, v in enumerate(variables)]
+    opt.apply_gradients(zip([tf.constant(g) for g in grads], variables))
+    slots = adam_slots(opt, variables)
+    assert len(slots) == len(variables)
+    for g, (m, v) in zip(grads, slots):
+        np.testing.assert_allclose(m.numpy(), (1 - ADAM_BETA1) * g, rtol=1e-6)
+        np.testing.assert_allclose(v.numpy(), (1 - ADAM_BETA2) * g * g, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="adam_slots"):
+        adam_slots(opt, variables[:2])

@@ -41,6 +41,30 @@ _SAMPLED = {
 _PRESETS = {"delicious-200k": dict(PAPER_SHARED), "amazon-670k": dict(PAPER_SHARED)}
 
 
+def adam_slots(optimizer, variables) -> list:
+    """``(momentum, velocity)`` of each of ``variables`` in a built Keras Adam, from public API only.
+
+    Keras 3 lists them in ``optimizer.variables`` as ``<name>_momentum`` and ``<name>_velocity``, in the
+    order of the variables it was built with. Anything else (a Keras that names, orders or shapes them
+    differently) is a RuntimeError here, never a checkpoint with the wrong moments;
+    ``tests/test_tf_baselines.py`` checks the moments against one Adam step.
+    """
+    by_kind = {kind: [s for s in optimizer.variables if s.name.endswith(f"_{kind}")] for kind in ("momentum", "velocity")}
+    pairs = list(zip(by_kind["momentum"], by_kind["velocity"]))
+    ok = len(by_kind["momentum"]) == len(by_kind["velocity"]) == len(variables)
+    for var, (m, v) in zip(variables, pairs) if ok else ():
+        stem = var.name.split(":")[0]
+        ok = ok and all(s.name.startswith(stem) and tuple(s.shape) == tuple(var.shape) for s in (m, v))
+    if not ok:
+        import keras
+
+        raise RuntimeError(
+            f"Keras {keras.__version__}: Adam's optimizer.variables no longer hold one '<name>_momentum' and one "
+            f"'<name>_velocity' per parameter ({[s.name for s in optimizer.variables]}); update "
+            f"baselines.tf.method.adam_slots")
+    return pairs
+
+
 class TFMethod(PersistentMixin, Method):
     """Base of the TensorFlow baselines; use :func:`method_class` or one of the four subclasses."""
 
@@ -178,8 +202,8 @@ class TFMethod(PersistentMixin, Method):
         return {"active_per_sample_mean": float(self.num_labels), "device": self.device}
 
     def _slots(self):
-        opt = self.optimizer
-        return list(zip(self.net.names, self.net.variables, opt._momentums, opt._velocities))
+        return [(name, var, m, v) for name, var, (m, v) in
+                zip(self.net.names, self.net.variables, adam_slots(self.optimizer, self.net.variables))]
 
     def state_arrays(self) -> dict:
         out = {}
@@ -320,4 +344,4 @@ def method_class(loss: str, device: str) -> type[TFMethod]:
 
 
 __all__ = ["TFMethod", "TFSampledMethod", "TFFullCPU", "TFFullGPU", "TFSampledCPU", "TFSampledGPU",
-           "METHODS", "method_class", "memory_limit_bytes", "LOSSES"]
+           "METHODS", "method_class", "memory_limit_bytes", "adam_slots", "LOSSES"]
