@@ -147,6 +147,32 @@ def test_trainer_dies_when_the_workflow_is_killed(tmp_path):
             _kill(trainer)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+def test_a_supervised_benchmark_dies_with_the_workflow(tmp_path):
+    """Benchmark jobs run under the launcher without --out: supervised only, and gone with the workflow."""
+    pidfile = tmp_path / "bench.pid"
+    job = (f"{sys.executable} -m slide.report.launch -- {sys.executable} -c \"{TRAINER}\" {pidfile} "
+           f"> {tmp_path / 'job.log'} 2>&1")
+    workflow = textwrap.dedent(f"""
+        import os, subprocess, time
+        os.environ["SLIDE_WORKFLOW_PID"] = str(os.getpid())
+        subprocess.Popen(["/bin/bash", "-c", {job!r}])
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", workflow], cwd=REPO)
+    bench = None
+    try:
+        bench = _wait_for(pidfile)
+        parent.kill()
+        parent.wait()
+        assert _gone(bench, 5.0), "the benchmark outlived the workflow"
+        assert not list(tmp_path.glob("*/command.json"))  # no run directory was prepared
+    finally:
+        parent.kill()
+        if bench:
+            _kill(bench)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 def test_trainer_dies_with_a_killed_launcher(tmp_path):
     pidfile = tmp_path / "trainer.pid"

@@ -1,5 +1,7 @@
 """Start (or resume) one training run: ``python -m slide.report.launch --out DIR -- COMMAND ...``.
 
+Without ``--out`` the command is only supervised (see the last paragraph); benchmark jobs use that.
+
 The trainer is called with ``--resume``, so a job that was killed continues from ``DIR/model.npz``
 and keeps the points already in ``DIR/curve.csv``. A checkpoint is only trusted when it was made
 by the very same command line and the run did not finish: the command (``--resume`` and
@@ -220,12 +222,16 @@ def mark_finished(out: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="the run directory (the trainer's --out)")
+    parser.add_argument("--out", type=Path,
+                        help="the run directory (the trainer's --out); without it the command is only "
+                             "supervised (it dies with the workflow), as for a benchmark job")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the trainer's command line")
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("no command given after --")
+    if args.out is None:
+        return run_child(cmd)
     action = prepare_dir(args.out, cmd)
     print(f"launch: {args.out}: {action}", file=sys.stderr, flush=True)
     print("launch: " + " ".join(cmd), file=sys.stderr, flush=True)

@@ -59,5 +59,5 @@ rule bench_threads:
     params:
         cmd=bench_command,
     shell:
-        "{params.cmd} --threads {wildcards.nthreads} > {output}.tmp 2> {log}"
+        "python -m slide.report.launch -- {params.cmd} --threads {wildcards.nthreads} > {output}.tmp 2> {log}"
         " && mv {output}.tmp {output}"
