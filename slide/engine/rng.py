@@ -21,7 +21,7 @@ MIX2 = np.uint64(0x94D049BB133111EB)
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def mix64(z):
     """SplitMix64 finalizer of a uint64."""
     z = (z ^ (z >> _S30)) * MIX1
