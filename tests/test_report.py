@@ -29,7 +29,7 @@ from slide.report.aggregate import (CURVES_COLUMNS, SPEEDUP_COLUMNS, SUMMARY_COL
 from slide.contention import DISTURBED_NOTE
 from slide.report import figures as figures_mod
 from slide.report.figures import FIGURES, load_tables, make_figure
-from slide.report.html import build_report
+from slide.report.html import build_report, claims_table
 from slide.report.io import final_outputs, plan_path, report_path, tables_path
 from slide.runs import RunRecorder
 
@@ -459,3 +459,17 @@ def test_end_of_run_names_failed_fetches_left_out_runs_and_the_report(tmp_path):
     os.utime(report, (1, 1))
     assert "NOT rebuilt by this run" in message().splitlines()[-1]
     assert end_of_run([], set(), str(report), since).startswith("[slide pipeline] Nothing was left out.")
+
+
+def test_a_pytorch_gpu_run_fills_the_papers_gpu_claim_and_says_which_framework(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)], **QUIET),
+            _write_run(tmp_path, "torch-full-gpu", [(2, 0.3), (4, 0.55)], **QUIET)]
+    tables, text = _report_text(tmp_path, runs)
+    assert tables["speedups"].iloc[0]["baseline"] == "torch-full-gpu"
+    assert tables["speedups"].iloc[0]["speedup"] == pytest.approx(2.0)
+    claims = claims_table(tables, PLAN, PAPER)
+    gpu_row = next(row for row in claims.split("<tr>") if "Speedup of SLIDE over TF full softmax (GPU), amazon-670k"
+                   in row)
+    assert "2x on" in gpu_row and "PyTorch full softmax (GPU)" in gpu_row
+    assert "not measured" not in gpu_row
+    assert _first_sentence(text).startswith("Verdict: SLIDE beat")
