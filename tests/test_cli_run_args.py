@@ -263,11 +263,17 @@ def test_slide_train_with_a_file_size_limit_records_the_failure(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
+    def train(out, preexec_fn=None):
+        return subprocess.run([sys.executable, "-m", "slide.cli", "train", "--train", str(tmp_path / "train.txt"),
+                               "--test", str(tmp_path / "test.txt"), "--threads", "1", "--out", str(out)],
+                              preexec_fn=preexec_fn, capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).resolve().parents[1])
+
+    # compile and cache the kernels first: under the limit Numba could not write its cache files
+    # (on a fresh clone this test runs before any other engine test)
+    assert train(tmp_path / "warm").returncode == 0
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "slide.cli", "train", "--train", str(tmp_path / "train.txt"),
-                           "--test", str(tmp_path / "test.txt"), "--threads", "1", "--out", str(out)],
-                          preexec_fn=limit, capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = train(out, limit)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{out / 'model.npz'}: cannot write it: file too large" in proc.stderr.splitlines()[-1]
     record = load_run(out / "run.json")
