@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from slide.data.dataset import take_rows
 from slide.settings import FLOAT
 
 from .device import import_tf
@@ -44,31 +45,18 @@ def sparse_batch(data, rows: np.ndarray):
 
     Vectorised: ``indices = [row ids repeated by row length, feature ids]``.
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    ip = data.x_indptr
-    starts, ends = ip[rows], ip[rows + 1]
-    lengths = ends - starts
-    nnz = int(lengths.sum())
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    pos = np.repeat(starts - offsets[:-1], lengths) + np.arange(nnz, dtype=np.int64)
-    indices = np.empty((nnz, 2), dtype=np.int64)
-    indices[:, 0] = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    indptr, pos = take_rows(data.x_indptr, np.asarray(rows, dtype=np.int64))
+    indices = np.empty((pos.shape[0], 2), dtype=np.int64)
+    indices[:, 0] = np.repeat(np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr))
     indices[:, 1] = data.x_indices[pos]
     return indices, np.ascontiguousarray(data.x_data[pos], dtype=FLOAT)
 
 
 def label_batch(data, rows: np.ndarray):
     """Labels of ``rows`` as ``(row ids int64, label ids int64, lengths int64)`` in CSR order."""
-    rows = np.asarray(rows, dtype=np.int64)
-    ip = data.y_indptr
-    starts = ip[rows]
-    lengths = ip[rows + 1] - starts
-    total = int(lengths.sum())
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    pos = np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
-    row_ids = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    indptr, pos = take_rows(data.y_indptr, np.asarray(rows, dtype=np.int64))
+    lengths = np.diff(indptr)
+    row_ids = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)
     return row_ids, data.y_indices[pos].astype(np.int64), lengths
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from baselines.tf.model import init_weights, label_batch, true_label_matrix  # NumPy only, no TensorFlow
+from slide.data.dataset import take_rows
 from slide.settings import FLOAT
 
 from .device import import_torch
@@ -51,18 +52,11 @@ NEG = -1e9  # logit of a masked column: finite, so a 0 target times it stays 0
 # ----------------------------------------------------------------------------- NumPy batch prep
 def csr_batch(data, rows: np.ndarray):
     """The CSR rows of ``data``: ``(row ids int64, feature ids int64, values float32, offsets int64)``."""
-    rows = np.asarray(rows, dtype=np.int64)
-    ip = data.x_indptr
-    starts = ip[rows]
-    lengths = ip[rows + 1] - starts
-    nnz = int(lengths.sum())
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    pos = np.repeat(starts - offsets[:-1], lengths) + np.arange(nnz, dtype=np.int64)
-    row_ids = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    indptr, pos = take_rows(data.x_indptr, np.asarray(rows, dtype=np.int64))
+    row_ids = np.repeat(np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr))
     feats = data.x_indices[pos].astype(np.int64)
     values = np.ascontiguousarray(data.x_data[pos], dtype=FLOAT)
-    return row_ids, feats, values, offsets[:-1].copy()
+    return row_ids, feats, values, indptr[:-1].copy()
 
 
 def full_targets(data, rows: np.ndarray):

@@ -40,8 +40,8 @@ class XCDataset:
     def subset(self, rows) -> "XCDataset":
         """Return the points ``rows`` (any order, repeats allowed) as a new dataset."""
         rows = np.asarray(rows, dtype=np.int64)
-        xp, xi = _take_rows(self.x_indptr, rows)
-        yp, yi = _take_rows(self.y_indptr, rows)
+        xp, xi = take_rows(self.x_indptr, rows)
+        yp, yi = take_rows(self.y_indptr, rows)
         return XCDataset(xp, self.x_indices[xi], self.x_data[xi], yp, self.y_indices[yi],
                          self.num_features, self.num_labels)
 
@@ -62,8 +62,11 @@ class XCDataset:
         return out
 
 
-def _take_rows(indptr, rows):
-    """New indptr and the flat positions of the entries of ``rows`` (vectorised gather)."""
+def take_rows(indptr, rows):
+    """New indptr and the flat positions of the entries of ``rows`` (vectorised gather).
+
+    Every method's batch preparation gathers CSR rows with this (features and labels alike).
+    """
     lengths = indptr[rows + 1] - indptr[rows]
     new_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_indptr[1:])
