@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from baselines import LOSSES, pick_method
 from slide.adapter import PAPER_SHARED, SHARED_DEFAULTS, Method, PersistentMixin
 from slide.errors import ConfigError, ResourceError
 from slide.metrics import scoring_chunk_rows
@@ -25,7 +26,6 @@ from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT
 from . import model as M
 from .device import configure_threads, device_name, import_tf
 
-LOSSES = ("full", "sampled")
 
 # hidden, batch_size, lr and eval_every: one default for every method (an int hidden means one layer)
 _COMMON = dict(SHARED_DEFAULTS)
@@ -336,11 +336,7 @@ METHODS = {f"tf-{c.LOSS}-{c.DEVICE}": c for c in (TFFullCPU, TFFullGPU, TFSample
 
 def method_class(loss: str, device: str) -> type[TFMethod]:
     """The adapter class for ``loss`` (full|sampled) on ``device`` (cpu|gpu)."""
-    if loss not in LOSSES:
-        raise ConfigError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
-    if device not in ("cpu", "gpu"):
-        raise ConfigError(f"unknown device {device!r}; choose from ['cpu', 'gpu']")
-    return METHODS[f"tf-{loss}-{device}"]
+    return pick_method(METHODS, "tf", loss, device)
 
 
 __all__ = ["TFMethod", "TFSampledMethod", "TFFullCPU", "TFFullGPU", "TFSampledCPU", "TFSampledGPU",

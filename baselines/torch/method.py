@@ -18,6 +18,7 @@ import contextlib
 
 import numpy as np
 
+from baselines import LOSSES, pick_method
 from slide.adapter import PAPER_SHARED, SHARED_DEFAULTS, Method, PersistentMixin
 from slide.errors import ConfigError, ResourceError
 from slide.metrics import scoring_chunk_rows
@@ -27,7 +28,6 @@ from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
 from . import model as M
 from .device import configure_threads, device_description, device_for, import_torch, synchronize
 
-LOSSES = ("full", "sampled")
 
 _COMMON = dict(SHARED_DEFAULTS, **{
     "input": "bag",     # sparse input: bag (embedding_bag), sparse (torch.sparse.mm) or gathered (dense block)
@@ -397,11 +397,7 @@ METHODS = {f"torch-{c.LOSS}-{c.DEVICE}": c for c in (TorchFullCPU, TorchFullGPU,
 
 def method_class(loss: str, device: str) -> type[TorchMethod]:
     """The adapter class for ``loss`` (full|sampled) on ``device`` (cpu|gpu)."""
-    if loss not in LOSSES:
-        raise ConfigError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
-    if device not in ("cpu", "gpu"):
-        raise ConfigError(f"unknown device {device!r}; choose from ['cpu', 'gpu']")
-    return METHODS[f"torch-{loss}-{device}"]
+    return pick_method(METHODS, "torch", loss, device)
 
 
 __all__ = ["TorchMethod", "TorchSampledMethod", "TorchFullCPU", "TorchFullGPU", "TorchSampledCPU",
