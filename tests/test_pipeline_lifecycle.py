@@ -117,6 +117,17 @@ def _kill(pid):
         pass
 
 
+def _fake_workflow(job: str) -> subprocess.Popen:
+    """A stand-in for Snakemake: exports its pid as SLIDE_WORKFLOW_PID and runs ``job`` in bash."""
+    workflow = textwrap.dedent(f"""
+        import os, subprocess, time
+        os.environ["SLIDE_WORKFLOW_PID"] = str(os.getpid())
+        subprocess.Popen(["/bin/bash", "-c", {job!r}])
+        time.sleep(600)
+    """)
+    return subprocess.Popen([sys.executable, "-c", workflow], cwd=REPO)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 def test_trainer_dies_when_the_workflow_is_killed(tmp_path):
     """workflow (SIGKILLed) -> job shell -> launcher -> trainer: the trainer is gone within seconds."""
@@ -124,13 +135,7 @@ def test_trainer_dies_when_the_workflow_is_killed(tmp_path):
     out = tmp_path / "run"
     job = (f"echo $$ > /dev/null; {sys.executable} -m slide.report.launch --out {out} -- "
            f"{sys.executable} -c \"{TRAINER}\" {pidfile} > {tmp_path / 'job.log'} 2>&1")
-    workflow = textwrap.dedent(f"""
-        import os, subprocess, time
-        os.environ["SLIDE_WORKFLOW_PID"] = str(os.getpid())
-        subprocess.Popen(["/bin/bash", "-c", {job!r}])
-        time.sleep(600)
-    """)
-    parent = subprocess.Popen([sys.executable, "-c", workflow], cwd=REPO)
+    parent = _fake_workflow(job)
     trainer = None
     try:
         trainer = _wait_for(pidfile)
@@ -153,13 +158,7 @@ def test_a_supervised_benchmark_dies_with_the_workflow(tmp_path):
     pidfile = tmp_path / "bench.pid"
     job = (f"{sys.executable} -m slide.report.launch -- {sys.executable} -c \"{TRAINER}\" {pidfile} "
            f"> {tmp_path / 'job.log'} 2>&1")
-    workflow = textwrap.dedent(f"""
-        import os, subprocess, time
-        os.environ["SLIDE_WORKFLOW_PID"] = str(os.getpid())
-        subprocess.Popen(["/bin/bash", "-c", {job!r}])
-        time.sleep(600)
-    """)
-    parent = subprocess.Popen([sys.executable, "-c", workflow], cwd=REPO)
+    parent = _fake_workflow(job)
     bench = None
     try:
         bench = _wait_for(pidfile)
