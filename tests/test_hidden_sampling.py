@@ -15,7 +15,10 @@ from test_network import D, L, Twin, close, make, toy_data
 
 @pytest.mark.parametrize("hidden, hs", [((16,), [0.5]), ((16, 12), [0.5, 1.0]), ((16, 12), [1.0, 0.25]),
                                         ((16, 12), [0.5, 0.5])])
-@pytest.mark.parametrize("threads", [1, 2])
+# One thread only: with every output active, every sample adds into every row of gW2, and HOGWILD's
+# lock-free adds on two threads may lose one (by design), which an exact comparison cannot allow; it
+# failed 2 of 4 full runs on this 2-core machine. The parallel path is trained in the Bibtex test below.
+@pytest.mark.parametrize("threads", [1])
 def test_sampled_hidden_gradients_match_masked_twin(hidden, hs, threads):
     data = toy_data(empty_label_row=3)
     model = make(hidden, hidden_sparsity=hs, threads=threads)
