@@ -576,6 +576,109 @@ def _unstage(message: str, stage_folder: Path, paths: dict) -> str:
     return message.replace(str(stage_folder), str(paths["folder"]))
 
 
+def _checked_md5(spec: DatasetSpec, archive: Path) -> str:
+    """The md5 of ``archive``; a mismatch with the registry's (when known) fails the source."""
+    archive_md5 = _md5(archive)
+    if spec.md5 and archive_md5 != spec.md5:
+        raise _SourceFailed(f"md5 {archive_md5} differs from the registry's {spec.md5}")
+    return archive_md5
+
+
+class _Rollback:
+    """What a failed fetch undoes: the marker, a folder this run moved into place (with
+    its test order), and the folders it created while empty. Files placed by hand stay."""
+
+    def __init__(self, root, paths: dict):
+        self.paths = paths
+        self.created = [p for p in (Path(root), Path(root) / "raw", paths["raw_dir"],
+                                    paths["test_order"].parent) if not p.exists()]
+        self.placed_by_us = False
+
+    def undo(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.paths["marker"].unlink()
+        if self.placed_by_us:
+            shutil.rmtree(self.paths["folder"], ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.paths["test_order"].unlink()
+        for p in sorted(self.created, key=lambda q: len(q.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only when empty
+
+
+def _from_placed_files(spec: DatasetSpec, paths: dict, files: dict) -> bool:
+    """Verify files placed by hand in the folder; False when there are none."""
+    folder = paths["folder"]
+    present = [f for f in files.values() if f.is_file()]
+    if present and len(present) == len(files):
+        try:
+            summary = _verify(spec, files, build_cache=True)
+        except FetchError as exc:
+            raise FetchError(f"{exc} (files placed by hand in {folder}/)") from None
+        _finish(spec, paths, summary, origin="placed by hand", md5=None)
+        return True
+    if present:
+        missing = [f.name for f in files.values() if not f.is_file()]
+        raise FetchError(f"{spec.name}: {folder}/ holds only part of the dataset "
+                         f"(missing {', '.join(missing)}); add the missing files or remove the folder")
+    if folder.exists():
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        else:
+            raise FetchError(f"{spec.name}: {folder} exists but holds none of {', '.join(spec.file_names)}; "
+                             "remove it and rerun")
+    return False
+
+
+def _from_placed_archive(spec: DatasetSpec, paths: dict, progress: bool, rollback: _Rollback) -> None:
+    """Install from the archive placed by hand at ``paths["archive"]``."""
+    try:
+        archive_md5 = _checked_md5(spec, paths["archive"])
+        summary = _install_from_archive(spec, paths, paths["archive"], progress)
+        rollback.placed_by_us = True
+        _finish(spec, paths, summary, origin=f"archive placed by hand: {paths['archive'].name}",
+                md5=archive_md5)
+    except _SourceFailed as exc:
+        raise FetchError(f"{spec.name}: archive {paths['archive']}: {exc}") from None
+
+
+def _from_download(spec: DatasetSpec, paths: dict, progress: bool, url_template: str | None,
+                   keep_archive: bool, limits: DownloadLimits, rollback: _Rollback) -> None:
+    """Download the archive (the original id, then the mirror) and install it."""
+    template = url_template if url_template is not None else os.environ.get(URL_ENV) or None
+    ids = [("original", spec.drive_id), ("mirror", spec.mirror_id)]
+    ids = [(label, i) for label, i in ids if i]
+    if not ids:
+        raise FetchError(f"{spec.name}: no download id is known; {_manual_hint(spec, paths)}")
+    failures = []
+    for label, file_id in ids:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".download-{os.getpid()}-", suffix=".part",
+                                        dir=paths["raw_dir"])
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            if template:
+                _http_download(template.format(id=file_id), tmp, progress, f"{spec.name} ({label})", limits)
+            else:
+                _gdown_download(file_id, tmp, progress, limits)
+            if _looks_like_html(tmp):
+                raise _SourceFailed("received an HTML page instead of the archive "
+                                    "(download quota exceeded or file not shared)")
+            archive_md5 = _checked_md5(spec, tmp)
+            summary = _install_from_archive(spec, paths, tmp, progress)
+            rollback.placed_by_us = True
+            if keep_archive:
+                os.replace(tmp, paths["archive"])
+            _finish(spec, paths, summary, origin=f"download ({label} id {file_id})", md5=archive_md5)
+            return
+        except _SourceFailed as exc:
+            failures.append(f"{label} {file_id}: {exc}")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    raise FetchError(f"could not fetch {spec.name} ({'; '.join(failures)}); {_manual_hint(spec, paths)}")
+
+
 def fetch(name: str, root="data", progress: bool = True, registry=None,
           url_template: str | None = None, keep_archive: bool = False,
           limits: DownloadLimits | None = None) -> dict:
@@ -587,105 +690,35 @@ def fetch(name: str, root="data", progress: bool = True, registry=None,
     Raises :class:`FetchError` with a one-line message on failure. ``limits`` bound
     each download attempt (default: :meth:`DownloadLimits.resolve`, i.e. the
     environment, then the defaults).
+
+    Sources, in order: a valid marker (nothing to do), files placed by hand in the
+    folder, an archive placed by hand, a download.
     """
     spec = get_dataset(name, registry)
     limits = limits if limits is not None else DownloadLimits.resolve()
     paths = dataset_paths(spec, root)
-    raw_dir, folder = paths["raw_dir"], paths["folder"]
-    files = {key: folder / fname for key, fname in spec.files.items()}
-    remove_stale_temporaries(raw_dir)
+    files = {key: paths["folder"] / fname for key, fname in spec.files.items()}
+    remove_stale_temporaries(paths["raw_dir"])
 
     if _marker_valid(spec, paths):
         if not paths["test_order"].exists():
             write_test_order(paths["test_order"], spec.stats["test_points"], TEST_ORDER_SEED)
         return _result(spec, paths)
 
-    created = [p for p in (Path(root), Path(root) / "raw", raw_dir, paths["test_order"].parent)
-               if not p.exists()]
-    placed_by_us = False
+    rollback = _Rollback(root, paths)
     ok = False
     try:
         with contextlib.suppress(FileNotFoundError):
             paths["marker"].unlink()
-        present = [f for f in files.values() if f.is_file()]
-        if present and len(present) == len(files):
-            try:
-                summary = _verify(spec, files, build_cache=True)
-            except FetchError as exc:
-                raise FetchError(f"{exc} (files placed by hand in {folder}/)") from None
-            _finish(spec, paths, summary, origin="placed by hand", md5=None)
-            ok = True
-            return _result(spec, paths)
-        if present:
-            missing = [f.name for f in files.values() if not f.is_file()]
-            raise FetchError(f"{spec.name}: {folder}/ holds only part of the dataset "
-                             f"(missing {', '.join(missing)}); add the missing files or remove the folder")
-        if folder.exists():
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        if not _from_placed_files(spec, paths, files):
+            paths["raw_dir"].mkdir(parents=True, exist_ok=True)
+            # an archive placed by hand is used before any download
+            if paths["archive"].is_file():
+                _from_placed_archive(spec, paths, progress, rollback)
             else:
-                raise FetchError(f"{spec.name}: {folder} exists but holds none of {', '.join(spec.file_names)}; "
-                                 "remove it and rerun")
-        raw_dir.mkdir(parents=True, exist_ok=True)
-
-        failures = []
-        # an archive placed by hand is used before any download
-        if paths["archive"].is_file():
-            try:
-                archive_md5 = _md5(paths["archive"])
-                if spec.md5 and archive_md5 != spec.md5:
-                    raise _SourceFailed(f"md5 {archive_md5} differs from the registry's {spec.md5}")
-                summary = _install_from_archive(spec, paths, paths["archive"], progress)
-                placed_by_us = True
-                _finish(spec, paths, summary, origin=f"archive placed by hand: {paths['archive'].name}",
-                        md5=archive_md5)
-                ok = True
-                return _result(spec, paths)
-            except _SourceFailed as exc:
-                raise FetchError(f"{spec.name}: archive {paths['archive']}: {exc}") from None
-
-        template = url_template if url_template is not None else os.environ.get(URL_ENV) or None
-        ids = [("original", spec.drive_id), ("mirror", spec.mirror_id)]
-        ids = [(label, i) for label, i in ids if i]
-        if not ids:
-            raise FetchError(f"{spec.name}: no download id is known; {_manual_hint(spec, paths)}")
-        for label, file_id in ids:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".download-{os.getpid()}-", suffix=".part", dir=raw_dir)
-            os.close(fd)
-            tmp = Path(tmp_name)
-            try:
-                if template:
-                    _http_download(template.format(id=file_id), tmp, progress, f"{spec.name} ({label})",
-                                   limits)
-                else:
-                    _gdown_download(file_id, tmp, progress, limits)
-                if _looks_like_html(tmp):
-                    raise _SourceFailed("received an HTML page instead of the archive "
-                                        "(download quota exceeded or file not shared)")
-                archive_md5 = _md5(tmp)
-                if spec.md5 and archive_md5 != spec.md5:
-                    raise _SourceFailed(f"md5 {archive_md5} differs from the registry's {spec.md5}")
-                summary = _install_from_archive(spec, paths, tmp, progress)
-                placed_by_us = True
-                if keep_archive:
-                    os.replace(tmp, paths["archive"])
-                _finish(spec, paths, summary, origin=f"download ({label} id {file_id})", md5=archive_md5)
-                ok = True
-                return _result(spec, paths)
-            except _SourceFailed as exc:
-                failures.append(f"{label} {file_id}: {exc}")
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-        raise FetchError(f"could not fetch {spec.name} ({'; '.join(failures)}); {_manual_hint(spec, paths)}")
+                _from_download(spec, paths, progress, url_template, keep_archive, limits, rollback)
+        ok = True
+        return _result(spec, paths)
     finally:
         if not ok:
-            with contextlib.suppress(FileNotFoundError):
-                paths["marker"].unlink()
-            if placed_by_us:
-                shutil.rmtree(folder, ignore_errors=True)
-                with contextlib.suppress(FileNotFoundError):
-                    paths["test_order"].unlink()
-            for p in sorted(created, key=lambda q: len(q.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    p.rmdir()  # only when empty
+            rollback.undo()
