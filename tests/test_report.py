@@ -29,7 +29,7 @@ from slide.report.aggregate import (CURVES_COLUMNS, SPEEDUP_COLUMNS, SUMMARY_COL
 from slide.contention import DISTURBED_NOTE
 from slide.report import figures as figures_mod
 from slide.report.figures import FIGURES, load_tables, make_figure
-from slide.report.html import build_report, claims_table
+from slide.report.html import MISSING, build_report, claims_table
 from slide.report.io import final_outputs, plan_path, report_path, tables_path
 from slide.runs import RunRecorder
 
@@ -409,9 +409,9 @@ def test_machine_table_has_no_empty_header_and_one_format_per_column(fixture_run
     table = text[text.index("<h2>Table:"):]
     table = table[:table.index("</table>")]
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
-    memory = [c[5] for c in cells if c[5] != "&ndash;"]
+    memory = [c[5] for c in cells if c[5] != MISSING]
     assert memory and all(re.fullmatch(r"[\d,]+ MB", m) for m in memory)
-    assert all(re.fullmatch(r"\d\.\d{3}", c[6]) for c in cells if c[6] != "&ndash;")  # P@1
+    assert all(re.fullmatch(r"\d\.\d{3}", c[6]) for c in cells if c[6] != MISSING)  # P@1
 
 
 def test_per_preset_paths():
