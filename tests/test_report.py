@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -412,6 +413,67 @@ def test_machine_table_has_no_empty_header_and_one_format_per_column(fixture_run
     memory = [c[5] for c in cells if c[5] != MISSING]
     assert memory and all(re.fullmatch(r"[\d,]+ MB", m) for m in memory)
     assert all(re.fullmatch(r"\d\.\d{3}", c[6]) for c in cells if c[6] != MISSING)  # P@1
+
+
+EVIL = "<script>alert(1)</script> & co"
+
+
+def test_data_text_is_escaped_and_the_report_markup_is_not(tmp_path):
+    plan = dict(PLAN, preset="p&q", gpu={"available": False, "reason": f"no GPU: {EVIL}"},
+                datasets={DID: dict(PLAN["datasets"][DID], label=f"Amazon {EVIL}")},
+                skipped=[dict(PLAN["skipped"][0], reason=f"left out: {EVIL}")])
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)]), _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)]),
+            _write_run(tmp_path, "tf-sampled-cpu", [(1, 0.05)], status="failed", reason=f"diverged: {EVIL}")]
+    _, out = _aggregate(tmp_path, runs, [], [])
+    text = build_report(load_tables(out), plan, PAPER, {}, tmp_path / "report.html", f"Report {EVIL}",
+                        machine_info={"cpu": EVIL, "cores": 2, "memory_gb": 8, "platform": "x"}, version_info={})
+    assert "<script>" not in text and "& co" not in text
+    safe = html.escape(EVIL, quote=False)
+    for shown in (f"<title>Report {safe}</title>", f"Amazon {safe}", f"no GPU: {safe}", f"left out: {safe}",
+                  f"diverged: {safe}", f"<th scope='row'>CPU</th><td>{safe}</td>", "<code>p&amp;q</code>"):
+        assert shown in text, shown
+    assert "<strong>No GPU</strong>" in text and '<span class="failed">Failed runs</span>' in text
+
+
+VOID = {"meta", "img", "br"}
+
+
+class _TagBalance(HTMLParser):
+    """Open elements while parsing; a closing tag that does not close the innermost one is recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.open, self.errors, self.seen = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.seen.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.open or self.open.pop() != tag:
+            self.errors.append((tag, self.getpos()))
+
+
+def test_report_html_is_well_formed(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)], **BUSY),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)]),
+            _write_run(tmp_path, "tf-sampled-cpu", [(1, 0.05)], status="failed", reason="loss became nan")]
+    _, out = _aggregate(tmp_path, runs, [], [])
+    png = tmp_path / "headline.png"
+    plt.imsave(png, [[0.0, 1.0]])
+    text = build_report(load_tables(out), PLAN, PAPER, {"headline": png}, tmp_path / "report.html", "t",
+                        experiments={"table": True, "thread_scaling": True})
+    assert text.startswith("<!DOCTYPE html>")
+    parser = _TagBalance()
+    parser.feed(text)
+    parser.close()
+    assert parser.errors == [] and parser.open == []
+    tags = [t for t, _ in parser.seen]
+    assert tags.count("html") == tags.count("body") == tags.count("h1") == 1
+    assert tags.count("table") == 5  # claims, comparisons, machine, per-method results, every run
+    assert [a["id"] for t, a in parser.seen if t == "figure"] == ["headline"]
+    assert [a["alt"] for t, a in parser.seen if t == "img"] == ["headline"]
 
 
 def test_per_preset_paths():
