@@ -422,7 +422,8 @@ def test_data_text_is_escaped_and_the_report_markup_is_not(tmp_path):
     plan = dict(PLAN, preset="p&q", gpu={"available": False, "reason": f"no GPU: {EVIL}"},
                 datasets={DID: dict(PLAN["datasets"][DID], label=f"Amazon {EVIL}")},
                 skipped=[dict(PLAN["skipped"][0], reason=f"left out: {EVIL}")])
-    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)]), _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)]),
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)]),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)]),
             _write_run(tmp_path, "tf-sampled-cpu", [(1, 0.05)], status="failed", reason=f"diverged: {EVIL}")]
     _, out = _aggregate(tmp_path, runs, [], [])
     text = build_report(load_tables(out), plan, PAPER, {}, tmp_path / "report.html", f"Report {EVIL}",

@@ -67,16 +67,19 @@ def versions() -> dict:
 
 
 def machine() -> dict:
+    """The reporting machine (CPU, cores, memory, platform)."""
     from slide.runs import machine_info
 
     return machine_info()
 
 
 def _ds(plan, did, key="label"):
+    """A dataset's ``key`` in the plan (its display label by default), else its id."""
     return ((plan or {}).get("datasets", {}).get(did) or {}).get(key, did)
 
 
 def _paper_speedup(paper, name, baseline):
+    """The paper's speedup entry for a dataset name and baseline, or None."""
     for s in (paper or {}).get("speedups", []):
         if s.get("dataset") == name and s.get("baseline") == baseline:
             return s
@@ -84,6 +87,7 @@ def _paper_speedup(paper, name, baseline):
 
 
 def _run_name(r, plan) -> str:
+    """A run as prose: method, dataset and seed."""
     return f"{method_label(r.method)} on {_ds(plan, r.dataset)}, seed {r.seed}"
 
 
@@ -184,6 +188,7 @@ def _counterparts(method: str) -> tuple[str, ...]:
 
 
 def _measured_speedup(r) -> str:
+    """One measured comparison as plain text for the claims table."""
     if not r.speedup > 0:
         return f"n/a on {r.dataset}: {r.reason}"
     return (f"{r.speedup:.3g}x on {r.dataset} (target P@1 {r.target_p_at_1:.3f}: "
@@ -412,7 +417,26 @@ def _machine_table(summary, plan, machine_info, version_info) -> Markup:
 
 def build_report(tables, plan, paper, figures: dict, out, title: str, experiments: dict | None = None,
                  machine_info: dict | None = None, version_info: dict | None = None) -> str:
-    """Write ``out`` (HTML) and return its text. ``figures`` maps figure names to PNG paths."""
+    """Write the self-contained HTML report to ``out`` and return its text.
+
+    Parameters
+    ----------
+    tables : dict of pandas.DataFrame
+        The aggregated tables (``summary``, ``speedups``, ``table``, ...) as
+        :func:`slide.report.figures.load_tables` reads them.
+    plan, paper : dict
+        The preset's plan (``skipped.json``) and the paper's numbers (``paper_results.yaml``).
+    figures : dict
+        Figure name -> PNG path; each is embedded as base64.
+    out : path
+        Where the HTML goes (written atomically).
+    title : str
+        The page title.
+    experiments : dict, optional
+        Experiment name -> whether this preset runs it.
+    machine_info, version_info : dict, optional
+        The machine and the library versions; measured here when not given.
+    """
     experiments = experiments or {}
     summary = tables["summary"]
     preset = (plan or {}).get("preset", "?")
