@@ -41,6 +41,7 @@ import numpy as np
 from slide.data.dataset import XCDataset
 from slide.errors import DatasetFormatError
 from slide.io import atomic_path, describe_os_error, not_a_regular_file, read_regular_file
+from slide.settings import NJIT
 
 __all__ = ["read_xc", "write_xc", "read_header"]
 
@@ -73,9 +74,13 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _SP, _TAB, _NL, _CR = 32, 9, 10, 13
 _COMMA, _COLON, _DOT, _MINUS, _PLUS = 44, 58, 46, 45, 43
 _ZERO, _NINE = 48, 57
+# digits are appended to a number only while it is below its cap (see _digits):
+_INDEX_CAP = 10**10  # an index of 11 significant digits is out of range for any header (< 2**31)
+_MANT_CAP = 10**17  # later mantissa digits only move the decimal exponent
+_EXP_CAP = 100000  # an exponent this large under- or overflows anyway
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**NJIT, inline="always")
 def _scale(mant, exp10):
     """mant * 10**exp10 in float64 (correctly rounded when mant < 2**53, |exp10| <= 22)."""
     x = np.float64(mant)
@@ -95,7 +100,7 @@ def _scale(mant, exp10):
     return x / _POW10[e]
 
 
-@numba.njit(cache=True)
+@numba.njit(**NJIT)
 def _count_kernel(buf, start):
     colons = 0
     commas = 0
@@ -108,7 +113,7 @@ def _count_kernel(buf, start):
     return colons, commas
 
 
-@numba.njit(cache=True)
+@numba.njit(**NJIT)
 def _row_has_dup(indices, lo, hi):
     if hi - lo < 2:
         return -1
@@ -119,7 +124,180 @@ def _row_has_dup(indices, lo, hi):
     return -1
 
 
-@numba.njit(cache=True)
+# The parser keeps the exact settings of NJIT, not FAST: fastmath would drop -0.0 and the
+# exact float32 rounding promised above. The helpers that take the byte buffer are compiled
+# without reference counting (``_nrt=False``) and left to LLVM to inline: a Numba-level
+# inline="always" makes the caller incref/decref the array on every call, which measured
+# twice as slow as the hand-written loops; these helpers allocate nothing.
+_SCAN = dict(NJIT, _nrt=False)
+
+
+@numba.njit(**NJIT, inline="always")
+def _blank(c):
+    """A space, tab or line end (the characters that may follow a token)."""
+    return c == _SP or c == _TAB or c == _NL or c == _CR
+
+
+@numba.njit(**_SCAN)
+def _digits(buf, pos, n, v, cap):
+    """Append the decimal digits at ``pos`` to ``v``, each only while ``v < cap`` (so a
+    result ``>= cap`` means 'too many digits'; leading zeros leave ``v`` at 0).
+    Returns (v, digits appended, end)."""
+    kept = 0
+    while pos < n:
+        c = buf[pos]
+        if c < _ZERO or c > _NINE:
+            break
+        if v < cap:
+            v = v * 10 + (c - _ZERO)
+            kept += 1
+        pos += 1
+    return v, kept, pos
+
+
+@numba.njit(**_SCAN)
+def _rest_blank(buf, pos, line):
+    """After the last declared record only blank space may follow. Returns (status, line, pos)."""
+    n = buf.shape[0]
+    while pos < n:
+        c = buf[pos]
+        if c == _NL:
+            line += 1
+        elif c != _SP and c != _TAB and c != _CR:
+            return E_TOO_MANY, line, pos
+        pos += 1
+    return OK, line, pos
+
+
+@numba.njit(**_SCAN)
+def _parse_labels(buf, pos, rec, num_labels, y_indices, ny, mark_l, use_marks):
+    """The label field at ``pos`` (a digit): comma-separated indices up to a blank.
+    Returns (status, pos, ny, value); on an error ``pos`` is where to point."""
+    n = buf.shape[0]
+    while True:
+        v, _, end = _digits(buf, pos, n, 0, _INDEX_CAP)
+        if end == pos:
+            if pos < n and buf[pos] == _MINUS:
+                return E_NEG_LABEL, pos, ny, 0
+            return E_LABEL_SEP, pos, ny, 0
+        pos = end
+        if v >= num_labels:
+            return E_LABEL_RANGE, pos - 1, ny, (v if v < _INDEX_CAP else -1)
+        if use_marks:
+            if mark_l[v] == rec:
+                return E_DUP_LABEL, pos - 1, ny, v
+            mark_l[v] = rec
+        y_indices[ny] = v
+        ny += 1
+        if pos >= n:
+            return OK, pos, ny, 0
+        c = buf[pos]
+        if c == _COMMA:
+            pos += 1
+        elif _blank(c):
+            return OK, pos, ny, 0
+        elif c == _COLON:
+            return E_FEATURE_IN_LABELS, pos, ny, 0
+        else:
+            return E_BAD_LABEL, pos, ny, 0
+
+
+@numba.njit(**_SCAN)
+def _parse_value(buf, pos):
+    """A feature value ``[+-]digits[.digits][(e|E)[+-]digits]`` at ``pos``, followed by a
+    blank or the end. Returns (status, value as float64 with its sign, end)."""
+    n = buf.shape[0]
+    neg = False
+    if pos < n and (buf[pos] == _MINUS or buf[pos] == _PLUS):
+        neg = buf[pos] == _MINUS
+        pos += 1
+    mant, kept, end = _digits(buf, pos, n, 0, _MANT_CAP)
+    ndig = end - pos
+    exp10 = ndig - kept  # integer digits beyond the mantissa's precision
+    pos = end
+    dot = pos < n and buf[pos] == _DOT
+    if dot:
+        mant, kept, end = _digits(buf, pos + 1, n, mant, _MANT_CAP)
+        ndig += end - pos - 1
+        exp10 -= kept
+        pos = end
+    if ndig == 0:
+        if pos >= n:
+            return E_TRUNCATED, 0.0, pos
+        c = buf[pos]
+        if dot:
+            return E_BAD_VALUE, 0.0, pos
+        if _blank(c):
+            return E_MISSING_VALUE, 0.0, pos
+        cl = c | 32  # lower case
+        if cl == 110 or cl == 105:  # 'n' (nan) or 'i' (inf)
+            return E_NONFINITE, 0.0, pos
+        return E_BAD_VALUE, 0.0, pos
+    if pos < n and (buf[pos] == 101 or buf[pos] == 69):  # e / E
+        pos += 1
+        eneg = False
+        if pos < n and (buf[pos] == _MINUS or buf[pos] == _PLUS):
+            eneg = buf[pos] == _MINUS
+            pos += 1
+        ev, _, end = _digits(buf, pos, n, 0, _EXP_CAP)
+        if end == pos:
+            return (E_TRUNCATED if pos >= n else E_BAD_VALUE), 0.0, pos
+        pos = end
+        exp10 += -ev if eneg else ev
+    if pos < n and not _blank(buf[pos]):
+        return E_BAD_VALUE, 0.0, pos
+    val = 0.0 if mant == 0 else _scale(mant, exp10)
+    # above FLT_MAX it may still round to FLT_MAX; test in float32
+    if val > _F32_MAX and np.isinf(np.float32(val)):
+        return E_NONFINITE, 0.0, pos
+    return OK, (-val if neg else val), pos
+
+
+@numba.njit(**_SCAN)
+def _parse_features(buf, pos, rec, num_features, x_indices, x_data, nx, mark_f, use_marks):
+    """The ``index:value`` pairs from ``pos`` through the line end. Returns
+    (status, pos, nx, lines ended (0 or 1), value); on an error ``pos`` is where to point."""
+    n = buf.shape[0]
+    while True:
+        while pos < n and (buf[pos] == _SP or buf[pos] == _TAB):
+            pos += 1
+        if pos >= n:
+            return OK, pos, nx, 0, 0
+        c = buf[pos]
+        if c == _NL:
+            return OK, pos + 1, nx, 1, 0
+        if c == _CR:
+            if pos + 1 < n and buf[pos + 1] == _NL:
+                return OK, pos + 2, nx, 1, 0
+            if pos + 1 >= n:
+                return OK, pos + 1, nx, 0, 0
+            return E_BAD_CR, pos, nx, 0, 0
+        if c == _MINUS:
+            return E_NEG_FEATURE, pos, nx, 0, 0
+        if c < _ZERO or c > _NINE:
+            return E_BAD_FEATURE, pos, nx, 0, 0
+        tok = pos
+        v, _, pos = _digits(buf, pos, n, 0, _INDEX_CAP)
+        if pos >= n:
+            return E_TRUNCATED, tok, nx, 0, 0
+        c = buf[pos]
+        if c != _COLON:
+            return (E_MISSING_VALUE if _blank(c) else E_BAD_FEATURE), tok, nx, 0, 0
+        if v >= num_features:
+            return E_FEATURE_RANGE, tok, nx, 0, (v if v < _INDEX_CAP else -1)
+        status, val, pos = _parse_value(buf, pos + 1)
+        if status != OK:
+            return status, tok, nx, 0, 0
+        if use_marks:
+            if mark_f[v] == rec:
+                return E_DUP_FEATURE, tok, nx, 0, v
+            mark_f[v] = rec
+        x_indices[nx] = v
+        x_data[nx] = np.float32(val)
+        nx += 1
+
+
+@numba.njit(**NJIT)
 def _parse_kernel(buf, start, n_points, num_features, num_labels,
                   x_indptr, x_indices, x_data, y_indptr, y_indices,
                   mark_f, mark_l, use_marks):
@@ -134,201 +312,34 @@ def _parse_kernel(buf, start, n_points, num_features, num_labels,
     y_indptr[0] = 0
     while pos < n:
         if rec == n_points:
-            # only blank space may follow the last declared record
-            while pos < n:
-                c = buf[pos]
-                if c == _NL:
-                    line += 1
-                elif c != _SP and c != _TAB and c != _CR:
-                    return E_TOO_MANY, rec, line, pos, 0
-                pos += 1
-            break
+            status, line, pos = _rest_blank(buf, pos, line)
+            return status, rec, line, pos, 0
         row_x0 = nx
         row_y0 = ny
-        rec_line = line
-        # ---------------- label field ----------------
         c = buf[pos]
         if c >= _ZERO and c <= _NINE:
-            while True:
-                v = 0
-                nd = 0  # significant digits (leading zeros do not count)
-                seen = 0
-                while pos < n:
-                    c = buf[pos]
-                    if c < _ZERO or c > _NINE:
-                        break
-                    seen += 1
-                    if nd > 0 or c != _ZERO:
-                        if nd < 11:
-                            v = v * 10 + (c - _ZERO)
-                        nd += 1
-                    pos += 1
-                if seen == 0:
-                    if pos < n and buf[pos] == _MINUS:
-                        return E_NEG_LABEL, rec, line, pos, 0
-                    return E_LABEL_SEP, rec, line, pos, 0
-                if nd > 10 or v >= num_labels:
-                    return E_LABEL_RANGE, rec, line, pos - 1, (v if nd <= 10 else -1)
-                if use_marks:
-                    if mark_l[v] == rec:
-                        return E_DUP_LABEL, rec, line, pos - 1, v
-                    mark_l[v] = rec
-                y_indices[ny] = v
-                ny += 1
-                if pos >= n:
-                    break
-                c = buf[pos]
-                if c == _COMMA:
-                    pos += 1
-                    continue
-                if c == _SP or c == _TAB or c == _NL or c == _CR:
-                    break
-                if c == _COLON:
-                    return E_FEATURE_IN_LABELS, rec, line, pos, 0
-                return E_BAD_LABEL, rec, line, pos, 0
+            status, pos, ny, value = _parse_labels(buf, pos, rec, num_labels, y_indices, ny, mark_l, use_marks)
+            if status != OK:
+                return status, rec, line, pos, value
         elif c == _MINUS:
             return E_NEG_LABEL, rec, line, pos, 0
         elif c == _NL or (c == _CR and (pos + 1 >= n or buf[pos + 1] == _NL)):
             # an empty line is not a record (an empty record is a line holding a space)
             return E_BLANK_LINE, rec, line, pos, 0
-        elif c != _SP and c != _TAB and c != _NL and c != _CR:
+        elif not _blank(c):
             return E_BAD_LABEL, rec, line, pos, 0
-        # ---------------- feature pairs ----------------
-        while True:
-            while pos < n and (buf[pos] == _SP or buf[pos] == _TAB):
-                pos += 1
-            if pos >= n:
-                break
-            c = buf[pos]
-            if c == _NL:
-                pos += 1
-                line += 1
-                break
-            if c == _CR:
-                if pos + 1 < n and buf[pos + 1] == _NL:
-                    pos += 2
-                    line += 1
-                    break
-                if pos + 1 >= n:
-                    pos += 1
-                    break
-                return E_BAD_CR, rec, line, pos, 0
-            if c == _MINUS:
-                return E_NEG_FEATURE, rec, line, pos, 0
-            if c < _ZERO or c > _NINE:
-                return E_BAD_FEATURE, rec, line, pos, 0
-            tok = pos
-            v = 0
-            nd = 0  # significant digits (leading zeros do not count)
-            while pos < n:
-                c = buf[pos]
-                if c < _ZERO or c > _NINE:
-                    break
-                if nd > 0 or c != _ZERO:
-                    if nd < 11:
-                        v = v * 10 + (c - _ZERO)
-                    nd += 1
-                pos += 1
-            if pos >= n:
-                return E_TRUNCATED, rec, line, tok, 0
-            c = buf[pos]
-            if c != _COLON:
-                if c == _SP or c == _TAB or c == _NL or c == _CR:
-                    return E_MISSING_VALUE, rec, line, tok, 0
-                return E_BAD_FEATURE, rec, line, tok, 0
-            if nd > 10 or v >= num_features:
-                return E_FEATURE_RANGE, rec, line, tok, (v if nd <= 10 else -1)
-            pos += 1
-            # value: [+-]digits[.digits][(e|E)[+-]digits]
-            neg = False
-            if pos < n and (buf[pos] == _MINUS or buf[pos] == _PLUS):
-                neg = buf[pos] == _MINUS
-                pos += 1
-            mant = 0
-            exp10 = 0
-            ndig = 0
-            while pos < n:
-                c = buf[pos]
-                if c < _ZERO or c > _NINE:
-                    break
-                if mant < 100000000000000000:
-                    mant = mant * 10 + (c - _ZERO)
-                else:
-                    exp10 += 1
-                ndig += 1
-                pos += 1
-            dot = False
-            if pos < n and buf[pos] == _DOT:
-                dot = True
-                pos += 1
-                while pos < n:
-                    c = buf[pos]
-                    if c < _ZERO or c > _NINE:
-                        break
-                    if mant < 100000000000000000:
-                        mant = mant * 10 + (c - _ZERO)
-                        exp10 -= 1
-                    ndig += 1
-                    pos += 1
-            if ndig == 0:
-                if pos >= n:
-                    return E_TRUNCATED, rec, line, tok, 0
-                c = buf[pos]
-                if dot:
-                    return E_BAD_VALUE, rec, line, tok, 0
-                if c == _SP or c == _TAB or c == _NL or c == _CR:
-                    return E_MISSING_VALUE, rec, line, tok, 0
-                cl = c | 32  # lower case
-                if cl == 110 or cl == 105:  # 'n' (nan) or 'i' (inf)
-                    return E_NONFINITE, rec, line, tok, 0
-                return E_BAD_VALUE, rec, line, tok, 0
-            if pos < n and (buf[pos] == 101 or buf[pos] == 69):  # e / E
-                pos += 1
-                eneg = False
-                if pos < n and (buf[pos] == _MINUS or buf[pos] == _PLUS):
-                    eneg = buf[pos] == _MINUS
-                    pos += 1
-                ev = 0
-                end = 0
-                while pos < n:
-                    c = buf[pos]
-                    if c < _ZERO or c > _NINE:
-                        break
-                    if ev < 100000:
-                        ev = ev * 10 + (c - _ZERO)
-                    end += 1
-                    pos += 1
-                if end == 0:
-                    if pos >= n:
-                        return E_TRUNCATED, rec, line, tok, 0
-                    return E_BAD_VALUE, rec, line, tok, 0
-                exp10 += -ev if eneg else ev
-            if pos < n:
-                c = buf[pos]
-                if c != _SP and c != _TAB and c != _NL and c != _CR:
-                    return E_BAD_VALUE, rec, line, tok, 0
-            if mant == 0:
-                val = 0.0
-            else:
-                val = _scale(mant, exp10)
-            if val > _F32_MAX:
-                # may still round to FLT_MAX; test in float32
-                if np.isinf(np.float32(val)):
-                    return E_NONFINITE, rec, line, tok, 0
-            if use_marks:
-                if mark_f[v] == rec:
-                    return E_DUP_FEATURE, rec, line, tok, v
-                mark_f[v] = rec
-            x_indices[nx] = v
-            x_data[nx] = np.float32(-val if neg else val)
-            nx += 1
+        status, pos, nx, ended, value = _parse_features(buf, pos, rec, num_features, x_indices, x_data, nx,
+                                                        mark_f, use_marks)
+        if status != OK:
+            return status, rec, line, pos, value
         if not use_marks:
             d = _row_has_dup(x_indices, row_x0, nx)
             if d >= 0:
-                return E_DUP_FEATURE, rec, rec_line, -1, d
+                return E_DUP_FEATURE, rec, line, -1, d
             d = _row_has_dup(y_indices, row_y0, ny)
             if d >= 0:
-                return E_DUP_LABEL, rec, rec_line, -1, d
+                return E_DUP_LABEL, rec, line, -1, d
+        line += ended
         rec += 1
         x_indptr[rec] = nx
         y_indptr[rec] = ny
@@ -507,7 +518,7 @@ def read_header(path):
 # ----------------------------------------------------------------------------- writer
 
 
-@numba.njit(cache=True)
+@numba.njit(**NJIT)
 def _fmt_value(v, out, o, digits):
     """Write float32 ``v`` at out[o:], shortest decimal that _scale maps back to v."""
     if v == 0.0:
@@ -600,7 +611,7 @@ def _fmt_value(v, out, o, digits):
     return o
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**NJIT, inline="always")
 def _fmt_int(v, out, o, digits):
     if v < 0:
         out[o] = _MINUS
@@ -620,7 +631,7 @@ def _fmt_int(v, out, o, digits):
     return o
 
 
-@numba.njit(cache=True)
+@numba.njit(**NJIT)
 def _write_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, r0, out, crlf):
     """Format rows r0.. into ``out`` while they surely fit. Returns (bytes, next_row)."""
     digits = np.empty(24, dtype=np.int64)
