@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .runner_cli import add_bench_arguments, add_train_arguments, main_wrapper, run_bench, run_train
+from .runner_cli import add_bench_arguments, add_train_arguments, main_wrapper, plain_text, run_bench, run_train
 
 
 def _make_slide(num_features, num_labels, overrides, args):
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import add_compare_parser
     from .data.commands import add_data_parser
 
-    parser = argparse.ArgumentParser(prog="slide", description=__doc__)
+    parser = argparse.ArgumentParser(prog="slide", description=plain_text(__doc__))
     sub = parser.add_subparsers(metavar="COMMAND")
     add_data_parser(sub)
     p = sub.add_parser("train", help="train the SLIDE engine and write curve.csv, run.json, model.npz")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +15,18 @@ from .errors import ConfigError
 LIKE_CHOICES = ("delicious-200k", "amazon-670k")
 THREADS_HELP = ("threads: 0 (default) uses all usable cores; a number above them is lowered to them, "
                 "with a warning; negative numbers are refused")
+
+
+_REST_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`~?([^`]+)`")
+_REST_LITERAL = re.compile(r"``(.+?)``")
+
+
+def plain_text(text: str | None) -> str | None:
+    """Help text without reStructuredText markup: docstrings become parser descriptions, and
+    ``--help`` shows ``literal`` as literal and :func:`~a.b.name` as a.b.name."""
+    if text is None:
+        return None
+    return _REST_LITERAL.sub(r"\1", _REST_ROLE.sub(r"\1", text))
 
 
 def resolve_threads(requested: int) -> int:
@@ -235,7 +248,7 @@ def baseline_parser(prog: str, description: str, method_class, check_device, *, 
         p.add_argument("--loss", required=True, choices=("full", "sampled"), help=loss_help)
         p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help=device_help)
 
-    parser = OneLineParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=plain_text(description))
     sub = parser.add_subparsers(metavar="COMMAND")
     p = sub.add_parser("train", help=f"train a {framework} baseline and write curve.csv, run.json, model.npz")
     method_arguments(p)
