@@ -170,6 +170,24 @@ def test_index_with_leading_zeros_is_read_by_value(tmp_path):
     assert info.value.reason == "label index 99999999999999 out of range [0, 4)"
 
 
+@pytest.mark.parametrize("index,ok", [("2147483646", True), ("2147483647", False), ("9999999999", False),
+                                      ("10000000000", False), ("0" * 30 + "2147483646", True)])
+def test_index_digit_limit_at_the_largest_header(tmp_path, index, ok):
+    """Indices of 10 and 11 significant digits around the largest dims a header may declare."""
+    top = 2**31 - 1
+    shown = index.lstrip("0")
+    for field, text in (("label", f"1 {top} {top}\n{index} 0:1\n"), ("feature", f"1 {top} {top}\n0 {index}:1\n")):
+        if ok:
+            ds = read_xc(write(tmp_path, text, name=f"{field}.txt"))
+            got = ds.y_indices if field == "label" else ds.x_indices
+            assert got.tolist() == [int(index)]
+            continue
+        with pytest.raises(DatasetFormatError) as info:
+            read_xc(write(tmp_path, text, name=f"{field}.txt"))
+        assert info.value.reason == f"{field} index {shown} out of range [0, {top})"
+        assert info.value.line == 2 and f"{field}.txt" in str(info.value)
+
+
 def test_zero_points(tmp_path):
     ds = read_xc(write(tmp_path, "0 5 3\n"))
     assert len(ds) == 0 and ds.num_features == 5 and ds.num_labels == 3
