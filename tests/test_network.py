@@ -51,8 +51,9 @@ class Twin:
             bo += n_out
         return out
 
-    def grads(self, data, rows, masks=None):
-        """``masks`` (len(rows), sum(dims)) bool: hidden neurons computed (others are 0); None: all."""
+    def grads(self, data, rows, masks=None, logq=None):
+        """``masks`` (len(rows), sum(dims)) bool: hidden neurons computed (others are 0); None: all.
+        ``logq`` (labels,): the sampled-softmax correction, subtracted from every non-target logit."""
         p = self.p
         X = data.to_dense_features(rows).astype(np.float64)
         Y = data.to_dense_labels(rows).astype(np.float64)
@@ -65,6 +66,8 @@ class Twin:
         for li, (ws, bs, n_out, n_in) in enumerate(self._layers(), start=1):
             acts.append(np.maximum(acts[-1] @ p["Wh"][ws].reshape(n_out, n_in).T + p["bh"][bs], 0) * mask[li])
         z = acts[-1] @ p["W2"].T + p["b2"]
+        if logq is not None:
+            z = z - np.where(Y > 0, 0.0, logq)
         z = z - z.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         n_lab = Y.sum(axis=1, keepdims=True)
@@ -101,8 +104,8 @@ class Twin:
 
 
 def make(hidden=(8,), optimizer="sparse", threads=1, seed=3, **kw):
-    return SlideMethod.from_config(D, L, overrides=dict(hidden=list(hidden), output_sparsity=1.0, optimizer=optimizer,
-                                                        lr=0.01, init_scale=0.3, batch_size=8, **kw),
+    over = dict(hidden=list(hidden), output_sparsity=1.0, optimizer=optimizer, lr=0.01, init_scale=0.3, batch_size=8)
+    return SlideMethod.from_config(D, L, overrides={**over, **kw},
                                    seed=seed, threads=threads)
 
 
@@ -129,6 +132,24 @@ def test_loss_and_gradients_match_twin(hidden):
     for k in ("W0", "b0", "Wh", "bh", "W2", "b2"):
         if ref_g[k].size:
             close(got[k], ref_g[k])
+
+
+def test_logq_correction_matches_twin_and_counts_negatives():
+    """With every label active (padding to all of them), ``correction: logq`` trains the softmax
+    over logit - log q for the negatives and counts, per label, the samples it was a negative in."""
+    data = toy_data()
+    model = make(output_sparsity=0.5, pad_cap=1.0, min_active=L, min_active_trigger=L, correction="logq")
+    model.logq[:] = np.log(np.random.default_rng(5).uniform(0.05, 1.0, L))
+    twin = Twin(model)
+    rows = np.arange(10, dtype=np.int64)
+    losses, nactive = model._accumulate(data, rows)
+    assert (nactive == L).all()
+    ref_losses, ref_g, _ = twin.grads(data, rows, logq=model.logq.astype(np.float64))
+    close(losses, ref_losses)
+    got = model._pending_gradients()
+    for k in ("W0", "b0", "W2", "b2"):
+        close(got[k], ref_g[k])
+    np.testing.assert_array_equal(model.qcount, (data.to_dense_labels(rows) == 0).sum(axis=0))
 
 
 @pytest.mark.parametrize("optimizer", ["sparse", "dense"])

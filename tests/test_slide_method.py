@@ -186,11 +186,12 @@ def test_divergence_returns_nan(toy):
     assert np.isnan(m.train_batch(data, np.arange(32)))
 
 
-def test_state_round_trip_and_exact_resume(toy, tmp_path):
+@pytest.mark.parametrize("correction", ["none", "logq"])
+def test_state_round_trip_and_exact_resume(toy, tmp_path, correction):
     data, test = toy
-    straight = make()
+    straight = make(correction=correction)
     run_steps(straight, data, 14)
-    first = make()
+    first = make(correction=correction)
     run_steps(first, data, 9)
     first.save(tmp_path / "m.npz")
     with np.load(tmp_path / "m.npz") as z:
@@ -200,9 +201,33 @@ def test_state_round_trip_and_exact_resume(toy, tmp_path):
     np.testing.assert_array_equal(resumed.predict_topk(test, np.arange(50)), first.predict_topk(test, np.arange(50)))
     for s in range(9, 14):  # the same batches run_steps would have used
         resumed.train_batch(data, np.arange(s * 32, (s + 1) * 32) % len(data))
-    for k in ("W0", "W2", "b2", "mW2", "vW0"):
+    for k in ("W0", "W2", "b2", "mW2", "vW0", "logq"):
         np.testing.assert_array_equal(getattr(resumed, k), getattr(straight, k))
     assert resumed.stats()["rehash_count"] == straight.stats()["rehash_count"]
+
+
+def test_logq_estimate_follows_the_sampling_frequencies(toy, monkeypatch):
+    """``correction: logq`` re-estimates log q every LOGQ_EVERY steps: the fraction of samples in which
+    each label was a sampled negative (old counts halved), smoothed towards min_active / labels by one
+    batch; without the correction nothing is counted."""
+    import slide.engine.model as model_mod
+
+    data, _ = toy
+    monkeypatch.setattr(model_mod, "LOGQ_EVERY", 4)
+    m = make(correction="logq")
+    assert np.allclose(m.logq, np.log(m.min_active / L))
+    run_steps(m, data, 3)
+    counts, n = m.qcount.astype(np.float64).copy(), m.q_samples
+    assert n == 96 and counts.sum() > 0
+    run_steps(m, data, 1)  # step 4: counts of steps 1-4 go into the estimate, then halve
+    counts_4 = m.qcount * 2.0
+    q = (counts_4 + 32 * m.q_prior) / (128 + 32)
+    np.testing.assert_allclose(m.logq, np.log(np.minimum(q, 1.0)), rtol=1e-5)
+    assert m.q_samples == 64
+    assert (counts_4 >= counts).all()
+    plain = make()
+    run_steps(plain, data, 4)
+    assert plain.qcount.shape == (0,)
 
 
 def test_training_loop_outputs_and_resume(toy, tmp_path):

@@ -59,6 +59,8 @@ _LSH_PREFIX = "lsh__"
 _LSH_HIDDEN_PREFIX = "lsh_hidden"
 #: Hidden layers that may be LSH-sampled at once (one table tuple argument of the kernel each).
 MAX_SAMPLED_HIDDEN = 4
+#: Steps between re-estimates of the sampling probabilities of ``correction: logq``.
+LOGQ_EVERY = 50
 #: Points whose hidden activations dense scoring computes at a time.
 SCORE_POINTS = 16384
 #: Samples a thread takes at a time from the batch (dynamic scheduling, so a thread delayed by
@@ -240,6 +242,8 @@ class SlideMethod(PersistentMixin, Method):
         self.k_or_t = 0
         self.mode = 0
         self.index = None
+        self.qcount = self.logq = np.zeros(0, dtype=FLOAT)  # no sampling correction
+        self.q_samples = 0.0
         if not self.sampled:
             self.min_active = self.min_trigger = L
             return
@@ -257,6 +261,10 @@ class SlideMethod(PersistentMixin, Method):
                           f"set pad_cap to change it)", ConfigWarning, stacklevel=3)
             self.min_active = cap
         self.min_trigger = self.min_active if c["min_active_trigger"] is None else c["min_active_trigger"]
+        if c["correction"] == "logq":
+            self.q_prior = min(1.0, self.min_active / L)
+            self.qcount = np.zeros(L, dtype=FLOAT)
+            self.logq = np.full(L, math.log(self.q_prior), dtype=FLOAT)
         self.index = tables.LSHIndex(c["hash"], int(self.dims[-1]), L, c["K"], c["L"], **self._lsh_kwargs(self._lsh_seed(0)))
 
     def _hidden_weights(self, layer):
@@ -377,7 +385,8 @@ class SlideMethod(PersistentMixin, Method):
                                  self.gW0, self.flag0, self.gW2, self.gb2_t, self.flag2,
                                  self.gb0_t, self.gWh_t, self.gbh_t,
                                  self._lsh_arrays, self.mode, self.k_or_t, self.min_active, self.min_trigger,
-                                 self.stamp, self.counts, self.stamp_values, self.active, self.tgt,
+                                 self.stamp, self.counts, self.stamp_values, self.logq, self.qcount,
+                                 self.active, self.tgt,
                                  self.logits, self.acts, self.dacts, self.seed, self.step, losses, nactive,
                                  *self._hidden_hs()[:1], *self._hidden_hs()[1])
             finally:
@@ -447,11 +456,25 @@ class SlideMethod(PersistentMixin, Method):
         self.samples += int(rows.shape[0])
         self.active_sum += float(nactive.sum())
         self.active_count += int(rows.shape[0])
+        if self.logq.shape[0]:
+            self.q_samples += rows.shape[0]
+            if self.step % LOGQ_EVERY == 0:
+                self._update_logq()
         if self.sampled or self.hidden_sampled:
             what = self.schedule.after_step(self.step, before, self.samples)
             if what is not None:
                 self._refresh_tables(what)
         return float(losses.mean())
+
+    def _update_logq(self) -> None:
+        """Re-estimate each label's probability of being a sampled negative from the counts since the
+        last update plus half of the older ones (a running window of about 2 x ``LOGQ_EVERY`` steps, since
+        retrieval follows the changing weights), smoothed towards ``min_active / labels`` by one batch."""
+        prior = float(self.config["batch_size"])
+        q = (self.qcount + prior * self.q_prior) / (self.q_samples + prior)
+        np.log(np.minimum(q, 1.0), out=self.logq)
+        self.qcount *= 0.5
+        self.q_samples *= 0.5
 
     def table_refreshes(self) -> int | None:
         if not (self.sampled or self.hidden_sampled):
@@ -567,6 +590,9 @@ class SlideMethod(PersistentMixin, Method):
         out["counters__float"] = np.array([self.active_sum, self.rehash_seconds, self.build_seconds,
                                            self.touched_sum], dtype=np.float64)
         out.update(self.schedule.state_arrays())
+        if self.logq.shape[0]:
+            out["logq"], out["logq_counts"] = self.logq, self.qcount
+            out["logq_samples"] = np.array([self.q_samples], dtype=np.float64)
         if self.sampled:
             for key, value in self.index.state_arrays().items():
                 out[_LSH_PREFIX + key] = value
@@ -595,6 +621,12 @@ class SlideMethod(PersistentMixin, Method):
         floats = arrays["counters__float"]
         self.active_sum, self.rehash_seconds, self.build_seconds, self.touched_sum = (float(v) for v in floats)
         self.schedule.load_state_arrays(arrays)
+        if self.logq.shape[0]:
+            for key, cur in (("logq", self.logq), ("logq_counts", self.qcount)):
+                if key not in arrays:
+                    raise ConfigError(f"model state lacks {key!r} (saved without correction: logq?)")
+                np.copyto(cur, np.asarray(arrays[key]), casting="same_kind")
+            self.q_samples = float(np.asarray(arrays["logq_samples"])[0])
         if self.sampled:
             self.index.load_state_arrays({k[len(_LSH_PREFIX):]: arrays[k] for k in arrays.keys()
                                           if k.startswith(_LSH_PREFIX)})

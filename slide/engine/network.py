@@ -225,12 +225,12 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
                  W0, b0, Wh, bh, dims, W2, b2,
                  gW0, flag0, gW2, gb2, flag2, gb0_t, gWh_t, gbh_t,
                  lsh, mode, k_or_t, min_active, min_trigger,
-                 stamp, counts, stamp_value, rng_seed, active, tgt, logits, acts, dacts, inv_b, hs, hl0, hl1,
-                 hl2, hl3, t):
+                 stamp, counts, stamp_value, rng_seed, logq, qcount, active, tgt, logits, acts, dacts, inv_b, hs,
+                 hl0, hl1, hl2, hl3, t):
     """Forward and backward of one sample (row ``r``); returns (loss, active count).
 
     ``hs`` is None (dense hidden layers) or the hidden-sampling tuple of :func:`train_kernel`; ``t``
-    the thread id that picks its scratch rows."""
+    the thread id that picks its scratch rows. ``logq``/``qcount``: see :func:`train_kernel`."""
     xa, xb = x_indptr[r], x_indptr[r + 1]
     ya, yb = y_indptr[r], y_indptr[r + 1]
     xi = x_indices[xa:xb]
@@ -258,6 +258,7 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
     w = np.float32(1.0) / np.float32(n_lab)
     for p in range(n_lab):
         tgt[labels[p]] = w
+    corrected = logq.shape[0] > 0
     mx = -np.inf
     zt = 0.0
     tsum = 0.0
@@ -268,13 +269,16 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
         s = b2[j]
         for q in range(hl):
             s += W2[j, q] * a[q]
+        tj = tgt[j]
+        if tj != 0:
+            zt += tj * s
+            tsum += tj
+        elif corrected:  # a sampled negative stands for 1/q of its kind: logit - log q
+            s -= logq[j]
+            qcount[j] += 1
         logits[i] = s
         if s > mx:
             mx = s
-        t = tgt[j]
-        if t != 0:
-            zt += t * s
-            tsum += t
     zsum = 0.0
     for i in range(n):
         e = math.exp(logits[i] - mx)
@@ -342,7 +346,7 @@ def train_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, rows,
                  W0, b0, Wh, bh, dims, W2, b2,
                  gW0, flag0, gW2, gb2_t, flag2, gb0_t, gWh_t, gbh_t,
                  lsh, mode, k_or_t, min_active, min_trigger,
-                 stamp, counts, stamp_values, active, tgt, logits, acts, dacts,
+                 stamp, counts, stamp_values, logq, qcount, active, tgt, logits, acts, dacts,
                  seed, step, losses, nactive, hs, hl0, hl1, hl2, hl3):
     """Forward and backward of every sample of ``rows`` (HOGWILD).
 
@@ -356,6 +360,11 @@ def train_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, rows,
     so the scratch arrays need ``numba.get_num_threads()`` rows. Output-bias gradients go to the
     per-thread rows ``gb2_t`` (16 biases share a cache line; the Adam kernels sum them). Fills ``losses`` and ``nactive``
     per sample and the gradient buffers (of the batch-mean loss); returns nothing.
+
+    ``logq`` (float32, one per label, or empty for no correction) is the log of each label's
+    probability of being sampled as a negative: a sampled negative's logit becomes ``logit - logq``
+    in the softmax (the sampled-softmax correction), and ``qcount[j]`` counts the samples in which
+    label j was a sampled negative (HOGWILD adds, approximate by design).
     """
     nb = rows.shape[0]
     inv_b = 1.0 / nb
@@ -370,7 +379,7 @@ def train_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, rows,
                                W0, b0, Wh, bh, dims, W2, b2,
                                gW0, flag0, gW2, gb2_t[t], flag2, gb0_t[t], gWh_t[t], gbh_t[t],
                                lsh, mode, k_or_t, min_active, min_trigger,
-                               stamp[t], counts[t], np.int32(sv), sample_seed(seed, step, s),
+                               stamp[t], counts[t], np.int32(sv), sample_seed(seed, step, s), logq, qcount,
                                active[t], tgt[t], logits[t], acts[t], dacts[t], inv_b, hs, hl0, hl1, hl2, hl3, t)
         losses[s] = loss
         nactive[s] = n

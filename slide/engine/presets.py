@@ -32,6 +32,11 @@ bin_size             WTA/DWTA bin size
 topk_minhash         MinHash: the K largest activations that form the set
 sampling             vanilla (union of buckets) | topk (most frequent) | threshold (seen in
                      at least ``threshold`` tables); the true labels are always active
+correction           none (as the paper) | logq: the sampled-softmax correction, each sampled
+                     negative's logit minus the log of that label's estimated probability of
+                     being sampled (a running per-label frequency, refreshed every
+                     ``LOGQ_EVERY`` steps), so popular, often-retrieved labels are not pushed
+                     below the rarely retrieved tail
 threshold            table count for ``sampling: threshold``; at most L (above L no neuron could
                      ever qualify, so such a configuration is refused)
 min_active           vanilla sampling: pad with random neurons up to this many
@@ -69,6 +74,7 @@ OPTIMIZERS = ("sparse", "dense")
 SCHEDULES = ("fixed", "decay")
 INITS = ("normal", "glorot")
 INFERENCES = ("dense", "sparse")
+CORRECTIONS = ("none", "logq")
 
 DEFAULTS = {
     **SHARED_DEFAULTS,
@@ -82,6 +88,7 @@ DEFAULTS = {
     "bin_size": 8,
     "topk_minhash": 32,
     "sampling": "vanilla",
+    "correction": "none",
     "threshold": 1,
     "min_active": None,
     "min_active_trigger": None,
@@ -176,6 +183,7 @@ def validate(config: dict) -> dict:
     out["schedule"] = _choice(config, "schedule", SCHEDULES)
     out["init"] = _choice(config, "init", INITS)
     out["inference"] = _choice(config, "inference", INFERENCES)
+    out["correction"] = _choice(config, "correction", CORRECTIONS)
     out["K"] = _int(config, "K", 1)
     out["L"] = _int(config, "L", 1)
     out["bucket_size"] = _int(config, "bucket_size", 1)
