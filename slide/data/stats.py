@@ -6,7 +6,7 @@ import numpy as np
 
 from slide.data.dataset import XCDataset
 
-__all__ = ["dataset_stats", "STATS_KEYS"]
+__all__ = ["dataset_stats", "label_pair_log_lift", "STATS_KEYS"]
 
 STATS_KEYS = ("points", "features", "labels", "nnz", "label_nnz", "avg_features_per_point",
               "avg_labels_per_point", "avg_points_per_label", "points_without_labels",
@@ -41,3 +41,31 @@ def dataset_stats(ds: XCDataset) -> dict:
         "labels_used": labels_used,
         "features_used": features_used,
     }
+
+
+
+def label_pair_log_lift(ds: XCDataset, top_labels: int = 150, max_points: int = 20000) -> float:
+    """Pair-weighted mean log-lift of co-occurrence among the ``top_labels`` most frequent labels.
+
+    Over the first ``max_points`` points, for each pair of frequent labels that occur together,
+    lift = n_ab * N / (n_a * n_b); returns the mean of log(lift) over those pairs weighted by
+    n_ab: 0 when labels occur independently. Restricting to frequent labels keeps the figure
+    comparable across label counts (rare pairs have huge lifts by chance). NaN without pairs.
+    """
+    n = min(len(ds), int(max_points))
+    y = ds.y_indices[:ds.y_indptr[n]].astype(np.int64)
+    point = np.repeat(np.arange(n), np.diff(ds.y_indptr[:n + 1]))
+    counts = np.bincount(y, minlength=ds.num_labels)
+    top = np.argsort(-counts, kind="stable")[:top_labels]
+    rank = np.full(ds.num_labels, -1, dtype=np.int64)
+    rank[top] = np.arange(top.shape[0])
+    keep = rank[y] >= 0
+    Y = np.zeros((n, top.shape[0]), dtype=np.float64)
+    Y[point[keep], rank[y[keep]]] = 1.0
+    n_ab = np.triu(Y.T @ Y, k=1)
+    a, b = np.nonzero(n_ab)
+    if a.shape[0] == 0:
+        return float("nan")
+    w = n_ab[a, b]
+    lift = w * n / (counts[top[a]] * counts[top[b]])
+    return float(np.sum(w * np.log(lift)) / w.sum())

@@ -436,7 +436,8 @@ def bench_dir(like: str, scale: float, seed: int, root="data") -> Path:
 
 
 def ensure_synth(out_dir, like, scale: float = 1.0, seed: int = 0) -> dict | None:
-    """Generate the stand-in in ``out_dir`` unless ``synth.json`` says it is already there.
+    """Generate the stand-in in ``out_dir`` unless ``synth.json`` says it is already there, made
+    with the generator parameters of today's registry.
 
     Returns the paths written by :func:`write_synth`, or ``None`` when existing files were reused.
     """
@@ -447,6 +448,7 @@ def ensure_synth(out_dir, like, scale: float = 1.0, seed: int = 0) -> dict | Non
             meta = json.loads(meta_file.read_text())
         except ValueError:
             meta = {}
-        if (meta.get("like"), meta.get("scale"), meta.get("seed")) == (_spec(like).name, scale, int(seed)):
+        if ((meta.get("like"), meta.get("scale"), meta.get("seed"), meta.get("params"))
+                == (_spec(like).name, scale, int(seed), synth_params(like))):
             return None
     return write_synth(out_dir, like, scale, seed)

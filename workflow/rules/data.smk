@@ -1,6 +1,8 @@
 # Data: the real XC files (fetched or placed by hand) or synthetic stand-ins, then the binary
 # caches and the shuffled test order (`slide data prepare`).
 
+from slide.data.synth import synth_params
+
 
 rule fetch:
     output:
@@ -40,6 +42,8 @@ rule synth:
         like=lambda wc: DATASETS[wc.dataset]["name"],
         scale=lambda wc: DATASETS[wc.dataset]["cfg"]["scale"],
         seed=lambda wc: DATASETS[wc.dataset]["cfg"]["synth_seed"],
+        # a change of the registry's generator parameters regenerates the stand-in
+        generator=lambda wc: json.dumps(synth_params(DATASETS[wc.dataset]["name"]), sort_keys=True),
         out=subpath(output.train, parent=True),
     shell:
         "python -m slide.cli data synth --like {params.like} --scale {params.scale}"
