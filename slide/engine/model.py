@@ -66,6 +66,10 @@ SCORE_POINTS = 16384
 #: Samples a thread takes at a time from the batch (dynamic scheduling, so a thread delayed by
 #: another process does not hold up the step).
 SAMPLE_CHUNK = 2
+#: The counts :meth:`SlideMethod.traffic` keeps: training steps, samples, non-zero features and true
+#: labels of those samples, active output neurons summed over the samples, rows of ``W0`` and ``W2``
+#: the sparse Adam updated (0 with ``optimizer: dense``), hash-table refreshes.
+TRAFFIC_KEYS = ("batches", "samples", "features", "labels", "active", "rows0", "rows2", "refreshes")
 
 
 def _lsh_modules():
@@ -129,6 +133,8 @@ class SlideMethod(PersistentMixin, Method):
         self.rebuild_count = 0
         self.build_seconds = 0.0
         self.touched_sum = 0.0
+        #: Running counts for the byte accounting of ``slide bench`` (see :meth:`traffic`).
+        self._traffic = dict.fromkeys(TRAFFIC_KEYS, 0)
         t0 = time.perf_counter()
         if self.sampled:
             self.index.build(self.W2)
@@ -419,6 +425,8 @@ class SlideMethod(PersistentMixin, Method):
                                          self.W2, self.mW2, self.vW2, self.gW2, self.b2, self.mb2, self.vb2,
                                          self.gb2, self.gb2_t, self.flag2, self.rows2, lr_t, b1, b2, eps_t)
                 self.touched_sum += n2
+                self._traffic["rows0"] += int(n0)
+                self._traffic["rows2"] += int(n2)
             else:
                 flat = [a.reshape(-1) for a in (self.W0, self.mW0, self.vW0, self.gW0)]
                 flat2 = [a.reshape(-1) for a in (self.W2, self.mW2, self.vW2, self.gW2)]
@@ -428,6 +436,7 @@ class SlideMethod(PersistentMixin, Method):
 
     def _refresh_tables(self, what: str) -> None:
         t0 = time.perf_counter()
+        self._traffic["refreshes"] += 1
         with self._numba_threads():
             if what == REBUILD:
                 self.rebuild_count += 1
@@ -456,6 +465,7 @@ class SlideMethod(PersistentMixin, Method):
         self.samples += int(rows.shape[0])
         self.active_sum += float(nactive.sum())
         self.active_count += int(rows.shape[0])
+        self._count_traffic(data, rows, nactive)
         if self.logq.shape[0]:
             self.q_samples += rows.shape[0]
             if self.step % LOGQ_EVERY == 0:
@@ -465,6 +475,27 @@ class SlideMethod(PersistentMixin, Method):
             if what is not None:
                 self._refresh_tables(what)
         return float(losses.mean())
+
+    def _count_traffic(self, data, rows, nactive) -> None:
+        """Add one step's counts to :meth:`traffic` (a few NumPy operations on the batch's rows only)."""
+        t = self._traffic
+        t["batches"] += 1
+        t["samples"] += int(rows.shape[0])
+        t["features"] += int((data.x_indptr[rows + 1] - data.x_indptr[rows]).sum())
+        t["labels"] += int((data.y_indptr[rows + 1] - data.y_indptr[rows]).sum())
+        t["active"] += int(nactive.sum())
+
+    def traffic(self) -> dict:
+        """The running counts of :data:`TRAFFIC_KEYS` since this object was made (not saved with the
+        state). :func:`slide.bandwidth.slide_bytes` turns the difference of two snapshots into bytes."""
+        return dict(self._traffic)
+
+    def bytes_moved(self, data, counts) -> dict:
+        """Bytes the training steps of ``counts`` (a difference of :meth:`traffic` snapshots) read and
+        wrote, by part: :func:`slide.bandwidth.slide_bytes`."""
+        from ..bandwidth import slide_bytes
+
+        return slide_bytes(self, data, counts)
 
     def _update_logq(self) -> None:
         """Re-estimate each label's probability of being a sampled negative from the counts since the
