@@ -96,6 +96,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default="data", help="where generated benchmark data is cached")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--remeasure-bandwidth", action="store_true", default=None,
+                   help="measure the machine's memory bandwidth again instead of reading it from the cache "
+                        "(methods that count their bytes, such as SLIDE; also SLIDE_REMEASURE_BANDWIDTH=1)")
 
 
 def load_training_data(args):
@@ -158,7 +161,7 @@ def run_bench(args, make_method) -> int:
     method = make_method(data.num_features, data.num_labels, parse_overrides(args.overrides), args)
     print_settings(method)
     result = bench(method, data, batches=args.batches, warmup=args.warmup, seed=args.seed,
-                   max_batches=args.max_batches)
+                   max_batches=args.max_batches, remeasure_bandwidth=args.remeasure_bandwidth)
     if result.get("disturbed"):
         print(f"{method.name}: {DISTURBED_NOTE} ({result['disturbed']})", file=sys.stderr)
     result.update(like=args.like, scale=args.scale, features=data.num_features, labels=data.num_labels)

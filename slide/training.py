@@ -452,7 +452,7 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
 
 
 def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, max_batches: int | None = None,
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, remeasure_bandwidth: bool | None = None) -> dict:
     """Time ``batches`` training steps of ``method`` on ``data`` after ``warmup`` untimed ones.
 
     :meth:`Method.warm_up` runs first (``compile_seconds``). For a method that refreshes hash
@@ -460,6 +460,14 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     the timed window (at most ``max_batches``, default ``20 * batches``), so that
     ``mean_batch_seconds`` (refreshes included) sits beside the median; ``rehashes_in_window`` says
     how many there were. Contention figures as in :func:`train`.
+
+    A method that counts its memory traffic (``traffic()`` and ``bytes_moved(data, counts)``, as
+    SLIDE's) also gets ``bytes_per_batch`` (the mean over the timed batches,
+    :func:`slide.bandwidth.slide_bytes`), ``stream_gbps`` (the machine's bandwidth on the method's
+    threads, :func:`slide.bandwidth.stream_gbps`, measured after the timed window when not cached, or
+    when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_seconds`` (the time to move the bytes
+    at ``stream_gbps``) and ``x_of_floor`` (median batch seconds over the floor), and one line
+    about them on stderr.
 
     Returns the keys every method's ``bench`` command prints.
     """
@@ -476,6 +484,8 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     for i in range(warmup):
         _bench_step(method, data, rows_for(i), i)
     refreshes0 = method.table_refreshes()
+    traffic = getattr(method, "traffic", None)
+    traffic0 = traffic() if traffic is not None else None
     times = []
     meter = ContentionMeter(method.threads).start()
     bar = tqdm(total=batches, unit="batch", disable=not progress, desc=f"bench {method.name}")
@@ -500,6 +510,14 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     if refreshes0 is not None:
         out.update(rehashes_in_window=method.table_refreshes() - refreshes0, rehash_seconds=stats["rehash_seconds"])
     out.update(meter.figures())
+    if traffic is not None:
+        from .bandwidth import floor_figures, floor_line, stream_gbps
+
+        counts = {k: v - traffic0[k] for k, v in traffic().items()}
+        out["bytes_per_batch"] = method.bytes_moved(data, counts)["total"] / len(times)
+        out["stream_gbps"] = stream_gbps(method.threads, remeasure=remeasure_bandwidth)
+        out.update(floor_figures(out["bytes_per_batch"], med, out["stream_gbps"]))
+        _log(floor_line(method.name, out))
     return out
 
 

@@ -1,0 +1,322 @@
+"""How far ``slide bench`` is from the memory-bandwidth floor: the bytes a SLIDE training step moves,
+and the machine's measured memory bandwidth.
+
+:func:`slide_bytes` counts the bytes every array a SLIDE training step reads or writes from the
+engine's own counts (:meth:`slide.engine.SlideMethod.traffic`); :func:`stream_gbps` measures the
+machine's memory bandwidth with a STREAM-like triad (``a = b + s * c`` over arrays several times
+the last-level cache, best of a few repetitions) on the bench's thread count, cached per machine in
+``<user cache>/bandwidth.json`` (:func:`slide.data.cache.user_cache_dir`; the file is
+``$SLIDE_BANDWIDTH_CACHE`` when set). ``slide bench --remeasure-bandwidth`` or
+``SLIDE_REMEASURE_BANDWIDTH=1`` measures again. ``bytes / stream bandwidth`` is the time the step
+would take if it did nothing but move its data at the machine's sustained rate: the floor.
+
+Example
+-------
+>>> from slide.bandwidth import stream_gbps
+>>> stream_gbps(threads=2)      # doctest: +SKIP
+31.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import prange
+
+from .settings import FAST_PARALLEL
+
+#: Environment variable naming the cache file (default ``<user cache>/bandwidth.json``).
+CACHE_ENV = "SLIDE_BANDWIDTH_CACHE"
+#: Environment variable that, set to anything but ``""`` or ``0``, makes :func:`stream_gbps` measure again.
+REMEASURE_ENV = "SLIDE_REMEASURE_BANDWIDTH"
+#: Bytes of each of the three triad arrays: 4 x the last-level cache, within these bounds.
+MIN_ARRAY_BYTES, MAX_ARRAY_BYTES = 64 * 2**20, 512 * 2**20
+#: Timed triads; the best one counts (STREAM's convention).
+REPEATS = 5
+#: Bytes of one triad element: a and b and c of float64 (STREAM counts 3 x 8, no write-allocate).
+_TRIAD_BYTES = 3 * 8
+
+
+# ---------------------------------------------------------------------- bytes of a training step
+def _row(a) -> int:
+    """Bytes of one row of ``a`` (one element of a 1-d array)."""
+    return int(a.itemsize * (a.size // a.shape[0] if a.ndim > 1 and a.shape[0] else 1))
+
+
+def slide_bytes(model, data, counts) -> dict:
+    """Bytes read and written by the training steps that ``counts`` describes, by part.
+
+    ``counts`` is a difference of two :meth:`~slide.engine.SlideMethod.traffic` snapshots (or a
+    dict with the same keys): ``batches`` steps of ``samples`` samples with ``features`` non-zero
+    features, ``labels`` true labels and ``active`` active output neurons in all, ``rows0`` /
+    ``rows2`` rows of ``W0`` / ``W2`` updated by the sparse Adam (the ``n0, n2`` of
+    :func:`slide.engine.network.adam_sparse`) and ``refreshes`` hash-table refreshes. Row widths
+    come from the model's arrays (shape and dtype) and the index widths from ``data``'s.
+
+    Counted per sample (summed over the samples of a batch): the gathers and the gradient
+    read-modify-writes of the rows a sample touches: ``W0`` rows of its features read in the
+    forward pass and their ``gW0`` rows read and written in the backward pass; ``W2`` rows and
+    ``b2`` entries of its active neurons read, and their ``gW2`` rows and per-thread ``gb2`` entries
+    read and written; the ``flag0``/``flag2`` byte of each such row read; the ``logq`` entry read
+    and the ``qcount`` entry read and written for each sampled negative (``correction: logq``); the
+    sample's features, labels and indptr entries. A row shared by several samples of a batch is
+    counted once for each: the samples run on different cores at different times, a batch's
+    rows (up to hundreds of MB at the paper's shapes) do not stay in a core's cache from one sample
+    to the next, and the gradient rows are written by each sample in turn (HOGWILD), so the
+    hardware fetches them again. The second read of a ``W2`` row in the sample's own backward
+    pass is not counted: it comes right after the forward read, from cache.
+
+    Counted per batch, once per row: what the hardware does once per step: the sparse Adam of
+    each touched row (``rows0``, ``rows2``: read ``W, m, v, g`` and write ``W, m, v`` and the zeroed
+    ``g``, 8 row transfers, plus ``b2`` with its ``m, v, g`` and the per-thread ``gb2`` entries of
+    the row); the flag scan that collects the touched rows (every flag read, the touched ones set
+    and cleared, the row lists written and read); with ``optimizer: dense`` the same Adam over every
+    row of ``W0``, ``W2``, ``b2`` and every flag cleared; the small dense parts (``b0`` and the
+    further hidden layers ``Wh``, ``bh``: read once per batch in the forward pass, since every sample
+    reads all of them they stay in cache, then their per-thread gradients summed and Adam). A table
+    refresh (rehash or rebuild) reads every row of ``W2`` (and of the weights of LSH-sampled hidden
+    layers; the first layer's ``W0.T`` copy is read and written), counted in the step that does it,
+    so the mean over steps amortises it over the refresh interval.
+
+    Not counted: per-thread scratch (activations, logits, the active list, targets, stamps and
+    collision counts), the hash-table bucket reads of the LSH lookup, and the periodic ``logq``
+    re-estimate. Bytes are element bytes: a scattered scalar (a ``b2`` entry, a flag) moves a
+    64-byte cache line, so the figure, and the floor from it, are lower bounds. With LSH-sampled
+    hidden layers the first layer's rows are still counted whole.
+
+    Returns a dict of bytes per part (``forward``, ``backward``, ``flags``, ``adam``, ``dense_parts``,
+    ``input``, ``refresh``) and their ``total``, all for the whole of ``counts`` (divide by
+    ``counts["batches"]`` for a mean per batch).
+    """
+    c = {k: int(v) for k, v in counts.items()}
+    m = model
+    T = m.gb2_t.shape[0]                                           # threads with their own gb2 rows
+    out_row = _row(m.W2) + _row(m.b2)                              # an output neuron: W2 row and bias
+    grad_row = _row(m.gW2) + m.gb2_t.itemsize                      # its gradient (bias part per thread)
+    per_sample = {
+        "forward": c["features"] * _row(m.W0) + c["active"] * out_row,
+        "backward": 2 * (c["features"] * _row(m.gW0) + c["active"] * grad_row),
+        "flags": c["features"] * _row(m.flag0) + c["active"] * _row(m.flag2),
+        "input": (c["features"] * (_row(data.x_indices) + _row(data.x_data)) + c["labels"] * _row(data.y_indices)
+                  + c["samples"] * (8 + 2 * _row(data.x_indptr) + 2 * _row(data.y_indptr))),  # 8: the row id
+    }
+    if m.logq.shape[0]:
+        negatives = max(c["active"] - c["labels"], 0)
+        per_sample["backward"] += negatives * (_row(m.logq) + 2 * _row(m.qcount))
+    dense = m.config["optimizer"] == "dense"
+    # rows the optimizer updated in all: every row in every step (dense), the touched ones (sparse)
+    n0, n2 = (c["batches"] * m.num_features, c["batches"] * m.num_labels) if dense else (c["rows0"], c["rows2"])
+    adam0 = 2 * sum(_row(a) for a in (m.W0, m.mW0, m.vW0, m.gW0))
+    adam2 = 2 * sum(_row(a) for a in (m.W2, m.mW2, m.vW2, m.gW2, m.b2, m.mb2, m.vb2, m.gb2)) + 2 * T * m.gb2_t.itemsize
+    small = (m.b0, m.mb0, m.vb0, m.gb0, m.Wh, m.mWh, m.vWh, m.gWh, m.bh, m.mbh, m.vbh, m.gbh)
+    per_batch = {
+        "adam": n0 * adam0 + n2 * adam2,
+        # read in the forward pass; Adam (read and write W, m, v, g); per-thread gradients summed and zeroed
+        "dense_parts": c["batches"] * (m.b0.nbytes + m.Wh.nbytes + m.bh.nbytes + 2 * sum(a.nbytes for a in small)
+                                       + 2 * (m.gb0_t.nbytes + m.gWh_t.nbytes + m.gbh_t.nbytes)),
+    }
+    if dense:
+        flags = c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)                     # cleared
+    else:
+        flags = (c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)                    # scanned
+                 + 2 * (n0 * _row(m.flag0) + n2 * _row(m.flag2))                     # set, cleared
+                 + 2 * (n0 * _row(m.rows0) + n2 * _row(m.rows2)))                    # listed, read
+    parts = {**per_sample, **per_batch}
+    parts["flags"] += flags
+    refresh = m.W2.nbytes if m.sampled else 0
+    for layer, _ in m.hidden_indices:
+        refresh += 2 * m.W0.nbytes if layer == 0 else m._hidden_weights(layer).nbytes
+    parts["refresh"] = c["refreshes"] * refresh
+    parts = {k: int(v) for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def floor_figures(bytes_per_batch: float, median_batch_seconds: float, gbps: float) -> dict:
+    """``achieved_gbps``, ``floor_seconds`` (the time to move the bytes at ``gbps``) and ``x_of_floor``."""
+    floor = bytes_per_batch / (gbps * 1e9)
+    return {"achieved_gbps": bytes_per_batch / median_batch_seconds / 1e9, "floor_seconds": floor,
+            "x_of_floor": median_batch_seconds / floor}
+
+
+def floor_line(name: str, result: dict) -> str:
+    """The one human line of :func:`slide.training.bench` about the floor."""
+    return (f"{name}: moves {result['bytes_per_batch'] / 1e6:,.0f} MB per batch: {result['achieved_gbps']:.1f} GB/s "
+            f"of the machine's {result['stream_gbps']:.1f} GB/s stream bandwidth = "
+            f"{result['x_of_floor']:.2f}x the memory floor")
+
+
+# ---------------------------------------------------------------------- the machine's bandwidth
+@numba.njit(**FAST_PARALLEL)
+def _fill(a, b, c, parts):
+    """Write the three arrays, each thread its own contiguous block (the pages the triad will use)."""
+    n = a.shape[0]
+    for t in prange(parts):
+        for i in range(n * t // parts, n * (t + 1) // parts):
+            a[i] = 0.0
+            b[i] = 1.0
+            c[i] = 2.0
+
+
+@numba.njit(**FAST_PARALLEL)
+def _triad(a, b, c, s, parts):
+    """``a = b + s * c``, the blocks of :func:`_fill`."""
+    n = a.shape[0]
+    for t in prange(parts):
+        for i in range(n * t // parts, n * (t + 1) // parts):
+            a[i] = b[i] + s * c[i]
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache (Linux sysfs), 32 MiB where it cannot be read."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = f.read_text().strip().upper()
+            sizes.append(int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1] in "KMG"
+                         else int(text))
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(sizes) if sizes else 32 * 2**20
+
+
+def default_array_bytes() -> int:
+    """Bytes of each triad array: 4 x the last-level cache, clamped to :data:`MIN_ARRAY_BYTES` ..
+    :data:`MAX_ARRAY_BYTES`."""
+    return int(min(MAX_ARRAY_BYTES, max(MIN_ARRAY_BYTES, 4 * last_level_cache_bytes())))
+
+
+def _check_threads(threads) -> int:
+    if threads is None:
+        return numba.get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int, got {type(threads).__name__}")
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"threads must be 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
+    return int(threads)
+
+
+def _check_positive_int(name, value, low=1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+    return int(value)
+
+
+@contextlib.contextmanager
+def _threads(n):
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def measure_stream_gbps(threads: int | None = None, *, array_bytes: int | None = None,
+                        repeats: int = REPEATS) -> float:
+    """The machine's memory bandwidth in GB/s (1e9 bytes/s), measured now, never cached.
+
+    The best of ``repeats`` triads ``a = b + s * c`` over three float64 arrays of ``array_bytes``
+    each (default :func:`default_array_bytes`) on ``threads`` Numba threads (default: Numba's
+    current count), counting 24 bytes per element as STREAM does.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An argument has the wrong type or is out of range (``array_bytes`` at least 8 KiB).
+    """
+    threads = _check_threads(threads)
+    array_bytes = default_array_bytes() if array_bytes is None else _check_positive_int("array_bytes",
+                                                                                       array_bytes, 8192)
+    repeats = _check_positive_int("repeats", repeats)
+    n = array_bytes // 8
+    a, b, c = (np.empty(n, dtype=np.float64) for _ in range(3))
+    best = math.inf
+    with _threads(threads):
+        _fill(a, b, c, threads)
+        _triad(a, b, c, 3.0, threads)          # compiles (or loads) the kernel; untimed
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _triad(a, b, c, 3.0, threads)
+            best = min(best, time.perf_counter() - t0)
+    return _TRIAD_BYTES * n / max(best, 1e-9) / 1e9
+
+
+def cache_file() -> Path:
+    """Where measured bandwidths are kept: ``$SLIDE_BANDWIDTH_CACHE`` or ``<user cache>/bandwidth.json``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    from .data.cache import user_cache_dir
+
+    return user_cache_dir() / "bandwidth.json"
+
+
+def machine_key(threads: int, array_bytes: int) -> str:
+    """The cache key of a measurement: host name, CPU model, thread count and array size."""
+    from .runs import cpu_model
+
+    return f"{socket.gethostname()}|{cpu_model()}|threads={threads}|array_mib={array_bytes / 2**20:g}"
+
+
+def _read_cache(path: Path) -> dict:
+    """The cache's entries; ``{}`` when the file is missing, unreadable or not a JSON object."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _cached_gbps(entry) -> float | None:
+    value = entry.get("gbps") if isinstance(entry, dict) else None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else None
+
+
+def stream_gbps(threads: int | None = None, *, array_bytes: int | None = None, repeats: int = REPEATS,
+                remeasure: bool | None = None) -> float:
+    """The machine's memory bandwidth in GB/s for ``threads`` threads, from the cache when it has it.
+
+    Measured by :func:`measure_stream_gbps` when the cache (:func:`cache_file`) has no valid entry
+    for :func:`machine_key`, or when ``remeasure`` (default: ``$SLIDE_REMEASURE_BANDWIDTH`` set to
+    anything but ``""``/``0``); the measurement is then written back. A corrupt cache file, or a
+    corrupt entry, is ignored and rewritten; a cache that cannot be written is left as it is.
+    """
+    threads = _check_threads(threads)
+    array_bytes = default_array_bytes() if array_bytes is None else _check_positive_int("array_bytes",
+                                                                                       array_bytes, 8192)
+    if remeasure is None:
+        remeasure = os.environ.get(REMEASURE_ENV, "") not in ("", "0")
+    path = cache_file()
+    key = machine_key(threads, array_bytes)
+    entries = _read_cache(path)
+    if not remeasure:
+        cached = _cached_gbps(entries.get(key))
+        if cached is not None:
+            return cached
+    gbps = measure_stream_gbps(threads, array_bytes=array_bytes, repeats=repeats)
+    entries[key] = {"gbps": gbps, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "repeats": repeats}
+    try:
+        from .io import atomic_write_text
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass
+    return gbps
+
+
+__all__ = ["slide_bytes", "floor_figures", "floor_line", "stream_gbps", "measure_stream_gbps", "cache_file",
+           "machine_key", "default_array_bytes", "CACHE_ENV", "REMEASURE_ENV"]

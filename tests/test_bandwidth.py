@@ -1,0 +1,184 @@
+"""``slide bench``'s distance to the memory floor: the byte accounting of a SLIDE step (a hand count
+and a NumPy twin of the formula), the cached STREAM-like bandwidth, and bench's new keys."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from slide import bandwidth
+from slide.data.dataset import XCDataset
+from slide.engine import SlideMethod
+from slide.training import bench
+
+
+def _dataset(features, labels, num_features, num_labels):
+    """An XCDataset from per-point lists of feature ids and label ids (feature values 0.5)."""
+    xi = np.concatenate([np.asarray(f, dtype=np.int32) for f in features])
+    yi = np.concatenate([np.asarray(y, dtype=np.int32) for y in labels])
+    x_indptr = np.r_[0, np.cumsum([len(f) for f in features])].astype(np.int64)
+    y_indptr = np.r_[0, np.cumsum([len(y) for y in labels])].astype(np.int64)
+    return XCDataset(x_indptr, xi, np.full(xi.shape[0], 0.5, np.float32), y_indptr, yi, num_features, num_labels)
+
+
+def _window(model, data, batches):
+    """Train ``batches`` (lists of rows) and return the byte parts of the whole window."""
+    before = model.traffic()
+    for rows in batches:
+        model.train_batch(data, np.asarray(rows, dtype=np.int64))
+    counts = {k: v - before[k] for k, v in model.traffic().items()}
+    return counts, model.bytes_moved(data, counts)
+
+
+def test_bytes_of_one_tiny_step_match_a_hand_count():
+    # 6 features x 5 labels, hidden [4], every output neuron active, float32 rows of 16 bytes
+    data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
+    model = SlideMethod.from_config(6, 5, overrides=dict(hidden=[4], output_sparsity=1.0, batch_size=2), threads=1)
+    counts, parts = _window(model, data, [[0, 1]])
+    assert counts == dict(batches=1, samples=2, features=4, labels=2, active=10, rows0=3, rows2=5, refreshes=0)
+    # per sample: 4 W0 rows, 10 (W2 row + b2) read; their gradients read and written
+    assert parts["forward"] == 4 * 16 + 10 * (16 + 4)
+    assert parts["backward"] == 2 * (4 * 16 + 10 * (16 + 4))
+    # flags: 14 checked per sample; per batch 11 scanned, 8 set and cleared, 8 row ids written and read
+    assert parts["flags"] == 14 + 11 + 2 * 8 + 2 * 8 * 8
+    # x indices and values, y indices, and per point its row id and two entries of each indptr
+    assert parts["input"] == 4 * 8 + 2 * 4 + 2 * (8 + 16 + 16)
+    # Adam per touched row: W, m, v, g read and written; output rows also b2, m, v, g and 1 thread's gb2
+    assert parts["adam"] == 3 * 2 * 4 * 16 + 5 * (2 * 4 * (16 + 4) + 2 * 4)
+    # b0 read, its Adam (4 arrays of 16 bytes, read and written), 1 thread's gb0 summed and cleared
+    assert parts["dense_parts"] == 16 + 2 * 4 * 16 + 2 * 16
+    assert parts["refresh"] == 0
+    assert parts["total"] == 2481 == sum(v for k, v in parts.items() if k != "total")
+
+
+def _twin_bytes(model, data, batches):
+    """The formula of :func:`slide.bandwidth.slide_bytes` from the data alone, sample by sample in
+    plain Python (every output neuron active, so no LSH), for the dense or sparse optimizer."""
+    D, L = model.num_features, model.num_labels
+    H0, H = int(model.dims[0]), int(model.dims[-1])
+    T, f4 = model.threads, 4
+    small = model.b0.size + model.Wh.size + model.bh.size
+    total = 0
+    for rows in batches:
+        feats, labels = set(), 0
+        for r in rows:
+            f = data.x_indices[data.x_indptr[r]:data.x_indptr[r + 1]]
+            nlab = data.y_indptr[r + 1] - data.y_indptr[r]
+            total += len(f) * H0 * f4 + L * (H * f4 + f4)                 # forward
+            total += 2 * (len(f) * H0 * f4 + L * (H * f4 + f4))           # backward
+            total += len(f) + L                                           # flags checked
+            total += len(f) * 8 + nlab * 4 + 8 + 2 * 8 + 2 * 8           # input
+            feats.update(int(v) for v in f)
+            labels += nlab
+        n0, n2 = (D, L) if model.config["optimizer"] == "dense" else (len(feats), L)
+        total += n0 * 8 * H0 * f4 + n2 * (8 * (H * f4 + f4) + 2 * T * f4)  # Adam
+        total += small * f4 * (1 + 8 + 2 * T)                              # b0, Wh, bh
+        total += D + L if model.config["optimizer"] == "dense" else D + L + 2 * (n0 + n2) + 16 * (n0 + n2)
+    return total
+
+
+@pytest.mark.parametrize("optimizer", ["sparse", "dense"])
+def test_bytes_match_a_numpy_twin_over_several_batches(optimizer):
+    rng = np.random.default_rng(5)
+    n, D, L = 24, 40, 9
+    features = [np.sort(rng.choice(D, size=rng.integers(1, 6), replace=False)) for _ in range(n)]
+    labels = [np.sort(rng.choice(L, size=rng.integers(1, 3), replace=False)) for _ in range(n)]
+    data = _dataset(features, labels, D, L)
+    model = SlideMethod.from_config(D, L, overrides=dict(hidden=[8, 4], output_sparsity=1.0, batch_size=8,
+                                                         optimizer=optimizer), threads=2)
+    batches = [rng.choice(n, size=8, replace=False) for _ in range(3)]
+    counts, parts = _window(model, data, batches)
+    assert counts["batches"] == 3 and counts["active"] == 3 * 8 * L
+    assert parts["total"] == _twin_bytes(model, data, batches)
+
+
+def test_sampled_output_counts_the_kernels_active_sets_and_the_rehash():
+    rng = np.random.default_rng(1)
+    n, D, L = 40, 30, 64
+    features = [np.sort(rng.choice(D, size=4, replace=False)) for _ in range(n)]
+    labels = [np.sort(rng.choice(L, size=2, replace=False)) for _ in range(n)]
+    data = _dataset(features, labels, D, L)
+    model = SlideMethod.from_config(D, L, overrides=dict(hidden=[8], output_sparsity=0.25, min_active=16, K=2, L=4,
+                                                         batch_size=10, rehash_every=20, rebuild_every=0), threads=1)
+    active0 = model.active_sum
+    counts, parts = _window(model, data, [np.arange(10 * i, 10 * i + 10) for i in range(4)])
+    assert counts["active"] == model.active_sum - active0            # the kernel's nactive, summed
+    assert counts["labels"] <= counts["active"] and counts["rows2"] <= min(counts["active"], 4 * L)
+    assert counts["refreshes"] == 2                                  # after 20 and 40 samples
+    assert parts["refresh"] == 2 * model.W2.nbytes
+
+
+# ---------------------------------------------------------------------- bandwidth
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "bw" / "bandwidth.json"
+    monkeypatch.setenv(bandwidth.CACHE_ENV, str(path))
+    monkeypatch.delenv(bandwidth.REMEASURE_ENV, raising=False)
+    return path
+
+
+def _count_measurements(monkeypatch, value=12.5):
+    calls = []
+
+    def fake(threads, array_bytes, repeats):
+        calls.append(threads)
+        return value
+
+    monkeypatch.setattr(bandwidth, "measure_stream_gbps", fake)
+    return calls
+
+
+def test_measurement_is_positive_and_read_back_from_the_cache(cache, monkeypatch):
+    gbps = bandwidth.stream_gbps(1, array_bytes=2**20, repeats=2)
+    assert math.isfinite(gbps) and gbps > 0
+    assert json.loads(cache.read_text())[bandwidth.machine_key(1, 2**20)]["gbps"] == gbps
+    calls = _count_measurements(monkeypatch)
+    assert bandwidth.stream_gbps(1, array_bytes=2**20) == gbps and calls == []
+    assert bandwidth.stream_gbps(1, array_bytes=2**20, remeasure=True) == 12.5 and calls == [1]
+    monkeypatch.setenv(bandwidth.REMEASURE_ENV, "1")
+    assert bandwidth.stream_gbps(1, array_bytes=2**20) == 12.5 and calls == [1, 1]
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"KEY": {"gbps": -3}}', '{"KEY": {"gbps": "fast"}}'])
+def test_a_corrupt_cache_is_ignored_and_rewritten(cache, monkeypatch, text):
+    key = bandwidth.machine_key(1, 2**20)
+    cache.parent.mkdir(parents=True)
+    cache.write_text(text.replace("KEY", key))
+    calls = _count_measurements(monkeypatch)
+    assert bandwidth.stream_gbps(1, array_bytes=2**20) == 12.5 and calls == [1]
+    assert json.loads(cache.read_text())[key]["gbps"] == 12.5
+    assert bandwidth.stream_gbps(1, array_bytes=2**20) == 12.5 and calls == [1]
+
+
+@pytest.mark.parametrize("kwargs, error", [(dict(threads=0), ValueError), (dict(threads="2"), TypeError),
+                                           (dict(array_bytes=100), ValueError), (dict(repeats=0), ValueError)])
+def test_measurement_arguments_are_checked(kwargs, error):
+    with pytest.raises(error):
+        bandwidth.measure_stream_gbps(**kwargs)
+
+
+# ---------------------------------------------------------------------- bench
+def test_bench_reports_its_distance_to_the_floor(cache, monkeypatch, capsys):
+    from test_training_loop import Popularity, _data
+
+    _count_measurements(monkeypatch, 20.0)
+    data = _data(200, 2)
+    model = SlideMethod.from_config(5, 8, overrides=dict(hidden=[8], batch_size=10, output_sparsity=1.0), threads=1)
+    out = bench(model, data, batches=3, warmup=1)
+    med = out["median_batch_seconds"]
+    assert out["stream_gbps"] == 20.0 and out["bytes_per_batch"] > 0
+    assert out["floor_seconds"] == out["bytes_per_batch"] / (20.0 * 1e9)
+    assert out["x_of_floor"] == med / out["floor_seconds"]
+    assert out["achieved_gbps"] == out["bytes_per_batch"] / med / 1e9
+    assert "the memory floor" in capsys.readouterr().err
+    plain = bench(Popularity.from_config(5, 8), data, batches=3, warmup=1)
+    assert not {"bytes_per_batch", "stream_gbps", "achieved_gbps", "floor_seconds", "x_of_floor"} & set(plain)
+
+
+def test_bench_flag_asks_for_a_new_measurement():
+    from slide.cli import build_parser
+
+    bench_args = ["bench", "--like", "amazon-670k"]
+    assert build_parser().parse_args(bench_args).remeasure_bandwidth is None
+    assert build_parser().parse_args([*bench_args, "--remeasure-bandwidth"]).remeasure_bandwidth is True
