@@ -194,22 +194,21 @@ def default_array_bytes() -> int:
     return int(min(MAX_ARRAY_BYTES, max(MIN_ARRAY_BYTES, 4 * last_level_cache_bytes())))
 
 
-def _check_threads(threads) -> int:
-    if threads is None:
-        return numba.get_num_threads()
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads must be an int, got {type(threads).__name__}")
-    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-        raise ValueError(f"threads must be 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
-    return int(threads)
-
-
-def _check_positive_int(name, value, low=1) -> int:
+def _check_int(name, value, low, high=None) -> int:
+    """``value`` as an int, or TypeError / ValueError when it is not one in ``low..high``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be at least {low}, got {value}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {low}..{high if high is not None else ''}, got {value}")
     return int(value)
+
+
+def _checked(threads, array_bytes, repeats=REPEATS) -> tuple[int, int, int]:
+    """The measurement's arguments checked, with their defaults filled in."""
+    threads = numba.get_num_threads() if threads is None else _check_int("threads", threads, 1,
+                                                                         numba.config.NUMBA_NUM_THREADS)
+    array_bytes = default_array_bytes() if array_bytes is None else _check_int("array_bytes", array_bytes, 8192)
+    return threads, array_bytes, _check_int("repeats", repeats, 1)
 
 
 @contextlib.contextmanager
@@ -235,10 +234,7 @@ def measure_stream_gbps(threads: int | None = None, *, array_bytes: int | None =
     TypeError, ValueError
         An argument has the wrong type or is out of range (``array_bytes`` at least 8 KiB).
     """
-    threads = _check_threads(threads)
-    array_bytes = default_array_bytes() if array_bytes is None else _check_positive_int("array_bytes",
-                                                                                       array_bytes, 8192)
-    repeats = _check_positive_int("repeats", repeats)
+    threads, array_bytes, repeats = _checked(threads, array_bytes, repeats)
     n = array_bytes // 8
     a, b, c = (np.empty(n, dtype=np.float64) for _ in range(3))
     best = math.inf
@@ -293,9 +289,7 @@ def stream_gbps(threads: int | None = None, *, array_bytes: int | None = None, r
     anything but ``""``/``0``); the measurement is then written back. A corrupt cache file, or a
     corrupt entry, is ignored and rewritten; a cache that cannot be written is left as it is.
     """
-    threads = _check_threads(threads)
-    array_bytes = default_array_bytes() if array_bytes is None else _check_positive_int("array_bytes",
-                                                                                       array_bytes, 8192)
+    threads, array_bytes, repeats = _checked(threads, array_bytes, repeats)
     if remeasure is None:
         remeasure = os.environ.get(REMEASURE_ENV, "") not in ("", "0")
     path = cache_file()
