@@ -510,7 +510,7 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     if refreshes0 is not None:
         out.update(rehashes_in_window=method.table_refreshes() - refreshes0, rehash_seconds=stats["rehash_seconds"])
     out.update(meter.figures())
-    if traffic is not None:
+    if traffic is not None and len(times):
         from .bandwidth import floor_figures, floor_line, stream_gbps
 
         counts = {k: v - traffic0[k] for k, v in traffic().items()}
