@@ -15,17 +15,14 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError
+from .method_registry import shared_defaults
 from .settings import available_cores
 
 #: Keys that mean the same network and optimiser for every method, with their one default: the same
 #: flags train the same thing whichever method runs them (Adam's betas and epsilon are in
-#: :mod:`slide.settings`). A method's ``DEFAULTS`` start from these; presets may override them.
-SHARED_DEFAULTS = {
-    "hidden": [128],     # widths of the ReLU hidden layers
-    "batch_size": 128,   # samples per step
-    "lr": 1e-3,          # Adam learning rate
-    "eval_every": 0,     # steps between evaluations on the fixed test sample (0: epoch ends only)
-}
+#: :mod:`slide.settings`). Declared, with ranges and descriptions, in
+#: ``slide/shared_config.schema.json``; every method's schema (so its ``DEFAULTS``) starts from them.
+SHARED_DEFAULTS = shared_defaults()
 #: The paper's values of the shared keys (its Delicious-200K and Amazon-670K settings), used by
 #: every method's ``delicious-200k`` and ``amazon-670k`` presets.
 PAPER_SHARED = {"hidden": [128], "batch_size": 128, "lr": 1e-4, "eval_every": 50}
@@ -34,7 +31,8 @@ PAPER_SHARED = {"hidden": [128], "batch_size": 128, "lr": 1e-4, "eval_every": 50
 class Method(ABC):
     """A trainable extreme classifier.
 
-    Subclasses set ``DEFAULTS`` (every configuration key with its default) and may set
+    Subclasses set ``DEFAULTS`` (every configuration key with its default, from the method's schema in
+    :mod:`slide.method_registry`) and may set
     ``PRESETS`` (name -> partial config). They are constructed by :meth:`from_config`.
     """
 

@@ -51,11 +51,13 @@ import numba
 import numpy as np
 
 from ..errors import ConfigError
+from ..method_registry import method_spec
 from ..settings import NJIT
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
 
-KINDS = ("simhash", "wta", "dwta", "minhash")
+#: The names are the ``hash`` enum of slide/engine/config.schema.json; a code is its index there.
+KINDS = method_spec("slide").choices("hash")
 KIND_SIMHASH, KIND_WTA, KIND_DWTA, KIND_MINHASH = 0, 1, 2, 3
 #: Pseudo-random probes of an empty bin before the circular scan.
 DENSIFY_PROBES = 32

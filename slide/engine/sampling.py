@@ -37,13 +37,15 @@ import numba
 import numpy as np
 
 from ..errors import ConfigError
+from ..method_registry import method_spec
 from ..settings import NJIT
 from .hashing import M_L
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
 from .tables import retrieve
 
-MODES = ("vanilla", "topk", "threshold")
+#: The ``sampling`` enum of slide/engine/config.schema.json; a code is its index there.
+MODES = method_spec("slide").choices("sampling")
 MODE_VANILLA, MODE_TOPK, MODE_THRESHOLD = 0, 1, 2
 
 

@@ -38,6 +38,7 @@ import numba
 import numpy as np
 
 from ..errors import ConfigError
+from ..method_registry import method_spec
 from ..settings import FLOAT, NJIT, NJIT_PARALLEL
 from .hashing import (
     M_BITS,
@@ -57,7 +58,8 @@ from .hashing import (
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
 
-INSERTIONS = ("fifo", "reservoir")
+#: The ``insertion`` enum of slide/engine/config.schema.json; a code (saved in ``meta``) is its index there.
+INSERTIONS = method_spec("slide").choices("insertion")
 #: Items hashed per parallel pass of ``build`` (bounds the temporary key buffer to L x CHUNK int64).
 CHUNK = 8192
 _BLOCK = 64
