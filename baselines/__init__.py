@@ -1,9 +1,11 @@
-"""Baselines compared with the SLIDE engine; see ``baselines/README.md``."""
+"""Baselines compared with the SLIDE engine; see ``baselines/README.md``.
+
+Their methods, losses and devices are declared in ``baselines/*/config.schema.json`` and read
+through :mod:`slide.method_registry`.
+"""
 
 from slide.errors import ConfigError
-
-LOSSES = ("full", "sampled")
-DEVICES = ("cpu", "gpu")
+from slide.method_registry import DEVICES, LOSSES
 
 
 def pick_method(methods: dict, framework: str, loss: str, device: str):

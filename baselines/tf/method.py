@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from baselines import LOSSES, pick_method
-from slide.adapter import PAPER_SHARED, SHARED_DEFAULTS, Method, PersistentMixin
+from slide.adapter import PAPER_SHARED, Method, PersistentMixin
 from slide.errors import ConfigError, ResourceError
+from slide.method_registry import method_spec
 from slide.metrics import scoring_chunk_rows
 from slide.resources import memory_limit_bytes
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT
@@ -27,17 +28,7 @@ from . import model as M
 from .device import configure_threads, device_name, import_tf
 
 
-# hidden, batch_size, lr and eval_every: one default for every method (an int hidden means one layer)
-_COMMON = dict(SHARED_DEFAULTS)
-_SAMPLED = {
-    "num_sampled": 0,                # sampled classes per batch; 0: use sample_fraction
-    "sample_fraction": 0.1,          # fraction of the classes sampled (the reference: n_classes // 10)
-    "label_mode": "single",          # single: one random true label per point; multi: num_true of them
-    "num_true": 1,                   # true columns per point (1 in single mode, >= 2 in multi mode)
-    "pad": "repeat",                 # rows with fewer labels: repeat them, or pad with a dummy class
-    "sampler": "log_uniform",        # TF candidate sampler: log_uniform (TF default, reference) or uniform
-    "remove_accidental_hits": True,  # drop sampled classes that are true labels of the point
-}
+# Every key, its default and its range: baselines/tf/config.schema.json (shared keys merged in)
 _PRESETS = {"delicious-200k": dict(PAPER_SHARED), "amazon-670k": dict(PAPER_SHARED)}
 
 
@@ -70,7 +61,7 @@ class TFMethod(PersistentMixin, Method):
 
     LOSS = "full"
     DEVICE = "cpu"
-    DEFAULTS = dict(_COMMON)
+    DEFAULTS = method_spec("tf-full-cpu").defaults
     PRESETS = _PRESETS
 
     def __init__(self, num_features, num_labels, config, seed: int = 0, threads: int = 0):
@@ -107,24 +98,8 @@ class TFMethod(PersistentMixin, Method):
         return self.num_labels
 
     def _check_config(self) -> None:
-        c = self.config
-        hidden = c["hidden"]
-        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
-            hidden = [hidden]
-        if (not isinstance(hidden, (list, tuple)) or not hidden
-                or not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h > 0 for h in hidden)):
-            raise ConfigError(f"hidden must be a positive int or a list of them, got {c['hidden']!r}")
-        c["hidden"] = [int(h) for h in hidden]
-        try:
-            c["lr"] = float(c["lr"])
-        except (TypeError, ValueError):
-            raise ConfigError(f"lr must be a number, got {c['lr']!r}") from None
-        if not c["lr"] > 0:
-            raise ConfigError(f"lr must be positive, got {c['lr']!r}")
-        for key, low in (("batch_size", 1), ("eval_every", 0)):
-            if not isinstance(c[key], (int, np.integer)) or isinstance(c[key], bool) or c[key] < low:
-                raise ConfigError(f"{key} must be an integer >= {low}, got {c[key]!r}")
-        self.config = c
+        """Types, ranges and choices from the method's schema (one line naming the key), normalised."""
+        self.config = method_spec(self.name).check(self.config)
 
     def hyperparameters(self) -> dict:
         out = dict(self.config)
@@ -232,7 +207,7 @@ class TFSampledMethod(TFMethod):
     """``tf.nn.sampled_softmax_loss`` on the same network (see :func:`model.true_label_matrix`)."""
 
     LOSS = "sampled"
-    DEFAULTS = dict(_COMMON, **_SAMPLED)
+    DEFAULTS = method_spec("tf-sampled-cpu").defaults
 
     @property
     def num_outputs(self) -> int:
@@ -248,23 +223,7 @@ class TFSampledMethod(TFMethod):
     def _check_config(self) -> None:
         super()._check_config()
         c = self.config
-        for key, choices in (("label_mode", M.LABEL_MODES), ("pad", M.PADDINGS), ("sampler", M.SAMPLERS)):
-            if c[key] not in choices:
-                raise ConfigError(f"{key} must be one of {list(choices)}, got {c[key]!r}")
-        if not isinstance(c["remove_accidental_hits"], bool):
-            raise ConfigError(f"remove_accidental_hits must be true or false, got {c['remove_accidental_hits']!r}")
-        n = c["num_sampled"]
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-            raise ConfigError(f"num_sampled must be an integer >= 0 (0: use sample_fraction), got {n!r}")
-        try:
-            frac = float(c["sample_fraction"])
-        except (TypeError, ValueError):
-            frac = -1.0
-        if not 0 < frac <= 1:
-            raise ConfigError(f"sample_fraction must be in (0, 1], got {c['sample_fraction']!r}")
-        nt = c["num_true"]
-        if not isinstance(nt, (int, np.integer)) or isinstance(nt, bool) or nt < 1:
-            raise ConfigError(f"num_true must be an integer >= 1, got {nt!r}")
+        nt = c["num_true"]  # the rules that span keys; each key's own range is in the schema
         if c["label_mode"] == "single" and nt != 1:
             raise ConfigError(f"label_mode=single uses num_true=1, got {nt}; set label_mode=multi for more")
         if c["label_mode"] == "multi" and nt < 2:

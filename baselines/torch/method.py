@@ -19,8 +19,9 @@ import contextlib
 import numpy as np
 
 from baselines import LOSSES, pick_method
-from slide.adapter import PAPER_SHARED, SHARED_DEFAULTS, Method, PersistentMixin
+from slide.adapter import PAPER_SHARED, Method, PersistentMixin
 from slide.errors import ConfigError, ResourceError
+from slide.method_registry import method_spec
 from slide.metrics import scoring_chunk_rows
 from slide.resources import memory_limit_bytes  # one memory rule for every method
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
@@ -29,25 +30,8 @@ from . import model as M
 from .device import configure_threads, device_description, device_for, import_torch, synchronize
 
 
-_COMMON = dict(SHARED_DEFAULTS, **{
-    "input": "bag",     # sparse input: bag (embedding_bag), sparse (torch.sparse.mm) or gathered (dense block)
-    "amp": False,       # mixed precision: bfloat16 autocast (float16 + GradScaler on GPUs without bfloat16)
-    "compile": False,   # torch.compile the hidden layers and the loss head (compiled during warm-up)
-})
-_SAMPLED = {
-    "num_sampled": 0,                # candidate classes per batch; 0: use sample_fraction
-    "sample_fraction": 0.1,          # fraction of the classes sampled (as the TF baseline)
-    "num_true": 8,                   # true labels kept per point per visit (1: the TF baseline's default)
-    "positives": "each",             # each: one softmax per true label vs the candidates; joint: one for all
-    "sampler": "uniform",            # uniform (without replacement) or log_uniform (TF's law, with replacement)
-    "logq": True,                    # subtract log Q(c), the expected count of c in the sample
-    "remove_accidental_hits": True,  # candidates that are true labels of the point get no weight
-}
+# Every key, its default and its range: baselines/torch/config.schema.json (shared keys merged in)
 _PRESETS = {"delicious-200k": dict(PAPER_SHARED), "amazon-670k": dict(PAPER_SHARED)}
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 class TorchMethod(PersistentMixin, Method):
@@ -55,7 +39,7 @@ class TorchMethod(PersistentMixin, Method):
 
     LOSS = "full"
     DEVICE = "cpu"
-    DEFAULTS = dict(_COMMON)
+    DEFAULTS = method_spec("torch-full-cpu").defaults
     PRESETS = _PRESETS
 
     def __init__(self, num_features, num_labels, config, seed: int = 0, threads: int = 0):
@@ -84,28 +68,8 @@ class TorchMethod(PersistentMixin, Method):
         return f"torch-{self.LOSS}-{self.DEVICE}"
 
     def _check_config(self) -> None:
-        c = self.config
-        hidden = c["hidden"]
-        if _is_int(hidden):
-            hidden = [hidden]
-        if not isinstance(hidden, (list, tuple)) or not hidden or not all(_is_int(h) and h > 0 for h in hidden):
-            raise ConfigError(f"hidden must be a positive int or a list of them, got {c['hidden']!r}")
-        c["hidden"] = [int(h) for h in hidden]
-        try:
-            c["lr"] = float(c["lr"])
-        except (TypeError, ValueError):
-            raise ConfigError(f"lr must be a number, got {c['lr']!r}") from None
-        if not c["lr"] > 0:
-            raise ConfigError(f"lr must be positive, got {c['lr']!r}")
-        for key, low in (("batch_size", 1), ("eval_every", 0)):
-            if not _is_int(c[key]) or c[key] < low:
-                raise ConfigError(f"{key} must be an integer >= {low}, got {c[key]!r}")
-        if c["input"] not in M.INPUTS:
-            raise ConfigError(f"input must be one of {list(M.INPUTS)}, got {c['input']!r}")
-        for key in ("amp", "compile"):
-            if not isinstance(c[key], bool):
-                raise ConfigError(f"{key} must be true or false, got {c[key]!r}")
-        self.config = c
+        """Types, ranges and choices from the method's schema (one line naming the key), normalised."""
+        self.config = method_spec(self.name).check(self.config)
 
     def hyperparameters(self) -> dict:
         out = dict(self.config)
@@ -308,7 +272,7 @@ class TorchSampledMethod(TorchMethod):
     """Sampled softmax with the log-Q correction and up to ``num_true`` true labels per point."""
 
     LOSS = "sampled"
-    DEFAULTS = dict(_COMMON, **_SAMPLED)
+    DEFAULTS = method_spec("torch-sampled-cpu").defaults
 
     @property
     def num_sampled(self) -> int:
@@ -318,25 +282,7 @@ class TorchSampledMethod(TorchMethod):
         return max(1, int(round(float(c["sample_fraction"]) * self.num_labels)))
 
     def _check_config(self) -> None:
-        super()._check_config()
-        c = self.config
-        for key, choices in (("sampler", M.SAMPLERS), ("positives", M.POSITIVES)):
-            if c[key] not in choices:
-                raise ConfigError(f"{key} must be one of {list(choices)}, got {c[key]!r}")
-        for key in ("logq", "remove_accidental_hits"):
-            if not isinstance(c[key], bool):
-                raise ConfigError(f"{key} must be true or false, got {c[key]!r}")
-        n = c["num_sampled"]
-        if not _is_int(n) or n < 0:
-            raise ConfigError(f"num_sampled must be an integer >= 0 (0: use sample_fraction), got {n!r}")
-        try:
-            frac = float(c["sample_fraction"])
-        except (TypeError, ValueError):
-            frac = -1.0
-        if not 0 < frac <= 1:
-            raise ConfigError(f"sample_fraction must be in (0, 1], got {c['sample_fraction']!r}")
-        if not _is_int(c["num_true"]) or c["num_true"] < 1:
-            raise ConfigError(f"num_true must be an integer >= 1, got {c['num_true']!r}")
+        super()._check_config()  # each key's own range; the rule that spans keys and data:
         if self.num_sampled >= self.num_labels:
             raise ConfigError(f"num_sampled={self.num_sampled} must be smaller than the {self.num_labels} classes")
 
