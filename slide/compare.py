@@ -13,7 +13,7 @@ import sys
 
 from .contention import DISTURBED_NOTE, disturbed_reason
 from .errors import SlideError
-from .pipeline.methods import METHODS, method_argv
+from .pipeline.methods import GPU_METHODS, METHODS, TORCH_METHODS, method_argv
 
 # each method's ``bench`` command, from the one table of methods (the pipeline builds its commands from it too)
 METHOD_COMMANDS = {m: method_argv(m, "bench") for m in METHODS}
@@ -23,10 +23,8 @@ def default_methods() -> str:
     """SLIDE and the TF CPU baselines, plus the torch CPU baselines when PyTorch is installed."""
     import importlib.util
 
-    methods = ["slide", "tf-full-cpu", "tf-sampled-cpu"]
-    if importlib.util.find_spec("torch") is not None:
-        methods += ["torch-full-cpu", "torch-sampled-cpu"]
-    return ",".join(methods)
+    torch = importlib.util.find_spec("torch") is not None
+    return ",".join(m for m in METHODS if m not in GPU_METHODS and (torch or m not in TORCH_METHODS))
 
 
 def bench_method(method: str, like: str, scale: float, batches: int, threads: int, seed: int = 0) -> dict:

@@ -248,8 +248,10 @@ def baseline_parser(prog: str, description: str, method_class, check_device, *, 
         return run_bench(args, make)
 
     def method_arguments(p):
-        p.add_argument("--loss", required=True, choices=("full", "sampled"), help=loss_help)
-        p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help=device_help)
+        from .method_registry import DEVICES, LOSSES
+
+        p.add_argument("--loss", required=True, choices=LOSSES, help=loss_help)
+        p.add_argument("--device", default="cpu", choices=DEVICES, help=device_help)
 
     parser = OneLineParser(prog=prog, description=plain_text(description))
     sub = parser.add_subparsers(metavar="COMMAND")
