@@ -218,3 +218,18 @@ def test_every_rebuild_draws_new_hash_functions():
         assert len(set(seeds)) == len(seeds), seeds
         for (_, a), (_, b) in zip(history, history[1:]):
             assert any(not np.array_equal(a[k], b[k]) for k in a)  # new hash functions, not only a new label
+
+
+def test_stamp_wrap_clears_the_scratch_and_changes_nothing():
+    """At the int32 limit the per-thread stamps wrap: the scratch is cleared, so a step there equals
+    a step from fresh scratch (stale stamps equal to the restarted value would hide labels)."""
+    data = toy_data()
+    rows = np.arange(8, dtype=np.int64)
+    fresh = make(output_sparsity=0.5, K=2, L=3)
+    wrapped = make(output_sparsity=0.5, K=2, L=3)
+    wrapped.stamp_values[:] = np.iinfo(np.int32).max - 1
+    wrapped.stamp[:, ::2] = 1  # the value the stamp restarts at (on half the labels, so padding ends)
+    want, got = fresh._accumulate(data, rows), wrapped._accumulate(data, rows)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert wrapped.stamp_values[0] == fresh.stamp_values[0] == len(rows)

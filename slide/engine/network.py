@@ -121,6 +121,8 @@ def _layer_seed(rng_seed, layer):
 
 @numba.njit(**NJIT)
 def _next_stamp(stamp, hsv):
+    """The next int32 stamp value from the running counter ``hsv`` (1,); at the int32 limit the
+    stamps wrap: ``stamp`` is cleared and the count restarts at 1."""
     v = hsv[0] + 1
     if v >= 2147483647:
         stamp[:] = 0
@@ -370,16 +372,12 @@ def train_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, rows,
     inv_b = 1.0 / nb
     for s in prange(nb):
         t = numba.get_thread_id()
-        sv = stamp_values[t] + 1
-        if sv >= 2147483647:  # int32 stamps wrap: clear and restart
-            stamp[t, :] = 0
-            sv = 1
-        stamp_values[t] = sv
+        sv = _next_stamp(stamp[t], stamp_values[t:t + 1])
         loss, n = _sample_step(rows[s], x_indptr, x_indices, x_data, y_indptr, y_indices,
                                W0, b0, Wh, bh, dims, W2, b2,
                                gW0, flag0, gW2, gb2_t[t], flag2, gb0_t[t], gWh_t[t], gbh_t[t],
                                lsh, mode, k_or_t, min_active, min_trigger,
-                               stamp[t], counts[t], np.int32(sv), sample_seed(seed, step, s), logq, qcount,
+                               stamp[t], counts[t], sv, sample_seed(seed, step, s), logq, qcount,
                                active[t], tgt[t], logits[t], acts[t], dacts[t], inv_b, hs, hl0, hl1, hl2, hl3, t)
         losses[s] = loss
         nactive[s] = n
@@ -573,13 +571,9 @@ def sparse_predict(x_indptr, x_indices, x_data, rows, W0, b0, Wh, bh, dims, W2, 
             a, b = x_indptr[r], x_indptr[r + 1]
             hidden_forward(x_indices[a:b], x_data[a:b], W0, b0, Wh, bh, dims, acts[t])
             h = acts[t, total - hl:]
-            sv = stamp_values[t] + 1
-            if sv >= 2147483647:
-                stamp[t, :] = 0
-                sv = 1
-            stamp_values[t] = sv
+            sv = _next_stamp(stamp[t], stamp_values[t:t + 1])
             cnt = select_active(lsh, h, empty, mode, k_or_t, min_active, min_trigger, num_items,
-                                stamp[t], counts[t], np.int32(sv), sample_seed(seed, 0x7FFFFFFF, r),
+                                stamp[t], counts[t], sv, sample_seed(seed, 0x7FFFFFFF, r),
                                 active[t])
             for p in range(k):
                 vals[p] = -np.inf
