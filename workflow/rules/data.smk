@@ -43,7 +43,9 @@ rule synth:
         scale=lambda wc: DATASETS[wc.dataset]["cfg"]["scale"],
         seed=lambda wc: DATASETS[wc.dataset]["cfg"]["synth_seed"],
         # a change of the registry's generator parameters regenerates the stand-in
-        generator=lambda wc: json.dumps(synth_params(DATASETS[wc.dataset]["name"]), sort_keys=True),
+        generator=lambda wc: json.dumps(
+            synth_params(DATASETS[wc.dataset]["name"]), sort_keys=True
+        ),
         out=subpath(output.train, parent=True),
     shell:
         "python -m slide.cli data synth --like {params.like} --scale {params.scale}"
