@@ -260,7 +260,6 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
     w = np.float32(1.0) / np.float32(n_lab)
     for p in range(n_lab):
         tgt[labels[p]] = w
-    corrected = logq.shape[0] > 0
     mx = -np.inf
     zt = 0.0
     tsum = 0.0
@@ -271,16 +270,22 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
         s = b2[j]
         for q in range(hl):
             s += W2[j, q] * a[q]
+        logits[i] = s
+        if s > mx:
+            mx = s
         tj = tgt[j]
         if tj != 0:
             zt += tj * s
             tsum += tj
-        elif corrected:  # a sampled negative stands for 1/q of its kind: logit - log q
-            s -= logq[j]
-            qcount[j] += 1
-        logits[i] = s
-        if s > mx:
-            mx = s
+    if logq.shape[0] > 0:  # a sampled negative stands for 1/q of its kind: logit - log q
+        mx = -np.inf       # (a second pass keeps the uncorrected loop above as fast as before)
+        for i in range(n):
+            j = active[i]
+            if tgt[j] == 0:
+                logits[i] -= logq[j]
+                qcount[j] += 1
+            if logits[i] > mx:
+                mx = logits[i]
     zsum = 0.0
     for i in range(n):
         e = math.exp(logits[i] - mx)
