@@ -17,6 +17,29 @@ BIBTEX_DIR = SHARED_DATA / "xc" / "Bibtex"
 BIBTEX_FILES = ("Bibtex_data.txt", "bibtex_trSplit.txt", "bibtex_tstSplit.txt")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (pipelines, fresh JIT caches); CI does")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (the README's test command and CI do)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_bandwidth_cache(tmp_path_factory):
+    """Benchmarks run by the tests (also in subprocesses) keep their bandwidth measurement in a
+    temporary file, never in the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLIDE_BANDWIDTH_CACHE", str(tmp_path_factory.mktemp("bandwidth") / "bandwidth.json"))
+        yield
+
+
 def _listing(folder: Path):
     return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
 
