@@ -11,7 +11,8 @@ import pytest
 
 from slide.data.dataset import XCDataset
 from slide.engine import PRESETS, SlideMethod
-from slide.engine.presets import DEFAULTS
+from slide.engine.model import memory_estimate_bytes
+from slide.engine.presets import DEFAULTS, validate
 from slide.engine.schedule import REBUILD, REHASH, Schedule
 from slide.errors import ConfigError, ResourceError
 from slide.metrics import topk
@@ -102,11 +103,8 @@ def test_memory_limit(monkeypatch):
 
 
 def test_amazon_shape_estimate_fits_3_gb():
-    cfg = SlideMethod.resolve_config("amazon-670k")
-    est = SlideMethod.__new__(SlideMethod)
-    est.num_features, est.num_labels, est.config, est.threads = 135_909, 670_091, cfg, 2
-    est.dims, est.sampled = np.array([128]), True
-    assert 1.5 * 2**30 < est.estimate_memory_bytes() < 2.6 * 2**30
+    cfg = validate(SlideMethod.resolve_config("amazon-670k"))
+    assert 1.5 * 2**30 < memory_estimate_bytes(135_909, 670_091, cfg, threads=2) < 2.6 * 2**30
 
 
 # ---------------------------------------------------------------- schedules

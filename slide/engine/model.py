@@ -142,56 +142,14 @@ class SlideMethod(PersistentMixin, Method):
         self.build_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ set-up
-    def _param_counts(self):
-        d, L = self.num_features, self.num_labels
-        dims = [int(h) for h in self.dims]
-        n_hidden = sum(dims[i] * dims[i - 1] for i in range(1, len(dims)))
-        return d * dims[0] + dims[0], n_hidden + sum(dims[1:]), L * dims[-1] + L
-
     def _lsh_kwargs(self, seed):
         c = self.config
         return dict(bucket_size=c["bucket_size"], insertion=c["insertion"], seed=seed, bin_size=c["bin_size"],
                     topk_minhash=c["topk_minhash"])
 
-    def _lsh_memory_estimate(self) -> int:
-        """Bytes of the hash tables (the layout of :class:`slide.engine.tables.LSHIndex`) plus the
-        temporary slot map a build allocates: the output tables and those of sampled hidden layers."""
-        total = self._one_index_estimate(self.num_labels, int(self.dims[-1])) if self.sampled else 0
-        dims = [int(h) for h in self.dims]
-        for layer, frac in enumerate(getattr(self, "hidden_sparsity", None) or [1.0] * len(dims)):
-            if frac < 1.0:
-                total += self._one_index_estimate(dims[layer], self.num_features if layer == 0 else dims[layer - 1])
-        return total
-
-    def _one_index_estimate(self, n: int, dim: int) -> int:
-        from . import tables
-        from .hashing import code_bits
-
-        c = self.config
-        own = getattr(tables.LSHIndex, "estimate_memory_bytes", None)
-        if own is not None:  # the index's own figure, when it offers one
-            return int(own(c["hash"], dim, n, c["K"], c["L"], **self._lsh_kwargs(0)))
-        K, L = c["K"], c["L"]
-        bits = code_bits(c["hash"], c["bin_size"])
-        hashed = max(16, 1 << (2 * n - 1).bit_length())
-        direct = K * bits <= hashed.bit_length() - 1
-        slots = (1 << (K * bits)) if direct else hashed
-        tables = L * (4 * (slots + 1) + (0 if direct else 8 * slots) + 4 * min(n, slots * c["bucket_size"]))
-        params = dim * K * L * (1 if c["hash"] == "simhash" else 0) + 8 * (dim + 1) + 8 * K * L * c["bin_size"]
-        build = 4 * L * n
-        return int(tables + params + build)
-
     def estimate_memory_bytes(self) -> int:
         """Weights, biases, Adam m and v, gradient buffers, LSH tables, scratch and scoring buffers."""
-        first, hidden, out = self._param_counts()
-        params = first + hidden + out
-        per_param = 4 * 4                       # weight, m, v, gradient (float32)
-        flags = self.num_features + self.num_labels
-        index_buffers = 8 * (self.num_features + self.num_labels)
-        scratch = self.threads * (6 * 4 * self.num_labels + 4 * 8 * int(self.dims.sum())
-                                  + 4 * (int(self.dims[0]) + hidden + int(self.dims.sum())))
-        score_buffers = scoring.scratch_bytes(self.threads, int(self.dims[-1])) + 4 * SCORE_POINTS * int(self.dims[-1])
-        return int(params * per_param + flags + index_buffers + scratch + score_buffers + self._lsh_memory_estimate())
+        return memory_estimate_bytes(self.num_features, self.num_labels, self.config, self.threads)
 
     def _check_memory(self) -> None:
         need = self.estimate_memory_bytes()
@@ -671,6 +629,43 @@ class SlideMethod(PersistentMixin, Method):
             getattr(self, g).fill(0)
         self.flag0.fill(0)
         self.flag2.fill(0)
+
+
+# ---------------------------------------------------------------------- memory estimate
+def _index_bytes(config, n: int, dim: int) -> int:
+    """Bytes of one :class:`slide.engine.tables.LSHIndex` over ``n`` vectors of ``dim`` plus the
+    temporary slot map a build allocates."""
+    from .hashing import code_bits
+
+    c = config
+    K, L = c["K"], c["L"]
+    bits = code_bits(c["hash"], c["bin_size"])
+    hashed = max(16, 1 << (2 * n - 1).bit_length())
+    direct = K * bits <= hashed.bit_length() - 1
+    slots = (1 << (K * bits)) if direct else hashed
+    tables = L * (4 * (slots + 1) + (0 if direct else 8 * slots) + 4 * min(n, slots * c["bucket_size"]))
+    params = dim * K * L * (1 if c["hash"] == "simhash" else 0) + 8 * (dim + 1) + 8 * K * L * c["bin_size"]
+    return int(tables + params + 4 * L * n)
+
+
+def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, threads: int) -> int:
+    """Bytes a :class:`SlideMethod` of this shape and validated ``config`` will hold, computed before
+    anything is allocated: parameters with Adam m, v and gradients, flags, scratch, scoring
+    buffers and the hash tables of the output layer and of any sampled hidden layer."""
+    d, L = int(num_features), int(num_labels)
+    dims = [int(h) for h in config["hidden"]]
+    hidden = sum(dims[i] * dims[i - 1] for i in range(1, len(dims))) + sum(dims[1:])
+    params = d * dims[0] + dims[0] + hidden + L * dims[-1] + L
+    per_param = 4 * 4                       # weight, m, v, gradient (float32)
+    flags = d + L
+    index_buffers = 8 * (d + L)
+    scratch = threads * (6 * 4 * L + 4 * 8 * sum(dims) + 4 * (dims[0] + hidden + sum(dims)))
+    score_buffers = scoring.scratch_bytes(threads, dims[-1]) + 4 * SCORE_POINTS * dims[-1]
+    lsh = _index_bytes(config, L, dims[-1]) if config["output_sparsity"] < 1.0 else 0
+    for layer, frac in enumerate(config["hidden_sparsity"]):
+        if frac < 1.0:
+            lsh += _index_bytes(config, dims[layer], d if layer == 0 else dims[layer - 1])
+    return int(params * per_param + flags + index_buffers + scratch + score_buffers + lsh)
 
 
 # ---------------------------------------------------------------------- warm-up twin
