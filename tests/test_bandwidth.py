@@ -93,6 +93,7 @@ def test_bytes_match_a_numpy_twin_over_several_batches(optimizer):
     assert parts["total"] == _twin_bytes(model, data, batches)
 
 
+@pytest.mark.slow
 def test_sampled_output_counts_the_kernels_active_sets_and_the_rehash():
     rng = np.random.default_rng(1)
     n, D, L = 40, 30, 64

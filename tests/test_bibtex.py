@@ -16,6 +16,7 @@ def listing(d):
     return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in d.iterdir())
 
 
+@pytest.mark.slow
 def test_bibtex_all_data(bibtex_dir):
     ds = read_xc(bibtex_dir / "Bibtex_data.txt")
     st = dataset_stats(ds)

@@ -4,12 +4,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _compare(tmp_path, *args):
     return subprocess.run([sys.executable, "-m", "slide.cli", "compare", *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_compare_reports_ratios_to_slide(tmp_path):
     proc = _compare(tmp_path, "--like", "amazon-670k", "--scale", "0.005", "--batches", "3", "--threads", "1",
                     "--methods", "slide,tf-full-cpu,tf-full-gpu", "--json")

@@ -82,6 +82,7 @@ def test_hidden_tables_are_rehashed_and_checkpointed(tmp_path):
         np.testing.assert_array_equal(getattr(resumed, k), getattr(straight, k))
 
 
+@pytest.mark.slow
 def test_bibtex_with_sampled_hidden_layer_learns(bibtex_dir):
     from slide.data import load_split
 

@@ -81,6 +81,7 @@ def test_missing_file(files, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_value_and_memory_limit(files, tmp_path):
     out = tmp_path / "run"
     proc = cli(*base_args(files, out, loss="sampled"), "--set", "sampler=zipf")

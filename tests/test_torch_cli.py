@@ -87,6 +87,7 @@ def test_gpu_without_gpu(files, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_end_to_end_and_resume(files, tmp_path):
     out = tmp_path / "run"
     args = [*base_args(files, out, loss="sampled"), "--seed", "3", "--set", "lr=1e-2", "--set", "batch_size=32",
@@ -135,6 +136,7 @@ def test_compare_includes_torch_methods(tmp_path):
         assert "\n" not in gpu["error"] and "sees no GPU" in gpu["error"] and proc.returncode == 1
 
 
+@pytest.mark.slow
 def test_gpu_bench_script_cpu_path(tmp_path):
     """The GPU machine's script, run with --device cpu at a tiny scale: the report's layout, bench JSON."""
     script = REPO / "workflow" / "scripts" / "gpu_bench.sh"
