@@ -465,8 +465,8 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     SLIDE's) also gets ``bytes_per_batch`` (the mean over the timed batches,
     :func:`slide.bandwidth.slide_bytes`), ``stream_gbps`` (the machine's bandwidth on the method's
     threads, :func:`slide.bandwidth.stream_gbps`, measured after the timed window when not cached, or
-    when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_seconds`` (the time to move the bytes
-    at ``stream_gbps``) and ``x_of_floor`` (median batch seconds over the floor), and one line
+    when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_bytes_per_batch`` (the distinct rows), ``floor_seconds`` (the time
+    to move those at ``stream_gbps``) and ``x_of_floor`` (median batch seconds over the floor), and one line
     about them on stderr.
 
     Returns the keys every method's ``bench`` command prints.
@@ -514,9 +514,11 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         from .bandwidth import floor_figures, floor_line, stream_gbps
 
         counts = {k: v - traffic0[k] for k, v in traffic().items()}
-        out["bytes_per_batch"] = method.bytes_moved(data, counts)["total"] / len(times)
+        moved = method.bytes_moved(data, counts)
+        out["bytes_per_batch"] = moved["total"] / len(times)
+        out["floor_bytes_per_batch"] = moved["distinct_total"] / len(times)
         out["stream_gbps"] = stream_gbps(method.threads, remeasure=remeasure_bandwidth)
-        out.update(floor_figures(out["bytes_per_batch"], med, out["stream_gbps"]))
+        out.update(floor_figures(out["bytes_per_batch"], out["floor_bytes_per_batch"], med, out["stream_gbps"]))
         _log(floor_line(method.name, out))
     return out
 

@@ -49,12 +49,16 @@ def test_bytes_of_one_tiny_step_match_a_hand_count():
     # b0 read, its Adam (4 arrays of 16 bytes, read and written), 1 thread's gb0 summed and cleared
     assert parts["dense_parts"] == 16 + 2 * 4 * 16 + 2 * 16
     assert parts["refresh"] == 0
-    assert parts["total"] == 2481 == sum(v for k, v in parts.items() if k != "total")
+    assert parts["total"] == 2481 == sum(v for k, v in parts.items() if k not in ("total", "distinct_total"))
+    # distinct rows: the 3 W0 rows and 5 output rows once each (read, gradient read and written, flag)
+    # instead of the per-sample gathers (forward 264, backward 528, per-sample flags 14)
+    assert parts["distinct_total"] == 2481 - 264 - 528 - 14 + 3 * (16 + 2 * 16 + 1) + 5 * (20 + 2 * 20 + 1) == 2127
 
 
-def _twin_bytes(model, data, batches):
+def _twin_bytes(model, data, batches, distinct=False):
     """The formula of :func:`slide.bandwidth.slide_bytes` from the data alone, sample by sample in
-    plain Python (every output neuron active, so no LSH), for the dense or sparse optimizer."""
+    plain Python (every output neuron active, so no LSH), for the dense or sparse optimizer;
+    ``distinct``: the gathers and gradient updates once per distinct row of a batch (sparse only)."""
     D, L = model.num_features, model.num_labels
     H0, H = int(model.dims[0]), int(model.dims[-1])
     T, f4 = model.threads, 4
@@ -65,13 +69,16 @@ def _twin_bytes(model, data, batches):
         for r in rows:
             f = data.x_indices[data.x_indptr[r]:data.x_indptr[r + 1]]
             nlab = data.y_indptr[r + 1] - data.y_indptr[r]
-            total += len(f) * H0 * f4 + L * (H * f4 + f4)                 # forward
-            total += 2 * (len(f) * H0 * f4 + L * (H * f4 + f4))           # backward
-            total += len(f) + L                                           # flags checked
+            if not distinct:
+                total += len(f) * H0 * f4 + L * (H * f4 + f4)             # forward
+                total += 2 * (len(f) * H0 * f4 + L * (H * f4 + f4))       # backward
+                total += len(f) + L                                       # flags checked
             total += len(f) * 8 + nlab * 4 + 8 + 2 * 8 + 2 * 8           # input
             feats.update(int(v) for v in f)
             labels += nlab
         n0, n2 = (D, L) if model.config["optimizer"] == "dense" else (len(feats), L)
+        if distinct:
+            total += len(feats) * (3 * H0 * f4 + 1) + L * (3 * (H * f4 + f4) + 1)
         total += n0 * 8 * H0 * f4 + n2 * (8 * (H * f4 + f4) + 2 * T * f4)  # Adam
         total += small * f4 * (1 + 8 + 2 * T)                              # b0, Wh, bh
         total += D + L if model.config["optimizer"] == "dense" else D + L + 2 * (n0 + n2) + 16 * (n0 + n2)
@@ -91,6 +98,10 @@ def test_bytes_match_a_numpy_twin_over_several_batches(optimizer):
     counts, parts = _window(model, data, batches)
     assert counts["batches"] == 3 and counts["active"] == 3 * 8 * L
     assert parts["total"] == _twin_bytes(model, data, batches)
+    if optimizer == "sparse":
+        assert parts["distinct_total"] == _twin_bytes(model, data, batches, distinct=True) < parts["total"]
+    else:
+        assert parts["distinct_total"] == parts["total"]
 
 
 @pytest.mark.slow
@@ -169,12 +180,13 @@ def test_bench_reports_its_distance_to_the_floor(cache, monkeypatch, capsys):
     out = bench(model, data, batches=3, warmup=1)
     med = out["median_batch_seconds"]
     assert out["stream_gbps"] == 20.0 and out["bytes_per_batch"] > 0
-    assert out["floor_seconds"] == out["bytes_per_batch"] / (20.0 * 1e9)
+    assert 0 < out["floor_bytes_per_batch"] < out["bytes_per_batch"]  # rows shared by samples count once
+    assert out["floor_seconds"] == out["floor_bytes_per_batch"] / (20.0 * 1e9)
     assert out["x_of_floor"] == med / out["floor_seconds"]
     assert out["achieved_gbps"] == out["bytes_per_batch"] / med / 1e9
     assert "the memory floor" in capsys.readouterr().err
     plain = bench(Popularity.from_config(5, 8), data, batches=3, warmup=1)
-    assert not {"bytes_per_batch", "stream_gbps", "achieved_gbps", "floor_seconds", "x_of_floor"} & set(plain)
+    assert not {"bytes_per_batch", "floor_bytes_per_batch", "stream_gbps", "achieved_gbps", "floor_seconds", "x_of_floor"} & set(plain)
 
 
 def test_bench_flag_asks_for_a_new_measurement():
