@@ -101,6 +101,11 @@ class Method(ABC):
         """Scheduled refreshes of internal tables so far (SLIDE's rehashes); None: it has none."""
         return None
 
+    def traffic(self) -> dict | None:
+        """Running counts of the memory traffic of training (SLIDE's), which ``bytes_moved(data,
+        counts)`` turns into bytes for ``bench``; None: the method does not count its bytes."""
+        return None
+
     def warm_up(self, data, rows: np.ndarray) -> None:
         """Pay compilation, graph tracing and first-touch costs now, outside the training clock.
 

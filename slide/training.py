@@ -461,8 +461,8 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     ``mean_batch_seconds`` (refreshes included) sits beside the median; ``rehashes_in_window`` says
     how many there were. Contention figures as in :func:`train`.
 
-    A method that counts its memory traffic (``traffic()`` and ``bytes_moved(data, counts)``, as
-    SLIDE's) also gets ``bytes_per_batch`` (the mean over the timed batches,
+    A method that counts its memory traffic (:meth:`Method.traffic` not None, and
+    ``bytes_moved(data, counts)``, as SLIDE's) also gets ``bytes_per_batch`` (the mean over the timed batches,
     :func:`slide.bandwidth.slide_bytes`), ``stream_gbps`` (the machine's bandwidth on the method's
     threads, :func:`slide.bandwidth.stream_gbps`, measured after the timed window when not cached, or
     when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_bytes_per_batch`` (the distinct rows), ``floor_seconds`` (the time
@@ -484,8 +484,7 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     for i in range(warmup):
         _bench_step(method, data, rows_for(i), i)
     refreshes0 = method.table_refreshes()
-    traffic = getattr(method, "traffic", None)
-    traffic0 = traffic() if traffic is not None else None
+    traffic0 = method.traffic()
     times = []
     meter = ContentionMeter(method.threads).start()
     bar = tqdm(total=batches, unit="batch", disable=not progress, desc=f"bench {method.name}")
@@ -510,10 +509,10 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     if refreshes0 is not None:
         out.update(rehashes_in_window=method.table_refreshes() - refreshes0, rehash_seconds=stats["rehash_seconds"])
     out.update(meter.figures())
-    if traffic is not None and len(times):
+    if traffic0 is not None and len(times):
         from .bandwidth import floor_figures, floor_line, stream_gbps
 
-        counts = {k: v - traffic0[k] for k, v in traffic().items()}
+        counts = {k: v - traffic0[k] for k, v in method.traffic().items()}
         moved = method.bytes_moved(data, counts)
         out["bytes_per_batch"] = moved["total"] / len(times)
         out["floor_bytes_per_batch"] = moved["distinct_total"] / len(times)
