@@ -19,7 +19,6 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -31,7 +30,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .settings import FAST_PARALLEL
+from .settings import FAST_PARALLEL, numba_threads
 
 #: Environment variable naming the cache file (default ``<user cache>/bandwidth.json``).
 CACHE_ENV = "SLIDE_BANDWIDTH_CACHE"
@@ -228,16 +227,6 @@ def _checked(threads, array_bytes, repeats=REPEATS) -> tuple[int, int, int]:
     return threads, array_bytes, _check_int("repeats", repeats, 1)
 
 
-@contextlib.contextmanager
-def _threads(n):
-    before = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-
-
 def measure_stream_gbps(threads: int | None = None, *, array_bytes: int | None = None,
                         repeats: int = REPEATS) -> float:
     """The machine's memory bandwidth in GB/s (1e9 bytes/s), measured now, never cached.
@@ -255,7 +244,7 @@ def measure_stream_gbps(threads: int | None = None, *, array_bytes: int | None =
     n = array_bytes // 8
     a, b, c = (np.empty(n, dtype=np.float64) for _ in range(3))
     best = math.inf
-    with _threads(threads):
+    with numba_threads(threads):
         _fill(a, b, c, threads)
         _triad(a, b, c, 3.0, threads)          # compiles (or loads) the kernel; untimed
         for _ in range(repeats):

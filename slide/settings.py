@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -113,3 +114,16 @@ def set_threads(threads: int | None) -> int:
     threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     return threads
+
+
+@contextlib.contextmanager
+def numba_threads(threads: int):
+    """Run the block on ``threads`` Numba threads, then restore the count it had."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)

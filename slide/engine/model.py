@@ -38,7 +38,6 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -49,7 +48,7 @@ import numpy as np
 from ..adapter import Method, PersistentMixin
 from ..errors import ConfigError, ConfigWarning, ResourceError
 from ..resources import memory_limit_bytes
-from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores
+from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores, numba_threads
 from . import network as net
 from . import scoring
 from .presets import DEFAULTS, INFERENCES, PRESETS, validate
@@ -320,14 +319,8 @@ class SlideMethod(PersistentMixin, Method):
         self.hn = np.zeros((T, nl), dtype=np.int64)
         self.hsv = np.zeros(T, dtype=np.int64)
 
-    @contextlib.contextmanager
     def _numba_threads(self):
-        before = numba.get_num_threads()
-        numba.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(before)
+        return numba_threads(self.threads)
 
     @property
     def _lsh_arrays(self):
