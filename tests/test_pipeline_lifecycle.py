@@ -7,6 +7,7 @@ one-method pipeline (the `tiny` preset cut down) for real.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -128,6 +129,21 @@ def _fake_workflow(job: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", workflow], cwd=REPO)
 
 
+@contextlib.contextmanager
+def _under_fake_workflow(job: str, pidfile: Path):
+    """Start ``job`` under :func:`_fake_workflow`; yield (workflow, pid the job wrote to ``pidfile``);
+    afterwards kill both, whatever the test did."""
+    parent = _fake_workflow(job)
+    pid = None
+    try:
+        pid = _wait_for(pidfile)
+        yield parent, pid
+    finally:
+        parent.kill()
+        if pid:
+            _kill(pid)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 def test_trainer_dies_when_the_workflow_is_killed(tmp_path):
     """workflow (SIGKILLed) -> job shell -> launcher -> trainer: the trainer is gone within seconds."""
@@ -135,10 +151,7 @@ def test_trainer_dies_when_the_workflow_is_killed(tmp_path):
     out = tmp_path / "run"
     job = (f"echo $$ > /dev/null; {sys.executable} -m slide.report.launch --out {out} -- "
            f"{sys.executable} -c \"{TRAINER}\" {pidfile} > {tmp_path / 'job.log'} 2>&1")
-    parent = _fake_workflow(job)
-    trainer = None
-    try:
-        trainer = _wait_for(pidfile)
+    with _under_fake_workflow(job, pidfile) as (parent, trainer):
         launcher = int(Path(f"/proc/{trainer}/stat").read_text().rsplit(")", 1)[1].split()[1])
         launcher_pid.write_text(str(launcher))
         parent.kill()
@@ -146,10 +159,6 @@ def test_trainer_dies_when_the_workflow_is_killed(tmp_path):
         assert _gone(trainer, 5.0), "the trainer outlived the workflow"
         assert _gone(launcher, 5.0), "the launcher outlived the workflow"
         assert "the workflow is gone" in (tmp_path / "job.log").read_text()
-    finally:
-        parent.kill()
-        if trainer:
-            _kill(trainer)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
@@ -158,18 +167,11 @@ def test_a_supervised_benchmark_dies_with_the_workflow(tmp_path):
     pidfile = tmp_path / "bench.pid"
     job = (f"{sys.executable} -m slide.report.launch -- {sys.executable} -c \"{TRAINER}\" {pidfile} "
            f"> {tmp_path / 'job.log'} 2>&1")
-    parent = _fake_workflow(job)
-    bench = None
-    try:
-        bench = _wait_for(pidfile)
+    with _under_fake_workflow(job, pidfile) as (parent, bench):
         parent.kill()
         parent.wait()
         assert _gone(bench, 5.0), "the benchmark outlived the workflow"
         assert not list(tmp_path.glob("*/command.json"))  # no run directory was prepared
-    finally:
-        parent.kill()
-        if bench:
-            _kill(bench)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
