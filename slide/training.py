@@ -259,196 +259,261 @@ def train(method, train_data, test_data, out_dir, *, dataset: str, epochs: float
     other processes took meanwhile, so a busy machine is visible in ``run.json``.
     ``max_train_seconds`` is a safety cap (``max_train_seconds_cut`` says when it ended the run);
     ``patience`` > 0 stops after that many evaluations without a better P@1 (``stopped_early``).
+    With ``resume``, a finished run is returned as it is and a checkpoint is continued.
 
     Returns
     -------
     dict
         The ``run.json`` record.
-    """
-    from .contention import ContentionMeter
 
+    Raises
+    ------
+    ConfigError
+        Impossible loop settings, or ``resume`` in a folder made with other settings or data.
+    """
     check_run_settings(epochs=epochs, eval_points=eval_points, seed=seed, max_steps=max_steps,
                        max_train_seconds=max_train_seconds, patience=patience, eval_every=method.eval_every)
-    out = Path(out_dir)
-    recorder = RunRecorder(out, method=method.name, dataset=dataset, seed=seed, threads=method.threads,
-                           hyperparameters=method.hyperparameters())
-    n, bs = len(train_data), method.batch_size
-    steps_per_epoch = max(1, -(-n // bs))
-    total_steps = int(np.ceil(epochs * steps_per_epoch))
-    if max_steps is not None:
-        total_steps = min(total_steps, int(max_steps))
-    rows_eval = eval_sample(len(test_data), eval_points, seed)
-    state = dict(step=0, samples=0, train_seconds=0.0, eval_seconds=0.0, wall_offset=0.0, batch_seconds=[],
-                 compile_seconds=0.0, meter=None, best=None, since_best=0,
-                 identity=dict(method=method.name, seed=int(seed), eval_points=int(len(rows_eval)),
-                               train=data_identity(train_data), test=data_identity(test_data)))
-    model_path = out / "model.npz"
+    run = _Run(method, train_data, test_data, out_dir, dataset=dataset, epochs=epochs, eval_points=eval_points,
+               seed=seed, max_steps=max_steps, max_train_seconds=max_train_seconds, patience=patience)
     if resume:
-        # Read and check everything before anything is written: a damaged file or different
-        # settings leave the folder as it was.
-        prior_run = read_run_for_resume(recorder.run_path) if recorder.run_path.exists() else None
-        rows = read_curve_for_resume(recorder.curve_path) if recorder.curve_path.exists() else []
+        finished = run.resume()
+        if finished is not None:
+            return finished
+    run.prepare(sys.stderr.isatty() if progress is None else progress)
+    run.loop()
+    return run.finish()
+
+
+class _Run:
+    """One :func:`train` call: its settings, the loop's position and the outputs it writes.
+
+    ``state`` is what a checkpoint stores (and a resumed run restores): step, samples, clocks,
+    the contention meter's figures, the best P@1 and the identity of the run's settings and data.
+    """
+
+    def __init__(self, method, train_data, test_data, out_dir, *, dataset, epochs, eval_points, seed, max_steps,
+                 max_train_seconds, patience):
+        self.method, self.train_data, self.test_data = method, train_data, test_data
+        self.dataset, self.seed, self.max_train_seconds, self.patience = dataset, seed, max_train_seconds, patience
+        self.out = Path(out_dir)
+        self.model_path = self.out / "model.npz"
+        self.recorder = RunRecorder(self.out, method=method.name, dataset=dataset, seed=seed,
+                                    threads=method.threads, hyperparameters=method.hyperparameters())
+        self.n, self.bs = len(train_data), method.batch_size
+        self.steps_per_epoch = max(1, -(-self.n // self.bs))
+        self.total_steps = int(np.ceil(epochs * self.steps_per_epoch))
+        if max_steps is not None:
+            self.total_steps = min(self.total_steps, int(max_steps))
+        self.rows_eval = eval_sample(len(test_data), eval_points, seed)
+        self.state = dict(step=0, samples=0, train_seconds=0.0, eval_seconds=0.0, wall_offset=0.0,
+                          batch_seconds=[], compile_seconds=0.0, meter=None, best=None, since_best=0,
+                          identity=dict(method=method.name, seed=int(seed), eval_points=int(len(self.rows_eval)),
+                                        train=data_identity(train_data), test=data_identity(test_data)))
+        self.losses: list[float] = []        # since the last evaluation
+        self.last_metrics = None
+        self.status, self.reason, self.cut, self.stopped_early = "completed", None, False, False
+        self.progress = False
+        self.meter = self.bar = None
+        self.start = 0.0                     # perf_counter of wall second 0 (earlier when resumed)
+
+    @property
+    def epoch(self) -> float:
+        return self.state["step"] / self.steps_per_epoch
+
+    def all_test_rows(self) -> np.ndarray:
+        return np.arange(len(self.test_data), dtype=np.int64)
+
+    def resume(self) -> dict | None:
+        """The prior ``run.json`` record when the folder holds a finished run; else None, with the
+        checkpoint (if any) restored.
+
+        Everything is read and checked before anything is written: a damaged file or other
+        settings leave the folder as it was.
+        """
+        rec, model_path, method = self.recorder, self.model_path, self.method
+        prior_run = read_run_for_resume(rec.run_path) if rec.run_path.exists() else None
+        rows = read_curve_for_resume(rec.curve_path) if rec.curve_path.exists() else []
         header = driver = None
         if model_path.exists():
             header, driver = read_checkpoint_header(model_path)
-        diffs = resume_differences(method, state["identity"], header, driver, prior_run)
+        diffs = resume_differences(method, self.state["identity"], header, driver, prior_run)
         if diffs:
-            raise ConfigError(f"{model_path if header is not None else recorder.run_path}: cannot resume: the run "
+            raise ConfigError(f"{model_path if header is not None else rec.run_path}: cannot resume: the run "
                               f"was made with other settings or data ({'; '.join(diffs)}); use another --out, "
                               f"or drop --resume to start over")
-        if _finished(prior_run, driver, total_steps, max_train_seconds, patience):
+        if _finished(prior_run, driver, self.total_steps, self.max_train_seconds, self.patience):
             final = prior_run.get("final") or {}
-            _log(f"{method.name}: {out} is a finished run ({prior_run['steps']} steps, P@1 "
+            _log(f"{method.name}: {self.out} is a finished run ({prior_run['steps']} steps, P@1 "
                  f"{final.get('p_at_1', float('nan')):.4f}); nothing to do, its files are left as they are")
             return prior_run
         if driver is not None:
-            identity = state["identity"]
-            state.update(load_checkpoint(method, model_path))
-            state["identity"] = identity
-            recorder.rows = [r for r in rows if r["step"] <= state["step"]]
-            _log(f"resuming {method.name} at step {state['step']} from {model_path}")
-    removed, size = remove_stale_temporaries(out, OUTPUT_NAMES)
-    if removed:
-        _log(f"{method.name}: removed {removed} temporary file(s) ({size / 2**20:.1f} MiB) that an interrupted "
-             f"write left in {out}")
-    if progress is None:
-        progress = sys.stderr.isatty()
+            identity = self.state["identity"]
+            self.state.update(load_checkpoint(method, model_path))
+            self.state["identity"] = identity
+            rec.rows = [r for r in rows if r["step"] <= self.state["step"]]
+            _log(f"resuming {method.name} at step {self.state['step']} from {model_path}")
+        return None
 
-    if state["step"] < total_steps:
-        t0 = time.perf_counter()
-        method.warm_up(train_data, epoch_order(n, seed, 0)[:bs])
-        state["compile_seconds"] += time.perf_counter() - t0
-        _log(f"{method.name}: compilation and warm-up {time.perf_counter() - t0:.1f}s (outside the training clock)")
-    meter = ContentionMeter(method.threads)
-    meter.resume(state["meter"])
-    meter.start()
-    start = time.perf_counter() - state["wall_offset"]
-    losses: list[float] = []
-    status, reason, cut, stopped_early = "completed", None, False, False
-    last_metrics = None
+    def prepare(self, progress: bool) -> None:
+        """Remove what interrupted writes left, then warm the method up outside the training clock."""
+        removed, size = remove_stale_temporaries(self.out, OUTPUT_NAMES)
+        if removed:
+            _log(f"{self.method.name}: removed {removed} temporary file(s) ({size / 2**20:.1f} MiB) that an "
+                 f"interrupted write left in {self.out}")
+        self.progress = progress
+        if self.state["step"] < self.total_steps:
+            t0 = time.perf_counter()
+            self.method.warm_up(self.train_data, epoch_order(self.n, self.seed, 0)[:self.bs])
+            self.state["compile_seconds"] += time.perf_counter() - t0
+            _log(f"{self.method.name}: compilation and warm-up {time.perf_counter() - t0:.1f}s "
+                 f"(outside the training clock)")
 
-    def record(kind_rows, epoch_value):
-        nonlocal last_metrics
+    def loop(self) -> None:
+        """Step until the planned steps, the safety cap or patience ends the run; a diverged loss or
+        a failed write ends it as failed."""
+        from .contention import ContentionMeter
+
+        self.meter = ContentionMeter(self.method.threads)
+        self.meter.resume(self.state["meter"])
+        self.meter.start()
+        self.start = time.perf_counter() - self.state["wall_offset"]
+        self.bar = tqdm(total=self.total_steps, initial=self.state["step"], unit="batch", disable=not self.progress,
+                        desc=f"{self.method.name} {self.dataset}", dynamic_ncols=True)
+        try:
+            while self.state["step"] < self.total_steps and not self.step():
+                pass
+        except (DivergenceError, OutputWriteError) as err:
+            self.status, self.reason = "failed", str(err)
+        finally:
+            self.bar.close()
+            self.meter.stop()
+
+    def step(self) -> bool:
+        """One training step, then the evaluation and checkpoint it is due; True when the run ends here."""
+        st, spe = self.state, self.steps_per_epoch
+        epoch_index = st["step"] // spe
+        pos = st["step"] - epoch_index * spe
+        batch_rows = epoch_order(self.n, self.seed, epoch_index)[pos * self.bs:(pos + 1) * self.bs]
+        c0, t0 = time.process_time(), time.perf_counter()
+        loss = self.method.train_batch(self.train_data, batch_rows)
+        dt = time.perf_counter() - t0
+        self.meter.add(dt, time.process_time() - c0)
+        st["train_seconds"] += dt
+        st["batch_seconds"].append(dt)
+        st["step"] += 1
+        st["samples"] += len(batch_rows)
+        self.bar.update(1)
+        if not np.isfinite(loss):
+            raise DivergenceError(f"loss became {loss} at step {st['step']}")
+        self.losses.append(float(loss))
+        epoch_done = st["step"] % spe == 0 or st["step"] == self.total_steps
+        self.cut = self.max_train_seconds is not None and st["train_seconds"] >= self.max_train_seconds
+        if epoch_done or self.cut:
+            self.bar.set_postfix(p1=f"{self.record(self.all_test_rows())['p_at_1']:.3f}")
+            self.checkpoint()
+        elif self.method.eval_every and st["step"] % self.method.eval_every == 0:
+            self.bar.set_postfix(p1=f"{self.record(self.rows_eval)['p_at_1']:.3f}")
+        return self.ends(epoch_done)
+
+    def ends(self, epoch_done: bool) -> bool:
+        """Whether the safety cap or patience ends the run after this step (scored and saved if it
+        stops early between epochs)."""
+        st, name = self.state, self.method.name
+        if self.cut:
+            self.cut = st["step"] < self.total_steps  # reaching the planned steps on the cap is no cut
+            if self.cut:
+                _log(f"{name}: the safety cap max_train_seconds={self.max_train_seconds:g} ended the run at "
+                     f"step {st['step']}/{self.total_steps} (epoch {self.epoch:.2f})")
+            return True
+        if not (self.patience and st["since_best"] >= self.patience):
+            return False
+        self.stopped_early = st["step"] < self.total_steps
+        if self.stopped_early:
+            if not epoch_done:
+                self.record(self.all_test_rows())
+                self.checkpoint()
+            _log(f"{name}: no better P@1 in {self.patience} evaluations; stopped at step {st['step']} "
+                 f"(best {st['best']['p_at_1']:.4f} at epoch {st['best']['epoch']:g})")
+        return True
+
+    def record(self, rows: np.ndarray) -> dict:
+        """Score test ``rows``, add a curve row (mean loss since the last one) and track the best P@1."""
+        st = self.state
         t0 = time.perf_counter()
-        metrics = evaluate(method, test_data, kind_rows)
-        state["eval_seconds"] += time.perf_counter() - t0
-        loss = float(np.mean(losses)) if losses else float("nan")
-        losses.clear()
-        recorder.add_point(step=state["step"], epoch=round(epoch_value, 4), samples=state["samples"],
-                           train_seconds=round(state["train_seconds"], 4),
-                           wall_seconds=round(time.perf_counter() - start, 4),
-                           cpu_seconds=round(meter.cpu_seconds, 4), loss=loss,
-                           p_at_1=metrics["p_at_1"], p_at_3=metrics["p_at_3"], p_at_5=metrics["p_at_5"],
-                           eval_points=metrics["eval_points"])
-        best = state["best"]
-        if best is None or metrics["p_at_1"] > best["p_at_1"]:
-            state["best"] = dict(p_at_1=metrics["p_at_1"], epoch=round(epoch_value, 4), step=state["step"])
-            state["since_best"] = 0
+        metrics = evaluate(self.method, self.test_data, rows)
+        st["eval_seconds"] += time.perf_counter() - t0
+        loss = float(np.mean(self.losses)) if self.losses else float("nan")
+        self.losses.clear()
+        self.recorder.add_point(step=st["step"], epoch=round(self.epoch, 4), samples=st["samples"],
+                                train_seconds=round(st["train_seconds"], 4),
+                                wall_seconds=round(time.perf_counter() - self.start, 4),
+                                cpu_seconds=round(self.meter.cpu_seconds, 4), loss=loss,
+                                p_at_1=metrics["p_at_1"], p_at_3=metrics["p_at_3"], p_at_5=metrics["p_at_5"],
+                                eval_points=metrics["eval_points"])
+        if st["best"] is None or metrics["p_at_1"] > st["best"]["p_at_1"]:
+            st["best"] = dict(p_at_1=metrics["p_at_1"], epoch=round(self.epoch, 4), step=st["step"])
+            st["since_best"] = 0
         else:
-            state["since_best"] += 1
-        last_metrics = metrics
-        if not progress:
-            _log(f"{method.name} step {state['step']}/{total_steps} epoch {epoch_value:.2f} "
-                 f"train {state['train_seconds']:.1f}s loss {loss:.4f} P@1 {metrics['p_at_1']:.4f} "
+            st["since_best"] += 1
+        self.last_metrics = metrics
+        if not self.progress:
+            _log(f"{self.method.name} step {st['step']}/{self.total_steps} epoch {self.epoch:.2f} "
+                 f"train {st['train_seconds']:.1f}s loss {loss:.4f} P@1 {metrics['p_at_1']:.4f} "
                  f"({metrics['eval_points']} points)")
         return metrics
 
-    def checkpoint():
-        state["wall_offset"] = time.perf_counter() - start
-        meter.stop()
-        state["meter"] = meter.state()
+    def checkpoint(self) -> None:
+        """Save ``model.npz`` with the loop's position; the meter pauses so the write is not counted."""
+        self.state["wall_offset"] = time.perf_counter() - self.start
+        self.meter.stop()
+        self.state["meter"] = self.meter.state()
         try:
-            save_checkpoint(method, model_path, state)
+            save_checkpoint(self.method, self.model_path, self.state)
         finally:
-            meter.start()
+            self.meter.start()
 
-    bar = tqdm(total=total_steps, initial=state["step"], unit="batch", disable=not progress,
-               desc=f"{method.name} {dataset}", dynamic_ncols=True)
-    try:
-        while state["step"] < total_steps:
-            epoch = state["step"] // steps_per_epoch
-            order = epoch_order(n, seed, epoch)
-            pos = state["step"] - epoch * steps_per_epoch
-            batch_rows = order[pos * bs:(pos + 1) * bs]
-            c0, t0 = time.process_time(), time.perf_counter()
-            loss = method.train_batch(train_data, batch_rows)
-            dt = time.perf_counter() - t0
-            meter.add(dt, time.process_time() - c0)
-            state["train_seconds"] += dt
-            state["batch_seconds"].append(dt)
-            state["step"] += 1
-            state["samples"] += len(batch_rows)
-            bar.update(1)
-            if not np.isfinite(loss):
-                raise DivergenceError(f"loss became {loss} at step {state['step']}")
-            losses.append(float(loss))
-            epoch_done = state["step"] % steps_per_epoch == 0 or state["step"] == total_steps
-            cut = max_train_seconds is not None and state["train_seconds"] >= max_train_seconds
-            if epoch_done or cut:
-                m = record(np.arange(len(test_data), dtype=np.int64), state["step"] / steps_per_epoch)
-                bar.set_postfix(p1=f"{m['p_at_1']:.3f}")
-                checkpoint()
-            elif method.eval_every and state["step"] % method.eval_every == 0:
-                m = record(rows_eval, state["step"] / steps_per_epoch)
-                bar.set_postfix(p1=f"{m['p_at_1']:.3f}")
-            if cut:
-                cut = state["step"] < total_steps
-                if cut:
-                    _log(f"{method.name}: the safety cap max_train_seconds={max_train_seconds:g} ended the run at "
-                         f"step {state['step']}/{total_steps} (epoch {state['step'] / steps_per_epoch:.2f})")
-                break
-            if patience and state["since_best"] >= patience:
-                stopped_early = state["step"] < total_steps
-                if stopped_early:
-                    if not epoch_done:
-                        record(np.arange(len(test_data), dtype=np.int64), state["step"] / steps_per_epoch)
-                        checkpoint()
-                    _log(f"{method.name}: no better P@1 in {patience} evaluations; stopped at step {state['step']} "
-                         f"(best {state['best']['p_at_1']:.4f} at epoch {state['best']['epoch']:g})")
-                break
-    except (DivergenceError, OutputWriteError) as err:
-        status, reason = "failed", str(err)
-    finally:
-        bar.close()
-        meter.stop()
-    if status == "completed" and last_metrics is None:
-        everything = np.arange(len(test_data), dtype=np.int64)
-        last = recorder.rows[-1] if recorder.rows else None
-        if last is not None and int(last["step"]) == state["step"] and int(last["eval_points"]) == len(test_data):
-            last_metrics = evaluate(method, test_data, everything)  # its curve row is there already
-        else:
-            try:
-                last_metrics = record(everything, state["step"] / steps_per_epoch)
-            except OutputWriteError as err:
-                status, reason = "failed", str(err)
-    final = None
-    if last_metrics is not None:
-        final = {k: last_metrics[k] for k in ("p_at_1", "p_at_3", "p_at_5", "ndcg_at_1", "ndcg_at_3",
-                                              "ndcg_at_5", "eval_points")}
-    batch_seconds = state["batch_seconds"]
-    stats = method.stats()
-    popularity = popularity_baseline(train_data, test_data)
-    active = stats.get("active_per_sample_mean")
-    outcome = dict(
-        status=status, reason=reason, final=final, train_seconds=state["train_seconds"],
-        median_batch_seconds=float(np.median(batch_seconds)) if batch_seconds else None,
-        extra=dict(steps=int(state["step"]), epochs=round(state["step"] / steps_per_epoch, 4),
-                   samples=int(state["samples"]),
-                   eval_seconds=round(state["eval_seconds"], 3),
-                   compile_seconds=round(state["compile_seconds"], 3),
-                   **meter.figures(),
-                   best=state["best"], max_train_seconds=max_train_seconds, max_train_seconds_cut=bool(cut),
-                   patience=int(patience), stopped_early=stopped_early,
-                   active_per_sample_mean=active,
-                   active_fraction=None if active is None else round(active / method.num_labels, 6),
-                   popularity={k: popularity[k] for k in ("p_at_1", "p_at_3", "p_at_5")},
-                   method_stats=stats))
-    try:
-        return recorder.finish(**outcome)
-    except OutputWriteError as err:
-        if reason:
-            raise SlideError(f"{err}; the run is not recorded (it failed: {reason})") from None
-        raise SlideError(f"{err}; the run is not recorded as finished") from None
+    def finish(self) -> dict:
+        """Score the whole test set if no evaluation did yet, write ``run.json`` and return its record."""
+        if self.status == "completed" and self.last_metrics is None:
+            last = self.recorder.rows[-1] if self.recorder.rows else None
+            if (last is not None and int(last["step"]) == self.state["step"]
+                    and int(last["eval_points"]) == len(self.test_data)):
+                self.last_metrics = evaluate(self.method, self.test_data, self.all_test_rows())  # row is there
+            else:
+                try:
+                    self.record(self.all_test_rows())
+                except OutputWriteError as err:
+                    self.status, self.reason = "failed", str(err)
+        try:
+            return self.recorder.finish(**self.outcome())
+        except OutputWriteError as err:
+            if self.reason:
+                raise SlideError(f"{err}; the run is not recorded (it failed: {self.reason})") from None
+            raise SlideError(f"{err}; the run is not recorded as finished") from None
+
+    def outcome(self) -> dict:
+        """The keyword arguments of :meth:`RunRecorder.finish`: status, final metrics, clocks, figures."""
+        st, method = self.state, self.method
+        final = None
+        if self.last_metrics is not None:
+            final = {k: self.last_metrics[k] for k in ("p_at_1", "p_at_3", "p_at_5", "ndcg_at_1", "ndcg_at_3",
+                                                       "ndcg_at_5", "eval_points")}
+        batch_seconds = st["batch_seconds"]
+        stats = method.stats()
+        popularity = popularity_baseline(self.train_data, self.test_data)
+        active = stats.get("active_per_sample_mean")
+        return dict(
+            status=self.status, reason=self.reason, final=final, train_seconds=st["train_seconds"],
+            median_batch_seconds=float(np.median(batch_seconds)) if batch_seconds else None,
+            extra=dict(steps=int(st["step"]), epochs=round(self.epoch, 4), samples=int(st["samples"]),
+                       eval_seconds=round(st["eval_seconds"], 3), compile_seconds=round(st["compile_seconds"], 3),
+                       **self.meter.figures(),
+                       best=st["best"], max_train_seconds=self.max_train_seconds,
+                       max_train_seconds_cut=bool(self.cut), patience=int(self.patience),
+                       stopped_early=self.stopped_early, active_per_sample_mean=active,
+                       active_fraction=None if active is None else round(active / method.num_labels, 6),
+                       popularity={k: popularity[k] for k in ("p_at_1", "p_at_3", "p_at_5")},
+                       method_stats=stats))
 
 
 def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, max_batches: int | None = None,
