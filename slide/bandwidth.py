@@ -60,30 +60,9 @@ def slide_bytes(model, data, counts) -> dict:
     :func:`slide.engine.network.adam_sparse`) and ``refreshes`` hash-table refreshes. Row widths
     come from the model's arrays (shape and dtype) and the index widths from ``data``'s.
 
-    Counted per sample (summed over the samples of a batch): the gathers and the gradient
-    read-modify-writes of the rows a sample touches: ``W0`` rows of its features read in the
-    forward pass and their ``gW0`` rows read and written in the backward pass; ``W2`` rows and
-    ``b2`` entries of its active neurons read, and their ``gW2`` rows and per-thread ``gb2`` entries
-    read and written; the ``flag0``/``flag2`` byte of each such row read; the ``logq`` entry read
-    and the ``qcount`` entry read and written for each sampled negative (``correction: logq``); the
-    sample's features, labels and indptr entries. A row shared by several samples of a batch is
-    counted once for each: the samples run on different cores at different times, a batch's
-    rows (up to hundreds of MB at the paper's shapes) do not stay in a core's cache from one sample
-    to the next, and the gradient rows are written by each sample in turn (HOGWILD), so the
-    hardware fetches them again. The second read of a ``W2`` row in the sample's own backward
-    pass is not counted: it comes right after the forward read, from cache.
-
-    Counted per batch, once per row: what the hardware does once per step: the sparse Adam of
-    each touched row (``rows0``, ``rows2``: read ``W, m, v, g`` and write ``W, m, v`` and the zeroed
-    ``g``, 8 row transfers, plus ``b2`` with its ``m, v, g`` and the per-thread ``gb2`` entries of
-    the row); the flag scan that collects the touched rows (every flag read, the touched ones set
-    and cleared, the row lists written and read); with ``optimizer: dense`` the same Adam over every
-    row of ``W0``, ``W2``, ``b2`` and every flag cleared; the small dense parts (``b0`` and the
-    further hidden layers ``Wh``, ``bh``: read once per batch in the forward pass, since every sample
-    reads all of them they stay in cache, then their per-thread gradients summed and Adam). A table
-    refresh (rehash or rebuild) reads every row of ``W2`` (and of the weights of LSH-sampled hidden
-    layers; the first layer's ``W0.T`` copy is read and written), counted in the step that does it,
-    so the mean over steps amortises it over the refresh interval.
+    What each sample moves is in :func:`_per_sample_bytes`, what each step moves once in
+    :func:`_per_batch_bytes`, a table refresh in :func:`_refresh_bytes`; a refresh is counted in
+    the step that does it, so the mean over steps amortises it over the refresh interval.
 
     Not counted: per-thread scratch (activations, logits, the active list, targets, stamps and
     collision counts), the hash-table bucket reads of the LSH lookup, and the periodic ``logq``
@@ -91,22 +70,60 @@ def slide_bytes(model, data, counts) -> dict:
     64-byte cache line, so the figure, and the floor from it, are lower bounds. With LSH-sampled
     hidden layers the first layer's rows are still counted whole.
 
-    Returns a dict of bytes per part (``forward``, ``backward``, ``flags``, ``adam``, ``dense_parts``,
-    ``input``, ``refresh``) and their ``total``, all for the whole of ``counts`` (divide by
-    ``counts["batches"]`` for a mean per batch), and ``distinct_total``: the same traffic with the
-    per-sample gathers and gradient read-modify-writes counted once per distinct row of the batch
-    (the ``rows0``/``rows2`` that Adam updated), the bytes that must cross the memory bus even if
-    every shared row stayed in cache. Measured steps run faster than ``total`` at stream bandwidth
-    allows (0.66x at the Amazon shape), so shared rows do hit cache: ``distinct_total`` is the floor's
-    byte count, ``total`` an upper bound. With ``optimizer: dense`` no distinct counts exist and
-    ``distinct_total`` equals ``total``.
+    Returns
+    -------
+    dict
+        Bytes per part (``forward``, ``backward``, ``flags``, ``input``, ``adam``, ``dense_parts``,
+        ``refresh``) and their ``total``, all for the whole of ``counts`` (divide by
+        ``counts["batches"]`` for a mean per batch), and ``distinct_total``: the same traffic with
+        the per-sample gathers and gradient read-modify-writes counted once per distinct row of the
+        batch (:func:`_distinct_row_bytes`), the bytes that must cross the memory bus even if every
+        shared row stayed in cache. Measured steps run faster than ``total`` at stream bandwidth
+        allows (0.66x at the Amazon shape), so shared rows do hit cache: ``distinct_total`` is the
+        floor's byte count, ``total`` an upper bound. With ``optimizer: dense`` no distinct counts
+        exist and ``distinct_total`` equals ``total``.
     """
     c = {k: int(v) for k, v in counts.items()}
-    m = model
-    T = m.gb2_t.shape[0]                                           # threads with their own gb2 rows
-    out_row = _row(m.W2) + _row(m.b2)                              # an output neuron: W2 row and bias
-    grad_row = _row(m.gW2) + m.gb2_t.itemsize                      # its gradient (bias part per thread)
-    per_sample = {
+    dense = model.config["optimizer"] == "dense"
+    per_sample = _per_sample_bytes(model, data, c)
+    parts = dict(per_sample)
+    for key, value in _per_batch_bytes(model, c, dense).items():
+        parts[key] = parts.get(key, 0) + value
+    parts["refresh"] = c["refreshes"] * _refresh_bytes(model)
+    parts = {k: int(v) for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    if dense:
+        parts["distinct_total"] = parts["total"]
+    else:
+        gathered = per_sample["forward"] + per_sample["backward"] + per_sample["flags"]
+        parts["distinct_total"] = parts["total"] - gathered + _distinct_row_bytes(model, c)
+    return parts
+
+
+def _output_row_bytes(m) -> tuple[int, int]:
+    """Bytes of an output neuron (its ``W2`` row and ``b2`` entry) and of its gradient (``gW2`` row
+    and one thread's ``gb2`` entry)."""
+    return _row(m.W2) + _row(m.b2), _row(m.gW2) + m.gb2_t.itemsize
+
+
+def _per_sample_bytes(m, data, c: dict) -> dict:
+    """``forward``, ``backward``, ``flags`` and ``input`` bytes of the samples of ``c``, each sample
+    counting the rows it touches.
+
+    The gathers and the gradient read-modify-writes of the rows a sample touches: ``W0`` rows of
+    its features read in the forward pass and their ``gW0`` rows read and written in the backward
+    pass; ``W2`` rows and ``b2`` entries of its active neurons read, and their ``gW2`` rows and
+    per-thread ``gb2`` entries read and written; the ``flag0``/``flag2`` byte of each such row read;
+    the ``logq`` entry read and the ``qcount`` entry read and written for each sampled negative
+    (``correction: logq``); the sample's features, labels and indptr entries. A row shared by
+    several samples of a batch is counted once for each: the samples run on different cores at
+    different times, a batch's rows (up to hundreds of MB at the paper's shapes) do not stay in a
+    core's cache from one sample to the next, and the gradient rows are written by each sample in
+    turn (HOGWILD), so the hardware fetches them again. The second read of a ``W2`` row in the
+    sample's own backward pass is not counted: it comes right after the forward read, from cache.
+    """
+    out_row, grad_row = _output_row_bytes(m)
+    parts = {
         "forward": c["features"] * _row(m.W0) + c["active"] * out_row,
         "backward": 2 * (c["features"] * _row(m.gW0) + c["active"] * grad_row),
         "flags": c["features"] * _row(m.flag0) + c["active"] * _row(m.flag2),
@@ -115,42 +132,59 @@ def slide_bytes(model, data, counts) -> dict:
     }
     if m.logq.shape[0]:
         negatives = max(c["active"] - c["labels"], 0)
-        per_sample["backward"] += negatives * (_row(m.logq) + 2 * _row(m.qcount))
-    dense = m.config["optimizer"] == "dense"
+        parts["backward"] += negatives * (_row(m.logq) + 2 * _row(m.qcount))
+    return parts
+
+
+def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
+    """``adam``, ``dense_parts`` and the per-step share of ``flags``: what the hardware does once per
+    step, once per row.
+
+    The sparse Adam of each touched row (``rows0``, ``rows2``: read ``W, m, v, g`` and write ``W, m,
+    v`` and the zeroed ``g``, 8 row transfers, plus ``b2`` with its ``m, v, g`` and the per-thread
+    ``gb2`` entries of the row); the flag scan that collects the touched rows (every flag read, the
+    touched ones set and cleared, the row lists written and read); with ``optimizer: dense`` the
+    same Adam over every row of ``W0``, ``W2``, ``b2`` and every flag cleared; the small dense parts
+    (``b0`` and the further hidden layers ``Wh``, ``bh``: read once per batch in the forward pass,
+    since every sample reads all of them they stay in cache, then their per-thread gradients summed
+    and Adam).
+    """
+    T = m.gb2_t.shape[0]                                           # threads with their own gb2 rows
     # rows the optimizer updated in all: every row in every step (dense), the touched ones (sparse)
     n0, n2 = (c["batches"] * m.num_features, c["batches"] * m.num_labels) if dense else (c["rows0"], c["rows2"])
     adam0 = 2 * sum(_row(a) for a in (m.W0, m.mW0, m.vW0, m.gW0))
     adam2 = 2 * sum(_row(a) for a in (m.W2, m.mW2, m.vW2, m.gW2, m.b2, m.mb2, m.vb2, m.gb2)) + 2 * T * m.gb2_t.itemsize
     small = (m.b0, m.mb0, m.vb0, m.gb0, m.Wh, m.mWh, m.vWh, m.gWh, m.bh, m.mbh, m.vbh, m.gbh)
-    per_batch = {
-        "adam": n0 * adam0 + n2 * adam2,
-        # read in the forward pass; Adam (read and write W, m, v, g); per-thread gradients summed and zeroed
-        "dense_parts": c["batches"] * (m.b0.nbytes + m.Wh.nbytes + m.bh.nbytes + 2 * sum(a.nbytes for a in small)
-                                       + 2 * (m.gb0_t.nbytes + m.gWh_t.nbytes + m.gbh_t.nbytes)),
-    }
     if dense:
         flags = c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)                     # cleared
     else:
         flags = (c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)                    # scanned
                  + 2 * (n0 * _row(m.flag0) + n2 * _row(m.flag2))                     # set, cleared
                  + 2 * (n0 * _row(m.rows0) + n2 * _row(m.rows2)))                    # listed, read
-    parts = {**per_sample, **per_batch}
-    parts["flags"] += flags
+    return {
+        "adam": n0 * adam0 + n2 * adam2,
+        # read in the forward pass; Adam (read and write W, m, v, g); per-thread gradients summed and zeroed
+        "dense_parts": c["batches"] * (m.b0.nbytes + m.Wh.nbytes + m.bh.nbytes + 2 * sum(a.nbytes for a in small)
+                                       + 2 * (m.gb0_t.nbytes + m.gWh_t.nbytes + m.gbh_t.nbytes)),
+        "flags": flags,
+    }
+
+
+def _refresh_bytes(m) -> int:
+    """Bytes of one table refresh (rehash or rebuild): every row of ``W2`` read (and of the weights of
+    LSH-sampled hidden layers; the first layer's ``W0.T`` copy is read and written)."""
     refresh = m.W2.nbytes if m.sampled else 0
     for layer, _ in m.hidden_indices:
         refresh += 2 * m.W0.nbytes if layer == 0 else m._hidden_weights(layer).nbytes
-    parts["refresh"] = c["refreshes"] * refresh
-    parts = {k: int(v) for k, v in parts.items()}
-    parts["total"] = sum(parts.values())
-    if dense:
-        parts["distinct_total"] = parts["total"]
-    else:
-        r0, r2 = c["rows0"], c["rows2"]
-        gathers = (r0 * (_row(m.W0) + 2 * _row(m.gW0) + _row(m.flag0))
-                   + r2 * (out_row + 2 * grad_row + _row(m.flag2)))
-        per_row = per_sample["forward"] + per_sample["backward"] + per_sample["flags"]
-        parts["distinct_total"] = parts["total"] - per_row + int(gathers)
-    return parts
+    return refresh
+
+
+def _distinct_row_bytes(m, c: dict) -> int:
+    """The per-sample gathers, gradient read-modify-writes and flag reads of ``c`` counted once per
+    distinct row of a batch (the ``rows0``/``rows2`` that the sparse Adam updated)."""
+    out_row, grad_row = _output_row_bytes(m)
+    return int(c["rows0"] * (_row(m.W0) + 2 * _row(m.gW0) + _row(m.flag0))
+               + c["rows2"] * (out_row + 2 * grad_row + _row(m.flag2)))
 
 
 def floor_figures(bytes_per_batch: float, floor_bytes_per_batch: float, median_batch_seconds: float,
