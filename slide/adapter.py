@@ -75,7 +75,9 @@ class Method(ABC):
 
     @property
     def eval_every(self) -> int:
-        return int(self.config.get("eval_every", 0) or 0)
+        """Steps between evaluations on the fixed test sample: a setting of the shared loop, whose one
+        default is in ``slide/shared_config.schema.json``."""
+        return int(self.config.get("eval_every", SHARED_DEFAULTS["eval_every"]))
 
     def hyperparameters(self) -> dict:
         """The resolved configuration, as recorded in ``run.json``."""

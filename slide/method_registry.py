@@ -42,13 +42,28 @@ def load_json(relpath: str) -> dict:
     return json.loads((ROOT / relpath).read_text(encoding="utf-8"))
 
 
+#: What a method's schema may not restate for a shared key: one default and one type for every method.
+_SHARED_ONLY = ("default", "type", "oneOf", "enum")
+
+
 def compose_schema(schema_file: str, loss: str | None) -> dict:
     """The complete JSON Schema of one method's configuration: the shared keys, then the file's
-    ``properties`` (a shared key named again is narrowed, not replaced), then ``$defs/<loss>``."""
+    ``properties`` (a shared key named again is narrowed, not replaced), then ``$defs/<loss>``.
+
+    Raises
+    ------
+    ConfigError
+        when the file gives a shared key a default or type of its own.
+    """
     source = load_json(schema_file)
     props = copy.deepcopy(load_json(SHARED_SCHEMA)["properties"])
     extra = source.get("$defs", {}).get(loss, {}).get("properties", {}) if loss else {}
     for key, prop in {**source.get("properties", {}), **extra}.items():
+        if key in props:
+            redefined = [k for k in _SHARED_ONLY if k in prop]
+            if redefined:
+                raise ConfigError(f"{schema_file}: {key} is shared by every method ({SHARED_SCHEMA}); a method's "
+                                  f"schema may narrow it, not give it its own {' or '.join(redefined)}")
         props[key] = {**props[key], **prop} if key in props else copy.deepcopy(prop)
     return {"$schema": source["$schema"], "title": source.get("title", schema_file), "type": "object",
             "properties": props, "required": list(props), "additionalProperties": False}

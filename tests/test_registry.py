@@ -130,6 +130,44 @@ def test_shared_keys_have_one_default_everywhere():
         assert {k: spec.defaults[k] for k in SHARED_DEFAULTS} == SHARED_DEFAULTS
 
 
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_eval_every_is_the_loops_one_setting_for_every_method(spec):
+    """One default and one paper cadence for every method, and ``--set eval_every=N`` reaches the loop."""
+    from slide.adapter import PAPER_SHARED, SHARED_DEFAULTS, parse_overrides
+
+    cls = spec.adapter_class()
+    assert cls.resolve_config()["eval_every"] == SHARED_DEFAULTS["eval_every"] == 0
+    for preset in cls.PRESETS:
+        assert cls.resolve_config(preset)["eval_every"] == PAPER_SHARED["eval_every"] == 50
+    for preset in (None, *cls.PRESETS):  # the workflow's presets pass --set eval_every=N, with or without --preset
+        method = cls.__new__(cls)
+        method.config = spec.check(cls.resolve_config(preset, parse_overrides(["eval_every=7"])))
+        assert method.eval_every == 7
+    with pytest.raises(ConfigError, match="eval_every must be an integer >= 0"):
+        spec.check(cls.resolve_config(overrides={"eval_every": -1}))
+
+
+@pytest.mark.parametrize("where", ["properties", "$defs"])
+@pytest.mark.parametrize("restated", [{"default": 50}, {"type": "number"}, {"enum": [0, 50]}])
+def test_a_method_schema_may_narrow_a_shared_key_but_not_redefine_it(monkeypatch, where, restated):
+    from slide import method_registry
+
+    def schema(prop):
+        props = {"eval_every": prop}
+        if where == "$defs":
+            return {"$schema": load_json(SHARED_SCHEMA)["$schema"], "$defs": {"sampled": {"properties": props}}}
+        return {"$schema": load_json(SHARED_SCHEMA)["$schema"], "properties": props}
+
+    files = {SHARED_SCHEMA: load_json(SHARED_SCHEMA)}
+    monkeypatch.setattr(method_registry, "load_json", lambda path: files[path])
+    files["m.json"] = schema({"maximum": 1000})
+    narrowed = method_registry.compose_schema("m.json", "sampled")["properties"]["eval_every"]
+    assert narrowed["maximum"] == 1000 and narrowed["default"] == 0 and narrowed["type"] == "integer"
+    files["m.json"] = schema({"maximum": 1000, **restated})
+    with pytest.raises(ConfigError, match=f"m.json: eval_every is shared by every method .*its own {next(iter(restated))}"):
+        method_registry.compose_schema("m.json", "sampled")
+
+
 def test_unknown_method_is_one_line():
     with pytest.raises(ConfigError, match="unknown method 'nope'; choose from"):
         method_spec("nope")

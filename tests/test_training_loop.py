@@ -106,6 +106,26 @@ def test_save_load_roundtrip_and_bench(tmp_path):
     assert result["samples_per_second"] > 0
 
 
+class Refreshing(Popularity):
+    """Refreshes a table after every 4th step, as SLIDE rehashes."""
+
+    def table_refreshes(self):
+        return self.step // 4
+
+    def stats(self):
+        return {"rehash_seconds": 0.5}
+
+
+def test_bench_reports_refreshes_only_for_a_method_that_has_them():
+    data = _data(95, 0)
+    plain = bench(Popularity.from_config(5, 8), data, batches=3, warmup=1)
+    assert plain["batches"] == 3 and "rehashes_in_window" not in plain and "rehash_seconds" not in plain
+    # the warm-up restores step 0, one untimed step, then timing goes on until 2 refreshes (step 8)
+    refreshing = bench(Refreshing.from_config(5, 8), data, batches=3, warmup=1)
+    assert refreshing["batches"] == 7 and refreshing["rehashes_in_window"] == 2
+    assert refreshing["rehash_seconds"] == 0.5
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="lrr"):
         Popularity.resolve_config(overrides={"lrr": 1})
