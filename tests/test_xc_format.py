@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
 import pytest
 
@@ -235,6 +237,67 @@ def test_writer_is_compact(tmp_path):
                    np.array([3, 1], np.int32), 3, 4)
     write_xc(tmp_path / "c.txt", ds)
     assert (tmp_path / "c.txt").read_text() == "1 3 4\n3,1 0:1 1:0.1 2:25e-8\n"
+
+
+def _written_values(tmp_path, values) -> list[str]:
+    """The value tokens write_xc writes for ``values`` (one row, feature i holds values[i])."""
+    v = np.asarray(values, dtype=np.float32)
+    ds = XCDataset(np.array([0, v.size], np.int64), np.arange(v.size, dtype=np.int32), v,
+                   np.array([0, 0], np.int64), np.zeros(0, np.int32), max(v.size, 1), 1)
+    line = write_xc(tmp_path / "v.txt", ds).read_text().split("\n")[1]
+    return [tok.split(":")[1] for tok in line.split()]
+
+
+def _reference_layout(token: str) -> str:
+    """How the writer lays out the decimal ``token`` denotes, redone in plain Python: as an
+    integer while at most 15 digits (m then q zeros), with a point while at most 5 zeros
+    follow it, else as digits 'e' exponent."""
+    sign, digits, q = Decimal(token).normalize().as_tuple()
+    m = "".join(map(str, digits))
+    nd = len(m)
+    if q >= 0 and nd + q <= 15:
+        body = m + "0" * q
+    elif q < 0 and (nd + q > 0 or -(nd + q) <= 5):
+        ip = nd + q
+        body = "0." + "0" * -ip + m if ip <= 0 else m[:ip] + "." + m[ip:]
+    else:
+        body = f"{m}e{q}"
+    return "-" * sign + body
+
+
+@pytest.mark.parametrize("value, text", [
+    # plain integer, trailing zeros written out up to 15 digits
+    (7.0, "7"), (1000.0, "1000"), (-500.0, "-500"), (16777216.0, "16777216"),
+    (3e10, "30000000000"), (1e14, "100000000000000"), (99999999.0, "100000000"),
+    # decimal point: inside the digits, or "0." with up to 5 zeros after it
+    (2.5, "2.5"), (123.456, "123.456"), (-12345.678, "-12345.678"), (0.5, "0.5"),
+    (0.0001, "0.0001"), (-0.00125, "-0.00125"), (1.5e-5, "0.000015"), (1e-6, "0.000001"),
+    # exponent: more than 5 zeros after the point, or more than 15 integer digits
+    (1e-7, "1e-7"), (2.5e-7, "25e-8"), (-1e15, "-1e15"), (1e20, "1e20"),
+    (3.4028235e38, "34028235e31"), (1.17549435e-38, "11754944e-45"), (1e-45, "1e-45"),
+    (0.0, "0"), (-0.0, "0"),
+])
+def test_writer_forms_exact_text(tmp_path, value, text):
+    assert _written_values(tmp_path, [value]) == [text]
+
+
+def test_writer_shortest_round_trip_in_every_form(tmp_path):
+    """Against plain Python over many float32s: float() reads each token back to the same
+    float32, it has as few significant digits as NumPy's shortest unique repr, and its
+    layout is the one _reference_layout gives; each of the three forms occurs often."""
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 2**32, size=20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    nice = rng.integers(1, 1000, size=6000) * 10.0 ** rng.integers(-12, 20, size=6000)
+    vals = np.concatenate([bits[np.isfinite(bits) & (bits != 0)], nice.astype(np.float32)])
+    vals[rng.random(vals.size) < 0.5] *= -1
+    forms = {"plain": 0, "point": 0, "exponent": 0}
+    for v, tok in zip(vals, _written_values(tmp_path, vals)):
+        assert np.float32(float(tok)) == v, (v, tok)
+        shortest = np.format_float_scientific(v, unique=True, trim="-").lstrip("-").split("e")[0]
+        assert len(Decimal(tok).normalize().as_tuple().digits) == len(shortest.replace(".", "")), (v, tok)
+        assert tok == _reference_layout(tok), (v, tok)
+        forms["exponent" if "e" in tok else "point" if "." in tok else "plain"] += 1
+    assert min(forms.values()) > 1000, forms
 
 
 def test_writer_rows_without_labels_or_features(tmp_path):

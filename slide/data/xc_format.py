@@ -516,6 +516,135 @@ def read_header(path):
 
 
 # ----------------------------------------------------------------------------- writer
+#
+# A value is written as (m, q, kind): the decimal m * 10**q with m free of trailing
+# zeros, in one of three forms, each exactly what the reader decodes back:
+#   _PLAIN     an integer, m then q zeros ("1", "1000"); the reader sees m * 10**q as
+#              one mantissa, so it is used only while that has at most 15 digits;
+#   _POINT     digits around a decimal point ("2.5", "0.0001"), for q < 0 while at
+#              most 5 zeros follow the point;
+#   _EXPONENT  m, 'e', q ("25e-8", "123e20") for the rest.
+_PLAIN, _POINT, _EXPONENT = 0, 1, 2
+
+
+@numba.njit(**NJIT, inline="always")
+def _num_digits(m):
+    """Number of decimal digits of ``m`` > 0."""
+    nd = 0
+    while m > 0:
+        nd += 1
+        m //= 10
+    return nd
+
+
+@numba.njit(**NJIT, inline="always")
+def _form_and_read_back(m, q, nd):
+    """The form (m, q) with ``nd`` digits is written in, and the float64 the reader makes of it."""
+    if q >= 0 and nd + q <= 15:
+        mm = m
+        for _ in range(q):
+            mm *= 10
+        return _PLAIN, _scale(mm, 0)
+    if q < 0 and (nd + q > 0 or -(nd + q) <= 5):
+        return _POINT, _scale(m, q)
+    return _EXPONENT, _scale(m, q)
+
+
+@numba.njit(**NJIT, inline="always")
+def _shortest_repr(x, av):
+    """(m, q, form) for float64 ``x`` > 0 holding the float32 ``av``: the fewest significant
+    digits (1..17) whose written form the reader maps back to ``av``."""
+    e10 = int(np.floor(np.log10(x)))
+    m = np.int64(0)
+    q = 0
+    kind = _PLAIN
+    for p in range(1, 18):
+        q = e10 - p + 1
+        if q >= 0:
+            r = x / _scale(1, q)
+        else:
+            r = x * _scale(1, -q)
+        m = np.int64(np.floor(r + 0.5))
+        if m <= 0:
+            continue
+        while m % 10 == 0:  # strip trailing zeros
+            m //= 10
+            q += 1
+        kind, back = _form_and_read_back(m, q, _num_digits(m))
+        if np.float32(back) == av:
+            break
+    return m, q, kind
+
+
+@numba.njit(**NJIT, inline="always")
+def _split_digits(m, digits):
+    """Decimal digits of ``m`` > 0 into ``digits``, least significant first. Returns their count."""
+    nd = 0
+    while m > 0:
+        digits[nd] = m % 10
+        nd += 1
+        m //= 10
+    return nd
+
+
+@numba.njit(**NJIT, inline="always")
+def _put_digits(digits, nd, out, o):
+    """Write digits[nd-1] .. digits[0] at out[o:]. Returns the new end."""
+    for k in range(nd - 1, -1, -1):
+        out[o] = _ZERO + digits[k]
+        o += 1
+    return o
+
+
+@numba.njit(**NJIT, inline="always")
+def _put_plain(digits, nd, q, out, o):
+    """_PLAIN form: the digits, then ``q`` zeros."""
+    o = _put_digits(digits, nd, out, o)
+    for _ in range(q):
+        out[o] = _ZERO
+        o += 1
+    return o
+
+
+@numba.njit(**NJIT, inline="always")
+def _put_point(digits, nd, q, out, o):
+    """_POINT form (q < 0): "0.00ddd" when all digits follow the point, else "dd.ddd"."""
+    ip = nd + q  # digits before the point
+    if ip <= 0:
+        out[o] = _ZERO
+        out[o + 1] = _DOT
+        o += 2
+        for _ in range(-ip):
+            out[o] = _ZERO
+            o += 1
+        return _put_digits(digits, nd, out, o)
+    for k in range(nd - 1, -1, -1):
+        if k == nd - 1 - ip:
+            out[o] = _DOT
+            o += 1
+        out[o] = _ZERO + digits[k]
+        o += 1
+    return o
+
+
+@numba.njit(**NJIT, inline="always")
+def _put_exponent(digits, nd, q, out, o):
+    """_EXPONENT form: the digits, 'e', then ``q``."""
+    o = _put_digits(digits, nd, out, o)
+    out[o] = 101  # 'e'
+    return _fmt_int(q, out, o + 1, digits)
+
+
+@numba.njit(**NJIT, inline="always")
+def _fmt_int(v, out, o, digits):
+    if v < 0:
+        out[o] = _MINUS
+        o += 1
+        v = -v
+    if v == 0:
+        out[o] = _ZERO
+        return o + 1
+    return _put_digits(digits, _split_digits(v, digits), out, o)
 
 
 @numba.njit(**NJIT)
@@ -531,104 +660,13 @@ def _fmt_value(v, out, o, digits):
         o += 1
         x = -x
         av = -v
-    e10 = int(np.floor(np.log10(x)))
-    m = np.int64(0)
-    q = 0
-    kind = 0
-    for p in range(1, 18):
-        q = e10 - p + 1
-        if q >= 0:
-            r = x / _scale(1, q)
-        else:
-            r = x * _scale(1, -q)
-        m = np.int64(np.floor(r + 0.5))
-        if m <= 0:
-            continue
-        # strip trailing zeros
-        while m % 10 == 0:
-            m //= 10
-            q += 1
-        nd = 0
-        t = m
-        while t > 0:
-            nd += 1
-            t //= 10
-        # representation the reader will see: (M, Q)
-        if q >= 0 and nd + q <= 15:
-            kind = 0
-            mm = m
-            for _ in range(q):
-                mm *= 10
-            back = _scale(mm, 0)
-        elif q < 0 and (nd + q > 0 or -(nd + q) <= 5):
-            kind = 1
-            back = _scale(m, q)
-        else:
-            kind = 2
-            back = _scale(m, q)
-        if np.float32(back) == av:
-            break
-    nd = 0
-    t = m
-    while t > 0:
-        digits[nd] = t % 10
-        nd += 1
-        t //= 10
-    if kind == 0:
-        for k in range(nd - 1, -1, -1):
-            out[o] = _ZERO + digits[k]
-            o += 1
-        for _ in range(q):
-            out[o] = _ZERO
-            o += 1
-    elif kind == 1:
-        ip = nd + q  # digits before the point
-        if ip <= 0:
-            out[o] = _ZERO
-            o += 1
-            out[o] = _DOT
-            o += 1
-            for _ in range(-ip):
-                out[o] = _ZERO
-                o += 1
-            for k in range(nd - 1, -1, -1):
-                out[o] = _ZERO + digits[k]
-                o += 1
-        else:
-            for k in range(nd - 1, -1, -1):
-                if k == nd - 1 - ip:
-                    out[o] = _DOT
-                    o += 1
-                out[o] = _ZERO + digits[k]
-                o += 1
-    else:
-        for k in range(nd - 1, -1, -1):
-            out[o] = _ZERO + digits[k]
-            o += 1
-        out[o] = 101  # 'e'
-        o += 1
-        o = _fmt_int(q, out, o, digits)
-    return o
-
-
-@numba.njit(**NJIT, inline="always")
-def _fmt_int(v, out, o, digits):
-    if v < 0:
-        out[o] = _MINUS
-        o += 1
-        v = -v
-    if v == 0:
-        out[o] = _ZERO
-        return o + 1
-    nd = 0
-    while v > 0:
-        digits[nd] = v % 10
-        nd += 1
-        v //= 10
-    for k in range(nd - 1, -1, -1):
-        out[o] = _ZERO + digits[k]
-        o += 1
-    return o
+    m, q, kind = _shortest_repr(x, av)
+    nd = _split_digits(m, digits)
+    if kind == _PLAIN:
+        return _put_plain(digits, nd, q, out, o)
+    if kind == _POINT:
+        return _put_point(digits, nd, q, out, o)
+    return _put_exponent(digits, nd, q, out, o)
 
 
 @numba.njit(**NJIT)
