@@ -121,6 +121,7 @@ class SlideMethod(PersistentMixin, Method):
         self._init_sampling()
         self._init_hidden_sampling()
         self._alloc_scratch()
+        self._group_kernel_arrays()
         self.schedule = Schedule(config["schedule"], config["rehash_every"], config["rebuild_every"],
                                  config["decay"], config["decay_start"])
         self.step = 0
@@ -268,14 +269,6 @@ class SlideMethod(PersistentMixin, Method):
             else:
                 index.rebuild(self._hidden_weights(layer), self._lsh_seed(rebuilds, layer + 1))
 
-    def _hidden_hs(self):
-        """The ``hs`` argument of ``train_kernel``: None when every hidden layer is dense."""
-        if not self.hidden_sampled:
-            return None, (None,) * MAX_SAMPLED_HIDDEN
-        arrays = [index.arrays for _, index in self.hidden_indices]
-        arrays += [arrays[0]] * (MAX_SAMPLED_HIDDEN - len(arrays))
-        return (self.hslot, self.hk, self.hstamp, self.hcounts, self.hact, self.hn, self.hsv), tuple(arrays)
-
     def hidden_active_masks(self, data, rows) -> np.ndarray:
         """The hidden neurons the next training step computes for the batch ``rows``:
         ``(len(rows), sum(hidden))`` bool (all True for dense layers). For checks and tests."""
@@ -285,7 +278,7 @@ class SlideMethod(PersistentMixin, Method):
             masks[:] = 1
         else:
             net.hidden_masks(data.x_indptr, data.x_indices, data.x_data, rows, self.W0, self.b0, self.Wh,
-                             self.bh, self.dims, self._hidden_hs()[1], self.hslot, self.hk, self.seed, self.step,
+                             self.bh, self.dims, self._hlsh, self.hslot, self.hk, self.seed, self.step,
                              masks)
         return masks.astype(bool)
 
@@ -319,12 +312,32 @@ class SlideMethod(PersistentMixin, Method):
         self.hn = np.zeros((T, nl), dtype=np.int64)
         self.hsv = np.zeros(T, dtype=np.int64)
 
+    def _group_kernel_arrays(self) -> None:
+        """The named tuples of :mod:`slide.engine.network` the training kernels take, built once (every
+        array, the hash tables' included, is updated in place from here on): ``_params`` (``W0``, ``b0``,
+        ``Wh``, ``bh``, ``W2``, ``b2`` with their Adam state and gradients), ``_lsh`` (None: full softmax),
+        ``_selection``, ``_scratch``, and ``_hs`` / ``_hlsh`` (None and four Nones when every hidden
+        layer is dense)."""
+        def state(name):
+            return (getattr(self, name), *(getattr(self, prefix + name) for prefix in "mvg"))
+
+        self._params = (net.RowParam(*state("W0"), self.flag0, self.rows0),
+                        net.SumParam(*state("b0"), self.gb0_t), net.SumParam(*state("Wh"), self.gWh_t),
+                        net.SumParam(*state("bh"), self.gbh_t),
+                        net.RowParam(*state("W2"), self.flag2, self.rows2), net.SumParam(*state("b2"), self.gb2_t))
+        self._lsh = self.index.arrays if self.sampled else None
+        self._selection = net.Selection(self.mode, self.k_or_t, self.min_active, self.min_trigger, self.logq,
+                                        self.qcount)
+        self._scratch = net.Scratch(self.stamp, self.counts, self.stamp_values, self.active, self.tgt, self.logits,
+                                    self.acts, self.dacts)
+        self._hs, self._hlsh = None, (None,) * MAX_SAMPLED_HIDDEN
+        if self.hidden_sampled:
+            self._hs = net.HiddenSampling(self.hslot, self.hk, self.hstamp, self.hcounts, self.hact, self.hn, self.hsv)
+            arrays = [index.arrays for _, index in self.hidden_indices]
+            self._hlsh = tuple(arrays + [arrays[0]] * (MAX_SAMPLED_HIDDEN - len(arrays)))
+
     def _numba_threads(self):
         return numba_threads(self.threads)
-
-    @property
-    def _lsh_arrays(self):
-        return self.index.arrays if self.sampled else None
 
     # ------------------------------------------------------------------ training
     def _accumulate(self, data, rows):
@@ -337,15 +350,9 @@ class SlideMethod(PersistentMixin, Method):
         with self._numba_threads():
             old = numba.set_parallel_chunksize(SAMPLE_CHUNK)
             try:
-                net.train_kernel(data.x_indptr, data.x_indices, data.x_data, data.y_indptr, data.y_indices,
-                                 rows, self.W0, self.b0, self.Wh, self.bh, self.dims, self.W2, self.b2,
-                                 self.gW0, self.flag0, self.gW2, self.gb2_t, self.flag2,
-                                 self.gb0_t, self.gWh_t, self.gbh_t,
-                                 self._lsh_arrays, self.mode, self.k_or_t, self.min_active, self.min_trigger,
-                                 self.stamp, self.counts, self.stamp_values, self.logq, self.qcount,
-                                 self.active, self.tgt,
-                                 self.logits, self.acts, self.dacts, self.seed, self.step, losses, nactive,
-                                 *self._hidden_hs()[:1], *self._hidden_hs()[1])
+                batch = net.Batch(data.x_indptr, data.x_indices, data.x_data, data.y_indptr, data.y_indices, rows)
+                net.train_kernel(batch, self.dims, *self._params, self._lsh, self._selection, self._scratch,
+                                 self._hs, *self._hlsh, self.seed, self.step, losses, nactive)
             finally:
                 numba.set_parallel_chunksize(old)
         return losses, nactive
@@ -367,22 +374,15 @@ class SlideMethod(PersistentMixin, Method):
         lr = self.config["lr"]
         lr_t = np.float32(lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t))
         eps_t = np.float32(ADAM_EPS * math.sqrt(1.0 - ADAM_BETA2 ** t))
-        b1, b2 = np.float32(ADAM_BETA1), np.float32(ADAM_BETA2)
-        small = (self.b0, self.mb0, self.vb0, self.gb0, self.gb0_t, self.Wh, self.mWh, self.vWh, self.gWh,
-                 self.gWh_t, self.bh, self.mbh, self.vbh, self.gbh, self.gbh_t)
+        hyper = net.Hyper(lr_t, np.float32(ADAM_BETA1), np.float32(ADAM_BETA2), eps_t)
         with self._numba_threads():
             if self.config["optimizer"] == "sparse":
-                n0, n2 = net.adam_sparse(self.W0, self.mW0, self.vW0, self.gW0, self.flag0, self.rows0, *small,
-                                         self.W2, self.mW2, self.vW2, self.gW2, self.b2, self.mb2, self.vb2,
-                                         self.gb2, self.gb2_t, self.flag2, self.rows2, lr_t, b1, b2, eps_t)
+                n0, n2 = net.adam_sparse(*self._params, hyper)
                 self.touched_sum += n2
                 self._traffic["rows0"] += int(n0)
                 self._traffic["rows2"] += int(n2)
             else:
-                flat = [a.reshape(-1) for a in (self.W0, self.mW0, self.vW0, self.gW0)]
-                flat2 = [a.reshape(-1) for a in (self.W2, self.mW2, self.vW2, self.gW2)]
-                net.adam_dense(*flat, self.flag0, *small, *flat2, self.b2, self.mb2, self.vb2, self.gb2,
-                               self.gb2_t, self.flag2, lr_t, b1, b2, eps_t)
+                net.adam_dense(*self._params, hyper)
                 self.touched_sum += self.num_labels
 
     def _refresh_tables(self, what: str) -> None:

@@ -10,11 +10,12 @@ Layout (float32, C order, one contiguous row per neuron or input feature):
     Output layer, one row per label; a sample gathers the rows of its active labels.
 
 A training step is :func:`train_kernel` (every sample of the batch in parallel, HOGWILD: the
-samples add their gradients into the shared row buffers ``gW0`` / ``gW2`` without locks and flag
+samples add their gradients into the shared row buffers ``W0.g`` / ``W2.g`` without locks and flag
 the rows they touched) followed by Adam over the touched rows only (:func:`adam_sparse`) or over
-every parameter (:func:`adam_dense`), one parallel region each. The small dense parts (``b0``,
-the further hidden layers) and the output biases are accumulated per thread and summed, so they
-lose no updates and share no cache lines.
+every parameter (:func:`adam_dense`), one parallel region each, their arguments grouped in the
+named tuples below (:data:`Batch`, :data:`RowParam`, ...). The small dense parts (``b0``, the
+further hidden layers) and the output biases are accumulated per thread and summed, so they lose
+no updates and share no cache lines.
 
 Dense scoring for evaluation is :func:`hidden_rows` (activations of a chunk of points) followed by
 :func:`slide.engine.scoring.exact_topk`; :func:`sparse_predict` ranks only the LSH-retrieved labels.
@@ -39,6 +40,7 @@ retrieval, the true labels always included); with ``lsh=None`` every output neur
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numba
 import numpy as np
@@ -52,6 +54,33 @@ from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
 
 #: Rows ahead that the output-layer and Adam loops prefetch (the rows are scattered in memory).
 PREFETCH_AHEAD = 6
+
+# The training kernels take their arrays grouped in these named tuples, which ``SlideMethod`` builds
+# in one place. A parallel loop cannot capture a tuple of tuples, so none of them nests another.
+
+#: A training batch: CSR features and labels of the data set, and the points ``rows`` to train on.
+Batch = namedtuple("Batch", "x_indptr x_indices x_data y_indptr y_indices rows")
+#: A row-sparse parameter (``W0``, ``W2``): weights ``w``, Adam moments ``m`` and ``v``, gradient ``g``
+#: (same shape), ``flag`` (uint8 per row, set by a sample that touches the row) and ``rows`` (int64
+#: per row, where the sparse Adam collects the flagged rows).
+RowParam = namedtuple("RowParam", "w m v g flag rows")
+#: A 1-d parameter updated whole (``b0``, ``Wh``, ``bh``; ``b2`` row by row with ``W2``): ``w``, ``m``,
+#: ``v``, ``g`` as :data:`RowParam`, and ``g_t``, per-thread gradient rows summed into ``g`` by Adam.
+SumParam = namedtuple("SumParam", "w m v g g_t")
+#: The output layer's active-set selection (:func:`slide.engine.sampling.select_active`) and the
+#: sampled-softmax correction ``logq`` / ``qcount`` (see :func:`train_kernel`).
+Selection = namedtuple("Selection", "mode k_or_t min_active min_trigger logq qcount")
+#: Per-thread training scratch, one row per Numba thread id: the active-set ``stamp``/``counts`` and
+#: running ``stamp_values``, the ``active`` ids, targets ``tgt``, ``logits``, activations ``acts`` and
+#: their gradients ``dacts``.
+Scratch = namedtuple("Scratch", "stamp counts stamp_values active tgt logits acts dacts")
+#: Hidden-layer sampling (:func:`hidden_forward_sampled`): per layer the table ``slot`` (-1: dense)
+#: and ``k``; per thread the scratch ``stamp``, ``counts``, active ids ``act``, their number ``n`` and
+#: the running stamp value ``sv``.
+HiddenSampling = namedtuple("HiddenSampling", "slot k stamp counts act n sv")
+#: Adam's step constants (float32); ``lr_t`` and ``eps_t`` carry the bias correction of step t:
+#: ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``, ``eps_t = eps * sqrt(1 - beta2**t)``.
+Hyper = namedtuple("Hyper", "lr_t beta1 beta2 eps_t")
 
 
 @numba.njit(inline="always", **NJIT)
@@ -222,44 +251,18 @@ def hidden_masks(x_indptr, x_indices, x_data, rows, W0, b0, Wh, bh, dims, hlsh, 
             off += dims[layer]
 
 
-@numba.njit(**FAST)
-def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
-                 W0, b0, Wh, bh, dims, W2, b2,
-                 gW0, flag0, gW2, gb2, flag2, gb0_t, gWh_t, gbh_t,
-                 lsh, mode, k_or_t, min_active, min_trigger,
-                 stamp, counts, stamp_value, rng_seed, logq, qcount, active, tgt, logits, acts, dacts, inv_b, hs,
-                 hl0, hl1, hl2, hl3, t):
-    """Forward and backward of one sample (row ``r``); returns (loss, active count).
+@numba.njit(inline="always", **FAST)
+def _output_forward(W2, b2, a, labels, active, n, tgt, logits, logq, qcount):
+    """Softmax cross-entropy over the ``n`` active output neurons; returns (loss, 1 / sum of exp).
 
-    ``hs`` is None (dense hidden layers) or the hidden-sampling tuple of :func:`train_kernel`; ``t``
-    the thread id that picks its scratch rows. ``logq``/``qcount``: see :func:`train_kernel`."""
-    xa, xb = x_indptr[r], x_indptr[r + 1]
-    ya, yb = y_indptr[r], y_indptr[r + 1]
-    xi = x_indices[xa:xb]
-    xv = x_data[xa:xb]
-    labels = y_indices[ya:yb]
-    n_lab = yb - ya
-    if hs is None:
-        hidden_forward(xi, xv, W0, b0, Wh, bh, dims, acts)
-    else:
-        hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, (hl0, hl1, hl2, hl3), hs[0], hs[1], hs[2][t],
-                               hs[3][t], hs[4][t], hs[5][t], hs[6][t:t + 1], rng_seed)
-    nl = dims.shape[0]
-    total_h = acts.shape[0]
-    hl = dims[nl - 1]
-    a = acts[total_h - hl:]
-    num_items = W2.shape[0]
-    if lsh is None:
-        n = num_items
-    else:
-        n = select_active(lsh, a, labels, mode, k_or_t, min_active, min_trigger, num_items,
-                          stamp, counts, stamp_value, rng_seed, active)
-    if n_lab == 0:
-        return 0.0, n
+    Sets ``tgt`` to the soft targets of ``labels`` (:func:`_output_backward` clears it) and leaves the
+    unnormalised probabilities in ``logits``.
+    """
     # logits of the active neurons; zt = sum of target * logit
-    w = np.float32(1.0) / np.float32(n_lab)
-    for p in range(n_lab):
+    w = np.float32(1.0) / np.float32(labels.shape[0])
+    for p in range(labels.shape[0]):
         tgt[labels[p]] = w
+    hl = a.shape[0]
     mx = -np.inf
     zt = 0.0
     tsum = 0.0
@@ -291,10 +294,14 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
         e = math.exp(logits[i] - mx)
         logits[i] = e
         zsum += e
-    loss = tsum * (mx + math.log(zsum)) - zt
-    inv_z = 1.0 / zsum
-    # backward through the output layer
-    da = dacts[total_h - hl:]
+    return tsum * (mx + math.log(zsum)) - zt, 1.0 / zsum
+
+
+@numba.njit(inline="always", **FAST)
+def _output_backward(W2, gW2, gb2, flag2, a, da, labels, active, n, tgt, logits, inv_z, inv_b):
+    """Backward through the output layer: ``da`` (the last hidden layer's gradient) and the active
+    rows of ``gW2`` / ``gb2`` (flagged in ``flag2``); clears ``tgt``."""
+    hl = a.shape[0]
     for q in range(hl):
         da[q] = 0
     for i in range(n):
@@ -310,12 +317,18 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
         gb2[j] += g
         if flag2[j] == 0:  # read first: no write, so no cache-line ping-pong between threads
             flag2[j] = 1
-    for p in range(n_lab):
+    for p in range(labels.shape[0]):
         tgt[labels[p]] = 0
-    # hidden layers, last to second: delta = da * relu'(z)
-    off = total_h - hl
+
+
+@numba.njit(inline="always", **FAST)
+def _hidden_backward(Wh, gWh, gbh, dims, acts, dacts):
+    """Backward through the further hidden layers, last to second: delta = da * relu'(z) into
+    ``gWh`` / ``gbh``, and the first layer's activation gradient into ``dacts[:dims[0]]``."""
+    nl = dims.shape[0]
+    off = acts.shape[0] - dims[nl - 1]
     woff = Wh.shape[0]
-    boff = bh.shape[0]
+    boff = gbh.shape[0]
     for layer in range(nl - 1, 0, -1):
         n_out, n_in = dims[layer], dims[layer - 1]
         woff -= n_out * n_in
@@ -326,18 +339,22 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
         for j in range(n_out):
             d = dacts[off + j] if acts[off + j] > 0 else np.float32(0)
             if d != 0:
-                gbh_t[boff + j] += d
+                gbh[boff + j] += d
                 w = woff + j * n_in
                 for q in range(n_in):
-                    gWh_t[w + q] += d * acts[prev + q]
+                    gWh[w + q] += d * acts[prev + q]
                     dacts[prev + q] += d * Wh[w + q]
         off = prev
-    # first hidden layer: delta0, then the rows of the input features
-    h0 = dims[0]
+
+
+@numba.njit(inline="always", **FAST)
+def _input_backward(xi, xv, gW0, gb0, flag0, acts, dacts):
+    """Backward through the first hidden layer: delta0, then the rows of the input features."""
+    h0 = gb0.shape[0]
     for j in range(h0):
         if not acts[j] > 0:
             dacts[j] = 0
-        gb0_t[j] += dacts[j]
+        gb0[j] += dacts[j]
     for p in range(xi.shape[0]):
         f = xi[p]
         v = xv[p]
@@ -345,53 +362,90 @@ def _sample_step(r, x_indptr, x_indices, x_data, y_indptr, y_indices,
             gW0[f, j] += v * dacts[j]
         if flag0[f] == 0:
             flag0[f] = 1
+
+
+@numba.njit(**FAST)
+def _sample_step(r, t, rng_seed, inv_b, batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hlsh):
+    """Forward and backward of one sample (row ``r``) by thread ``t``; returns (loss, active count).
+
+    Arguments as :func:`train_kernel`; ``hlsh`` is ``(hl0, hl1, hl2, hl3)``. The thread uses row
+    ``t`` of the per-thread arrays.
+    """
+    xa, xb = batch.x_indptr[r], batch.x_indptr[r + 1]
+    ya, yb = batch.y_indptr[r], batch.y_indptr[r + 1]
+    xi = batch.x_indices[xa:xb]
+    xv = batch.x_data[xa:xb]
+    labels = batch.y_indices[ya:yb]
+    acts = scratch.acts[t]
+    dacts = scratch.dacts[t]
+    active = scratch.active[t]
+    sv = _next_stamp(scratch.stamp[t], scratch.stamp_values[t:t + 1])
+    if hs is None:
+        hidden_forward(xi, xv, W0.w, b0.w, Wh.w, bh.w, dims, acts)
+    else:
+        hidden_forward_sampled(xi, xv, W0.w, b0.w, Wh.w, bh.w, dims, acts, hlsh, hs.slot, hs.k, hs.stamp[t],
+                               hs.counts[t], hs.act[t], hs.n[t], hs.sv[t:t + 1], rng_seed)
+    last = acts.shape[0] - dims[dims.shape[0] - 1]
+    a = acts[last:]
+    num_items = W2.w.shape[0]
+    if lsh is None:
+        n = num_items
+    else:
+        n = select_active(lsh, a, labels, sel.mode, sel.k_or_t, sel.min_active, sel.min_trigger, num_items,
+                          scratch.stamp[t], scratch.counts[t], sv, rng_seed, active)
+    if labels.shape[0] == 0:
+        return 0.0, n
+    tgt = scratch.tgt[t]
+    logits = scratch.logits[t]
+    loss, inv_z = _output_forward(W2.w, b2.w, a, labels, active, n, tgt, logits, sel.logq, sel.qcount)
+    _output_backward(W2.w, W2.g, b2.g_t[t], W2.flag, a, dacts[last:], labels, active, n, tgt, logits, inv_z,
+                     inv_b)
+    _hidden_backward(Wh.w, Wh.g_t[t], bh.g_t[t], dims, acts, dacts)
+    _input_backward(xi, xv, W0.g, b0.g_t[t], W0.flag, acts, dacts)
     return loss, n
 
 
 @numba.njit(**FAST_PARALLEL)
-def train_kernel(x_indptr, x_indices, x_data, y_indptr, y_indices, rows,
-                 W0, b0, Wh, bh, dims, W2, b2,
-                 gW0, flag0, gW2, gb2_t, flag2, gb0_t, gWh_t, gbh_t,
-                 lsh, mode, k_or_t, min_active, min_trigger,
-                 stamp, counts, stamp_values, logq, qcount, active, tgt, logits, acts, dacts,
-                 seed, step, losses, nactive, hs, hl0, hl1, hl2, hl3):
-    """Forward and backward of every sample of ``rows`` (HOGWILD).
+def train_kernel(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3,
+                 seed, step, losses, nactive):
+    """Forward and backward of every sample of ``batch.rows`` (HOGWILD).
 
-    ``hs`` is None when every hidden layer is dense, else ``(hslot, hk, hstamp, hcounts, hact, hn,
-    hsv)`` for :func:`hidden_forward_sampled`, the last five with one row per thread, and ``hl0..hl3``
-    the ``LSHIndex.arrays`` of the sampled hidden layers by slot (unused slots repeat slot 0; None
-    with ``hs``). Separate flat tuples because a parallel loop cannot capture a tuple of tuples.
+    ``W0`` and ``W2`` are :data:`RowParam`, ``b0``, ``Wh``, ``bh``, ``b2`` :data:`SumParam`; the kernel
+    adds the gradients into ``W0.g``/``W2.g`` (flagging the rows) and into the per-thread rows
+    ``g_t`` of the others (16 output biases share a cache line; the Adam kernels sum them). ``lsh``
+    is the output layer's ``LSHIndex.arrays`` (None: every output neuron is active), ``sel`` a
+    :data:`Selection`, ``scratch`` a :data:`Scratch`. ``hs`` is None when every hidden layer is dense,
+    else a :data:`HiddenSampling`, and ``hl0..hl3`` the ``LSHIndex.arrays`` of the sampled hidden
+    layers by slot (unused slots repeat slot 0; None with ``hs``): four arguments, not one tuple,
+    because a parallel loop cannot capture a tuple of tuples. Sample s draws its random padding
+    from ``sample_seed(seed, step, s)``.
 
     Samples are dealt to the threads dynamically (set ``numba.set_parallel_chunksize``); a thread
-    uses its own scratch rows (``stamp[tid]``, ``active[tid]``, ...), ``tid = numba.get_thread_id()``,
-    so the scratch arrays need ``numba.get_num_threads()`` rows. Output-bias gradients go to the
-    per-thread rows ``gb2_t`` (16 biases share a cache line; the Adam kernels sum them). Fills ``losses`` and ``nactive``
-    per sample and the gradient buffers (of the batch-mean loss); returns nothing.
+    uses row ``tid = numba.get_thread_id()`` of every per-thread array, so these need
+    ``numba.get_num_threads()`` rows. Fills ``losses`` and ``nactive`` per sample and the gradient
+    buffers (of the batch-mean loss); returns nothing.
 
-    ``logq`` (float32, one per label, or empty for no correction) is the log of each label's
+    ``sel.logq`` (float32, one per label, or empty for no correction) is the log of each label's
     probability of being sampled as a negative: a sampled negative's logit becomes ``logit - logq``
-    in the softmax (the sampled-softmax correction), and ``qcount[j]`` counts the samples in which
-    label j was a sampled negative (HOGWILD adds, approximate by design).
+    in the softmax (the sampled-softmax correction), and ``sel.qcount[j]`` counts the samples in
+    which label j was a sampled negative (HOGWILD adds, approximate by design).
     """
+    rows = batch.rows
     nb = rows.shape[0]
     inv_b = 1.0 / nb
     for s in prange(nb):
         t = numba.get_thread_id()
-        sv = _next_stamp(stamp[t], stamp_values[t:t + 1])
-        loss, n = _sample_step(rows[s], x_indptr, x_indices, x_data, y_indptr, y_indices,
-                               W0, b0, Wh, bh, dims, W2, b2,
-                               gW0, flag0, gW2, gb2_t[t], flag2, gb0_t[t], gWh_t[t], gbh_t[t],
-                               lsh, mode, k_or_t, min_active, min_trigger,
-                               stamp[t], counts[t], sv, sample_seed(seed, step, s), logq, qcount,
-                               active[t], tgt[t], logits[t], acts[t], dacts[t], inv_b, hs, hl0, hl1, hl2, hl3, t)
+        loss, n = _sample_step(rows[s], t, sample_seed(seed, step, s), inv_b, batch, dims, W0, b0, Wh, bh, W2, b2,
+                               lsh, sel, scratch, hs, (hl0, hl1, hl2, hl3))
         losses[s] = loss
         nactive[s] = n
 
 
 @numba.njit(inline="always", **FAST)
-def _adam_span(w, m, v, g, lo, hi, lr_t, beta1, beta2, eps_t):
+def _adam_span(w, m, v, g, lo, hi, h):
     """Adam on entries lo..hi-1 of flat parameters; clears their gradient. (Inlined: a call per
     row would cost atomic reference-count updates on the shared arrays.)"""
+    lr_t, beta1, beta2, eps_t = h
     c1 = np.float32(1) - beta1
     c2 = np.float32(1) - beta2
     for r in range(lo, hi):
@@ -405,8 +459,9 @@ def _adam_span(w, m, v, g, lo, hi, lr_t, beta1, beta2, eps_t):
 
 
 @numba.njit(inline="always", **FAST)
-def _adam_row(W, M, V, G, r, lr_t, beta1, beta2, eps_t):
+def _adam_row(W, M, V, G, r, h):
     """Adam on row ``r`` of (n, h) parameters; clears its gradient."""
+    lr_t, beta1, beta2, eps_t = h
     c1 = np.float32(1) - beta1
     c2 = np.float32(1) - beta2
     for c in range(W.shape[1]):
@@ -419,6 +474,15 @@ def _adam_row(W, M, V, G, r, lr_t, beta1, beta2, eps_t):
         G[r, c] = 0
 
 
+@numba.njit(inline="always", **FAST)
+def _prefetch_param_row(P, r):
+    """Prefetch row ``r`` of a :data:`RowParam`'s weights, moments and gradient."""
+    _prefetch_row(P.w, r)
+    _prefetch_row(P.m, r)
+    _prefetch_row(P.v, r)
+    _prefetch_row(P.g, r)
+
+
 @numba.njit(**FAST)
 def _reduce_threads(g, g_t):
     """g += sum of the per-thread rows of g_t; clear g_t."""
@@ -429,86 +493,71 @@ def _reduce_threads(g, g_t):
 
 
 @numba.njit(**FAST)
-def _adam_small(b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t, bh, mbh, vbh, gbh, gbh_t,
-                lr_t, beta1, beta2, eps_t):
-    _reduce_threads(gb0, gb0_t)
-    _reduce_threads(gWh, gWh_t)
-    _reduce_threads(gbh, gbh_t)
-    _adam_span(b0, mb0, vb0, gb0, 0, b0.shape[0], lr_t, beta1, beta2, eps_t)
-    _adam_span(Wh, mWh, vWh, gWh, 0, Wh.shape[0], lr_t, beta1, beta2, eps_t)
-    _adam_span(bh, mbh, vbh, gbh, 0, bh.shape[0], lr_t, beta1, beta2, eps_t)
+def _adam_small(b0, Wh, bh, h):
+    """Adam on the small dense parameters (:data:`SumParam`), after summing their thread rows."""
+    _reduce_threads(b0.g, b0.g_t)
+    _reduce_threads(Wh.g, Wh.g_t)
+    _reduce_threads(bh.g, bh.g_t)
+    _adam_span(b0.w, b0.m, b0.v, b0.g, 0, b0.w.shape[0], h)
+    _adam_span(Wh.w, Wh.m, Wh.v, Wh.g, 0, Wh.w.shape[0], h)
+    _adam_span(bh.w, bh.m, bh.v, bh.g, 0, bh.w.shape[0], h)
 
 
 @numba.njit(**FAST_PARALLEL)
-def adam_sparse(W0, mW0, vW0, gW0, flag0, rows0, b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t,
-                bh, mbh, vbh, gbh, gbh_t,
-                W2, mW2, vW2, gW2, b2, mb2, vb2, gb2, gb2_t, flag2, rows2, lr_t, beta1, beta2, eps_t):
+def adam_sparse(W0, b0, Wh, bh, W2, b2, h):
     """One Adam step over what the batch touched, in a single parallel region.
 
-    The flagged rows of ``W0`` (input features seen) and of ``W2`` with their ``b2`` entries
-    (output neurons active for some sample) are collected into ``rows0`` / ``rows2`` (flags
-    cleared) and updated in parallel; the small dense parts (``b0``, further hidden layers) are
-    updated whole, after summing their per-thread gradients ``*_t``. Gradients of the updated
-    entries are cleared. ``lr_t`` and ``eps_t`` carry the
-    bias correction: ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``,
-    ``eps_t = eps * sqrt(1 - beta2**t)``. Returns ``(n0, n2)``, the rows updated.
+    Parameters as :func:`train_kernel`, ``h`` a :data:`Hyper`. The flagged rows of ``W0`` (input
+    features seen) and of ``W2`` with their ``b2`` entries (output neurons active for some sample)
+    are collected into ``W0.rows`` / ``W2.rows`` (flags cleared) and updated in parallel; the small
+    dense parts (``b0``, further hidden layers) are updated whole, after summing their per-thread
+    gradients. Gradients of the updated entries are cleared. Returns ``(n0, n2)``, the rows updated.
     """
-    n0 = collect_flags(flag0, rows0)
-    n2 = collect_flags(flag2, rows2)
-    _adam_small(b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t, bh, mbh, vbh, gbh, gbh_t,
-                lr_t, beta1, beta2, eps_t)
+    rows0, rows2 = W0.rows, W2.rows
+    n0 = collect_flags(W0.flag, rows0)
+    n2 = collect_flags(W2.flag, rows2)
+    _adam_small(b0, Wh, bh, h)
+    gb2, gb2_t = b2.g, b2.g_t
     for i in prange(n0 + n2):
         if i + PREFETCH_AHEAD < n0:
-            rn = rows0[i + PREFETCH_AHEAD]
-            _prefetch_row(W0, rn)
-            _prefetch_row(mW0, rn)
-            _prefetch_row(vW0, rn)
-            _prefetch_row(gW0, rn)
+            _prefetch_param_row(W0, rows0[i + PREFETCH_AHEAD])
         elif n0 <= i + PREFETCH_AHEAD < n0 + n2:
-            rn = rows2[i + PREFETCH_AHEAD - n0]
-            _prefetch_row(W2, rn)
-            _prefetch_row(mW2, rn)
-            _prefetch_row(vW2, rn)
-            _prefetch_row(gW2, rn)
+            _prefetch_param_row(W2, rows2[i + PREFETCH_AHEAD - n0])
         if i < n0:
-            _adam_row(W0, mW0, vW0, gW0, rows0[i], lr_t, beta1, beta2, eps_t)
+            _adam_row(W0.w, W0.m, W0.v, W0.g, rows0[i], h)
         else:
             r = rows2[i - n0]
-            _adam_row(W2, mW2, vW2, gW2, r, lr_t, beta1, beta2, eps_t)
+            _adam_row(W2.w, W2.m, W2.v, W2.g, r, h)
             for t in range(gb2_t.shape[0]):
                 gb2[r] += gb2_t[t, r]
                 gb2_t[t, r] = 0
-            _adam_span(b2, mb2, vb2, gb2, r, r + 1, lr_t, beta1, beta2, eps_t)
+            _adam_span(b2.w, b2.m, b2.v, gb2, r, r + 1, h)
     return n0, n2
 
 
 @numba.njit(**FAST_PARALLEL)
-def adam_dense(W0, mW0, vW0, gW0, flag0, b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t,
-               bh, mbh, vbh, gbh, gbh_t,
-               W2, mW2, vW2, gW2, b2, mb2, vb2, gb2, gb2_t, flag2, lr_t, beta1, beta2, eps_t):
+def adam_dense(W0, b0, Wh, bh, W2, b2, h):
     """One Adam step over every parameter (the reference's dense update), one parallel region.
 
-    Arguments as :func:`adam_sparse` without the row lists; ``W0``/``W2`` and their state are
-    passed flat (1-d views). Flags are cleared.
+    Arguments as :func:`adam_sparse`; the row lists are unused and the flags are cleared.
     """
-    flag0[:] = 0
-    flag2[:] = 0
-    _adam_small(b0, mb0, vb0, gb0, gb0_t, Wh, mWh, vWh, gWh, gWh_t, bh, mbh, vbh, gbh, gbh_t,
-                lr_t, beta1, beta2, eps_t)
+    W0.flag[:] = 0
+    W2.flag[:] = 0
+    _adam_small(b0, Wh, bh, h)
+    w0, m0, v0, g0 = W0.w.reshape(-1), W0.m.reshape(-1), W0.v.reshape(-1), W0.g.reshape(-1)
+    w2, m2, v2, g2 = W2.w.reshape(-1), W2.m.reshape(-1), W2.v.reshape(-1), W2.g.reshape(-1)
     chunk = 1 << 14
-    n0 = (W0.shape[0] + chunk - 1) // chunk
-    n2 = (W2.shape[0] + chunk - 1) // chunk
+    n0 = (w0.shape[0] + chunk - 1) // chunk
+    n2 = (w2.shape[0] + chunk - 1) // chunk
     for c in prange(n0 + n2 + 1):
         if c < n0:
-            _adam_span(W0, mW0, vW0, gW0, c * chunk, min(W0.shape[0], (c + 1) * chunk),
-                       lr_t, beta1, beta2, eps_t)
+            _adam_span(w0, m0, v0, g0, c * chunk, min(w0.shape[0], (c + 1) * chunk), h)
         elif c < n0 + n2:
             c2 = c - n0
-            _adam_span(W2, mW2, vW2, gW2, c2 * chunk, min(W2.shape[0], (c2 + 1) * chunk),
-                       lr_t, beta1, beta2, eps_t)
+            _adam_span(w2, m2, v2, g2, c2 * chunk, min(w2.shape[0], (c2 + 1) * chunk), h)
         else:
-            _reduce_threads(gb2, gb2_t)
-            _adam_span(b2, mb2, vb2, gb2, 0, b2.shape[0], lr_t, beta1, beta2, eps_t)
+            _reduce_threads(b2.g, b2.g_t)
+            _adam_span(b2.w, b2.m, b2.v, b2.g, 0, b2.w.shape[0], h)
 
 
 @numba.njit(**FAST)
