@@ -204,6 +204,32 @@ def test_state_round_trip_and_exact_resume(toy, tmp_path, correction):
     assert resumed.stats()["rehash_count"] == straight.stats()["rehash_count"]
 
 
+def test_kernel_tuples_hold_the_models_own_arrays(toy, monkeypatch):
+    """The named tuples the training kernels take are built once, so every later update must be in
+    place: after steps with log q re-estimates, rehashes and rebuilds, and a state load, they still
+    hold the model's arrays (a rebound attribute would leave the kernels training a stale copy)."""
+    import slide.engine.model as model_mod
+
+    data, _ = toy
+    monkeypatch.setattr(model_mod, "LOGQ_EVERY", 2)
+    over = dict(correction="logq", hidden=[32, 16], hidden_sparsity=[0.5, 1.0])
+    m = make(**over)
+    run_steps(m, data, 12)
+    assert m.stats()["rehash_count"] and m.stats()["rebuild_count"]
+    m.load_state_arrays(make(seed=1, **over).state_arrays())
+    W0, b0, Wh, bh, W2, b2 = m._params
+    expected = [(W0, ("W0", "mW0", "vW0", "gW0", "flag0", "rows0")), (W2, ("W2", "mW2", "vW2", "gW2", "flag2", "rows2")),
+                (m._selection[4:], ("logq", "qcount")), (m._scratch, m._scratch._fields),
+                (m._hs, ("hslot", "hk", "hstamp", "hcounts", "hact", "hn", "hsv")),
+                (m._lsh, m.index.arrays), (m._hlsh[0], m.hidden_indices[0][1].arrays)]
+    for name, param in zip(("b0", "Wh", "bh", "b2"), (b0, Wh, bh, b2)):
+        expected.append((param, (name, "m" + name, "v" + name, "g" + name, f"g{name}_t")))
+    for group, attrs in expected:
+        assert len(group) == len(attrs)
+        for got, want in zip(group, attrs):
+            assert got is (getattr(m, want) if isinstance(want, str) else want)
+
+
 def test_logq_estimate_follows_the_sampling_frequencies(toy, monkeypatch):
     """``correction: logq`` re-estimates log q every LOGQ_EVERY steps: the fraction of samples in which
     each label was a sampled negative (old counts halved), smoothed towards min_active / labels by one
