@@ -11,10 +11,11 @@ import pytest
 
 from slide.data.dataset import XCDataset
 from slide.errors import ConfigError, ResourceError
+from slide.method_registry import method_spec
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
 from slide.training import train
 
-from baselines.tf import METHOD_NAMES, gpu_available, method_class
+from baselines.tf import gpu_available, method_class
 from baselines.tf import model as M
 
 THREADS = 2
@@ -330,7 +331,11 @@ def test_keys_presets_and_names():
         assert cfg["batch_size"] == 128 and cfg["hidden"] == [128] and cfg["lr"] == 1e-4
     with pytest.raises(ConfigError):
         method_class("nce", "cpu")
-    assert {f"tf-{lo}-{d}" for lo in ("full", "sampled") for d in ("cpu", "gpu")} == set(METHOD_NAMES)
+    for lo in ("full", "sampled"):  # the registry declares the adapters this package provides
+        for d in ("cpu", "gpu"):
+            spec = method_spec(f"tf-{lo}-{d}")
+            assert (spec.module, spec.loss, spec.device) == ("baselines.tf", lo, d)
+            assert (method_class(lo, d).LOSS, method_class(lo, d).DEVICE) == (lo, d)
     assert [method_class(lo, d).LOSS + method_class(lo, d).DEVICE for lo, d in
             (("full", "gpu"), ("sampled", "cpu"))] == ["fullgpu", "sampledcpu"]
 

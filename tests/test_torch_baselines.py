@@ -11,11 +11,12 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip insta
 
 from slide.data.dataset import XCDataset  # noqa: E402
 from slide.errors import ConfigError, ResourceError  # noqa: E402
+from slide.method_registry import method_spec  # noqa: E402
 from slide.runs import validate_run  # noqa: E402
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS  # noqa: E402
 from slide.training import train  # noqa: E402
 
-from baselines.torch import METHOD_NAMES, gpu_available, method_class  # noqa: E402
+from baselines.torch import gpu_available, method_class  # noqa: E402
 from baselines.torch import model as M  # noqa: E402
 
 THREADS = 1  # small shapes: one thread is fastest, and immune to a busy machine's OpenMP stalls
@@ -95,7 +96,7 @@ def _twin_step(w, x, t, lr, step, m, v):
     return loss, new
 
 
-@pytest.mark.parametrize("input_mode", M.INPUTS)
+@pytest.mark.parametrize("input_mode", method_spec("torch-full-cpu").choices("input"))
 def test_full_softmax_and_adam_match_numpy_twin(input_mode):
     data = toy(n=9, num_features=6, num_labels=5, seed=3)
     lr = 0.01
@@ -149,7 +150,7 @@ def _sampled_twin(z_true, valid, z_samp, hits, logq_t, logq_s, positives):
     return float(np.mean(out))
 
 
-@pytest.mark.parametrize("positives", M.POSITIVES)
+@pytest.mark.parametrize("positives", method_spec("torch-sampled-cpu").choices("positives"))
 @pytest.mark.parametrize("logq", [True, False])
 def test_sampled_loss_matches_numpy_twin(positives, logq):
     rng = np.random.default_rng(1)
@@ -211,7 +212,7 @@ def test_input_modes_agree():
     data = toy(n=50, num_features=30, num_labels=9, seed=4)
     rows = np.arange(0, 50, 3)
     grads = {}
-    for mode in M.INPUTS:
+    for mode in method_spec("torch-full-cpu").choices("input"):
         method = make("full", 30, 9, seed=2, input=mode)
         batch = method._input(data, rows)
         z = M.first_layer(method.params, batch, mode, 30)
@@ -356,7 +357,11 @@ def test_keys_presets_and_names():
             assert full.resolve_config(preset)[key] == tf_class("full", "cpu").resolve_config(preset)[key]
     with pytest.raises(ConfigError, match="unknown key"):
         full.resolve_config(overrides={"num_sampled": 5})
-    assert {f"torch-{lo}-{d}" for lo in ("full", "sampled") for d in ("cpu", "gpu")} == set(METHOD_NAMES)
+    for lo in ("full", "sampled"):  # the registry declares the adapters this package provides
+        for d in ("cpu", "gpu"):
+            spec = method_spec(f"torch-{lo}-{d}")
+            assert (spec.module, spec.loss, spec.device) == ("baselines.torch", lo, d)
+            assert (method_class(lo, d).LOSS, method_class(lo, d).DEVICE) == (lo, d)
     with pytest.raises(ConfigError):
         method_class("nce", "cpu")
 

@@ -25,6 +25,4 @@ def gpu_available() -> bool:
     return _gpu_available()
 
 
-METHOD_NAMES = ("tf-full-cpu", "tf-full-gpu", "tf-sampled-cpu", "tf-sampled-gpu")
-
-__all__ = ["method_class", "gpu_available", "METHOD_NAMES"]
+__all__ = ["method_class", "gpu_available"]

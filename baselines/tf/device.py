@@ -26,9 +26,8 @@ import os
 import sys
 
 from slide.errors import ConfigError
+from slide.method_registry import DEVICES
 from slide.settings import available_cores
-
-DEVICES = ("cpu", "gpu")
 
 _tf = None
 _gpus = None

@@ -34,10 +34,6 @@ from slide.settings import FLOAT
 
 from .device import import_tf
 
-SAMPLERS = ("log_uniform", "uniform")
-LABEL_MODES = ("single", "multi")
-PADDINGS = ("repeat", "dummy")
-
 
 # ----------------------------------------------------------------------------- NumPy batch prep
 def sparse_batch(data, rows: np.ndarray):
@@ -248,5 +244,4 @@ def estimate_memory_bytes(num_features: int, num_outputs: int, hidden, batch_siz
 
 
 __all__ = ["Network", "full_softmax_loss", "sampled_softmax_loss", "sparse_batch", "soft_targets",
-           "label_batch", "true_label_matrix", "init_weights", "estimate_memory_bytes", "SAMPLERS",
-           "LABEL_MODES", "PADDINGS"]
+           "label_batch", "true_label_matrix", "init_weights", "estimate_memory_bytes"]

@@ -37,6 +37,4 @@ def torch_importable() -> bool:
     return _torch_importable()
 
 
-METHOD_NAMES = ("torch-full-cpu", "torch-full-gpu", "torch-sampled-cpu", "torch-sampled-gpu")
-
-__all__ = ["method_class", "gpu_available", "torch_importable", "METHOD_NAMES"]
+__all__ = ["method_class", "gpu_available", "torch_importable"]

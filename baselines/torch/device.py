@@ -16,9 +16,8 @@
 from __future__ import annotations
 
 from slide.errors import ConfigError
+from slide.method_registry import DEVICES
 from slide.settings import available_cores
-
-DEVICES = ("cpu", "gpu")
 
 _torch = None
 _interop_set = False

@@ -43,9 +43,6 @@ from slide.settings import FLOAT
 
 from .device import import_torch
 
-INPUTS = ("bag", "sparse", "gathered")
-SAMPLERS = ("uniform", "log_uniform")
-POSITIVES = ("each", "joint")
 NEG = -1e9  # logit of a masked column: finite, so a 0 target times it stays 0
 
 
@@ -291,7 +288,7 @@ def estimate_memory_bytes(num_features: int, num_outputs: int, hidden, batch_siz
             "host_with_gpu": int(TORCH_BASE_BYTES + params * 4 * 3)}
 
 
-__all__ = ["INPUTS", "SAMPLERS", "POSITIVES", "csr_batch", "full_targets", "draw_candidates", "log_expected_count",
+__all__ = ["csr_batch", "full_targets", "draw_candidates", "log_expected_count",
            "accidental_hits", "sampled_targets", "make_parameters", "first_layer", "hidden_output",
            "full_softmax_loss", "sampled_softmax_loss", "estimate_memory_bytes", "TORCH_BASE_BYTES",
            "CUDA_CONTEXT_BYTES"]
