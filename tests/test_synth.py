@@ -10,6 +10,7 @@ import pytest
 
 from slide.data import dataset_stats, read_xc, synth_shape, synthesize, write_synth
 from slide.data.stats import label_pair_log_lift
+from slide.data.synth import synth_params
 from slide.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -70,7 +71,8 @@ def test_label_frequencies_follow_a_power_law():
     ranks = np.arange(1, len(counts) + 1)
     head = slice(0, 1000)
     slope = np.polyfit(np.log(ranks[head]), np.log(counts[head] + 1e-9), 1)[0]
-    assert -0.9 < slope < -0.35  # Zipf exponent 0.6 (flattened a little by sampling noise)
+    exponent = synth_params("amazon-670k")["label_zipf"]
+    assert -exponent - 0.3 < slope < -exponent + 0.25, (slope, exponent)  # flattened a little by sampling noise
     assert counts[0] > 20 * np.median(counts)
 
 
@@ -86,7 +88,7 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
 
 
 def test_learnable_far_above_most_frequent_label():
-    """A nearest-centroid classifier built on train beats the majority label on test."""
+    """A nearest-centroid classifier built on train beats the most frequent label on test by far."""
     train, test = synthesize("amazon-670k", 0.002, seed=0)
     X, Y = train.to_dense_features(), train.to_dense_labels()
     centroids = Y.T @ X
@@ -95,7 +97,7 @@ def test_learnable_far_above_most_frequent_label():
     Yt = test.to_dense_labels()
     p_at_1 = Yt[np.arange(len(test)), scores.argmax(1)].mean()
     baseline = Yt[:, Y.sum(0).argmax()].mean()
-    assert p_at_1 > 3 * baseline and p_at_1 > 0.4, (p_at_1, baseline)
+    assert p_at_1 > baseline + 0.3 and p_at_1 > 0.4, (p_at_1, baseline)
 
 
 def test_write_synth_files_read_back_identically(tmp_path):
