@@ -240,6 +240,21 @@ def _sample_cdf(cdf, u):
     return r
 
 
+@numba.njit(cache=True, inline="always")
+def _cluster_label(st, drawn, cluster_of, cluster_cdf, cluster_members, csize):
+    """A co-occurring label: from the cluster of the label ``drawn`` already, by popularity."""
+    c = cluster_of[drawn]
+    end = min((c + 1) * csize, cluster_cdf.shape[0])
+    lo = cluster_cdf[c * csize - 1] if c > 0 else 0.0
+    hi = cluster_cdf[end - 1]
+    r = np.searchsorted(cluster_cdf, lo + _unif(st) * (hi - lo), side="right")
+    if r >= end:
+        r = end - 1
+    if r < c * csize:
+        r = c * csize
+    return cluster_members[r]
+
+
 @numba.njit(cache=True)
 def _generate_kernel(seed, stream, y_indptr, x_indptr, label_cdf, label_perm, feat_cdf,
                      feat_perm, idf, proto, signal, denom, cluster_of, cluster_cdf, cluster_members,
@@ -270,16 +285,8 @@ def _generate_kernel(seed, stream, y_indptr, x_indptr, label_cdf, label_perm, fe
         while got < k:
             tries += 1
             if tries <= 64 * k and got > 0 and csize > 0 and _unif(st) < cooc:
-                # a co-occurring label: from the cluster of one already drawn, by popularity
-                c = cluster_of[y_indices[y0 + _randint(st, got)]]
-                lo = cluster_cdf[c * csize - 1] if c > 0 else 0.0
-                hi = cluster_cdf[min((c + 1) * csize, cluster_cdf.shape[0]) - 1]
-                r = np.searchsorted(cluster_cdf, lo + _unif(st) * (hi - lo), side="right")
-                if r >= min((c + 1) * csize, cluster_cdf.shape[0]):
-                    r = min((c + 1) * csize, cluster_cdf.shape[0]) - 1
-                if r < c * csize:
-                    r = c * csize
-                lab = cluster_members[r]
+                lab = _cluster_label(st, y_indices[y0 + _randint(st, got)], cluster_of, cluster_cdf,
+                                     cluster_members, csize)
             elif tries <= 64 * k:
                 lab = label_perm[_sample_cdf(label_cdf, _unif(st))]
             else:
