@@ -13,6 +13,7 @@ import sys
 
 from .contention import DISTURBED_NOTE, disturbed_reason
 from .errors import SlideError
+from .settings import child_env
 from .pipeline.methods import GPU_METHODS, METHODS, TORCH_METHODS, method_argv
 
 # each method's ``bench`` command, from the one table of methods (the pipeline builds its commands from it too)
@@ -31,7 +32,7 @@ def bench_method(method: str, like: str, scale: float, batches: int, threads: in
     """Run one method's ``bench`` command in a subprocess and return its JSON."""
     cmd = [sys.executable, *METHOD_COMMANDS[method], "--like", like, "--scale", str(scale),
            "--batches", str(batches), "--threads", str(threads), "--seed", str(seed)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"method": method, "error": last}

@@ -18,6 +18,29 @@ NJIT_PARALLEL = dict(NJIT, parallel=True)
 #: on one thread.
 FAST = dict(NJIT, fastmath={"reassoc", "contract", "nsz"})
 FAST_PARALLEL = dict(FAST, parallel=True)
+#: Memory-allocator settings of every training or benchmark process the suite starts, the same for
+#: every method. TensorFlow's Keras Adam creates full-size temporaries at each step; with TF's default
+#: CPU allocator glibc hands them back to the kernel (mmap/munmap) and the next step faults them in
+#: again, 4 KiB at a time: on a 2-core VM that was 40-55% of TF's CPU time in the kernel
+#: (reports/benchmarks.md, "Allocator settings"). TF's pooling (BFC) CPU allocator and glibc's
+#: transparent-huge-page hint remove most of it; SLIDE allocates its arrays once and is unaffected.
+CHILD_ENV = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
+#: Appended to ``GLIBC_TUNABLES`` (read by glibc when a process starts, so set for child processes).
+GLIBC_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def child_env(base=None) -> dict:
+    """The environment for a method's process: ``base`` (default ``os.environ``) with
+    :data:`CHILD_ENV` and :data:`GLIBC_TUNABLE` added where the user has not set them."""
+    env = dict(os.environ if base is None else base)
+    for key, value in CHILD_ENV.items():
+        env.setdefault(key, value)
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if GLIBC_TUNABLE.split("=")[0] not in tunables:
+        env["GLIBC_TUNABLES"] = f"{tunables}:{GLIBC_TUNABLE}" if tunables else GLIBC_TUNABLE
+    return env
+
+
 #: Adam defaults (Kingma and Ba), used by SLIDE and the TensorFlow baselines alike.
 ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 

@@ -305,3 +305,29 @@ def _trainer_in(workdir: Path) -> int | None:
         except OSError:
             continue
     return None
+
+
+# ----------------------------------------------------------------------------- allocator settings
+
+def test_child_env_adds_the_allocator_settings_and_keeps_the_users():
+    from slide.settings import GLIBC_TUNABLE, child_env
+
+    env = child_env({"PATH": "/bin"})
+    assert env["TF_CPU_ALLOCATOR_USE_BFC"] == "true" and env["GLIBC_TUNABLES"] == GLIBC_TUNABLE
+    env = child_env({"TF_CPU_ALLOCATOR_USE_BFC": "false", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert env["TF_CPU_ALLOCATOR_USE_BFC"] == "false"
+    assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{GLIBC_TUNABLE}"
+    mine = "glibc.malloc.hugetlb=0"
+    assert child_env({"GLIBC_TUNABLES": mine})["GLIBC_TUNABLES"] == mine
+
+
+def test_the_launcher_gives_the_trainer_the_allocator_settings(tmp_path):
+    out = tmp_path / "env.json"
+    show = f"import json, os; json.dump(dict(os.environ), open({str(out)!r}, 'w'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPU_ALLOCATOR_USE_BFC", "GLIBC_TUNABLES")}
+    proc = subprocess.run([sys.executable, "-m", "slide.report.launch", "--", sys.executable, "-c", show],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(out.read_text())
+    assert seen["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    assert "glibc.malloc.hugetlb=1" in seen["GLIBC_TUNABLES"]

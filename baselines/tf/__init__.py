@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 
+from slide.settings import CHILD_ENV
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+for _key, _value in CHILD_ENV.items():  # read when TensorFlow creates its CPU allocator
+    os.environ.setdefault(_key, _value)
 
 
 def method_class(loss: str, device: str):

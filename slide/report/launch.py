@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..settings import child_env
+
 STATE_FILES = ("model.npz", "curve.csv", "run.json")
 IGNORED_FLAGS = {"--resume": 0, "--threads": 1, "--keep-going": 0}
 #: Seconds the trainer has to exit after SIGTERM before it is killed.
@@ -146,7 +148,8 @@ def run_child(cmd: list[str], poll: float = 0.5) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     proc = None
     try:
-        proc = subprocess.Popen(cmd, preexec_fn=_child_setup if sys.platform.startswith("linux") else None)
+        proc = subprocess.Popen(cmd, env=child_env(),
+                                preexec_fn=_child_setup if sys.platform.startswith("linux") else None)
         print(f"launch: trainer pid {proc.pid}", file=sys.stderr, flush=True)
         while True:
             try:
