@@ -1,4 +1,4 @@
-"""LLVM operations Numba does not expose: cache prefetch and fixed-width float32 vectors.
+"""LLVM operations Numba does not expose: cache prefetch, float32 bit casts and fixed-width float32 vectors.
 
 The vector type ``f32v`` holds :data:`slide.settings.SIMD_LANES` float32 lanes (one register:
 16 with AVX-512, 8 with AVX). Kernels keep such vectors in local variables, which LLVM keeps in
@@ -131,3 +131,29 @@ def prefetch(typingctx, arr, r, c):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    """The IEEE 754 bits of a float (cast to float32 first) as a uint32 (LLVM ``bitcast``)."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x32 = context.cast(builder, args[0], sig.args[0], types.float32)
+        return builder.bitcast(x32, ir.IntType(32))
+
+    return types.uint32(x), codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, bits):
+    """The float32 whose IEEE 754 bits are the low 32 bits of the integer ``bits`` (LLVM ``bitcast``)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        b32 = context.cast(builder, args[0], sig.args[0], types.uint32)
+        return builder.bitcast(b32, ir.FloatType())
+
+    return types.float32(bits), codegen

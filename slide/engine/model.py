@@ -28,6 +28,11 @@ layer's block of ``Wh`` otherwise) and are rehashed / rebuilt on the output tabl
 Evaluation (both ``inference`` modes) computes the hidden layers densely: sampling is a training
 device here, and every neuron's weights are trained, so the dense activation is the full model.
 
+``precision: bf16`` stores the weights and Adam moments of ``W0`` and ``W2`` (the rows a step gathers
+and updates) as bfloat16 in uint16 arrays, half the bytes per touched row; gradients and the small
+dense parameters stay float32 and all arithmetic is float32 (:mod:`slide.engine.precision`). The
+initial weights are the float32 ones of the same seed, rounded.
+
 Example
 -------
 >>> from slide.engine import SlideMethod
@@ -51,6 +56,7 @@ from ..resources import memory_limit_bytes
 from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores, numba_threads
 from . import network as net
 from . import scoring
+from .precision import BF16, STORAGE, to_bf16
 from .presets import DEFAULTS, INFERENCES, PRESETS, validate
 from .schedule import REBUILD, Schedule
 
@@ -166,9 +172,10 @@ class SlideMethod(PersistentMixin, Method):
         dims = [int(h) for h in self.dims]
         d, L = self.num_features, self.num_labels
         glorot = c["init"] == "glorot"
+        rows_dtype = STORAGE[c["precision"]]  # of W0 and W2 and their Adam moments
 
-        def init(tag, shape, fan_in, fan_out):
-            out = np.empty(shape, dtype=FLOAT)
+        def init(tag, shape, fan_in, fan_out, dtype=FLOAT):
+            out = np.empty(shape, dtype=dtype)
             if glorot:
                 limit = math.sqrt(6.0 / (fan_in + fan_out))
                 _fill_random(out, (self.seed, 0x51DE, tag), "uniform", 2 * limit, -limit, self.threads)
@@ -179,7 +186,7 @@ class SlideMethod(PersistentMixin, Method):
         def bias(tag, n):
             return np.zeros(n, dtype=FLOAT) if glorot else init(tag, (n,), 1, 1)
 
-        self.W0 = init(0, (d, dims[0]), d, dims[0])
+        self.W0 = init(0, (d, dims[0]), d, dims[0], rows_dtype)
         self.b0 = bias(1, dims[0])
         blocks, biases = [], []
         for i in range(1, len(dims)):
@@ -187,13 +194,13 @@ class SlideMethod(PersistentMixin, Method):
             biases.append(bias(2 * i + 1, dims[i]))
         self.Wh = np.concatenate(blocks) if blocks else np.zeros(0, dtype=FLOAT)
         self.bh = np.concatenate(biases) if biases else np.zeros(0, dtype=FLOAT)
-        self.W2 = init(1000, (L, dims[-1]), dims[-1], L)
+        self.W2 = init(1000, (L, dims[-1]), dims[-1], L, rows_dtype)
         self.b2 = bias(1001, L)
         for name in ("W0", "b0", "Wh", "bh", "W2", "b2"):
             p = getattr(self, name)
             for prefix in ("m", "v", "g"):
                 # written now, in order: first touches scattered over training steps cost far more
-                setattr(self, prefix + name, _zeros(p.shape, self.threads))
+                setattr(self, prefix + name, _zeros(p.shape, self.threads, FLOAT if prefix == "g" else p.dtype))
         self.flag0 = np.zeros(d, dtype=np.uint8)
         self.flag2 = np.zeros(L, dtype=np.uint8)
         self.rows0 = np.empty(d, dtype=np.int64)
@@ -232,7 +239,8 @@ class SlideMethod(PersistentMixin, Method):
         self.index = tables.LSHIndex(c["hash"], int(self.dims[-1]), L, c["K"], c["L"], **self._lsh_kwargs(self._lsh_seed(0)))
 
     def _hidden_weights(self, layer):
-        """Layer ``layer``'s neuron weight vectors, one contiguous row per neuron."""
+        """Layer ``layer``'s neuron weight vectors, one contiguous row per neuron (bfloat16 patterns for
+        the first layer with ``precision: bf16``, which :class:`~.tables.LSHIndex` decodes row by row)."""
         if layer == 0:
             return np.ascontiguousarray(self.W0.T)
         dims = [int(h) for h in self.dims]
@@ -594,6 +602,10 @@ class SlideMethod(PersistentMixin, Method):
                 arr = np.asarray(arrays[key])
                 if arr.shape != cur.shape:
                     raise ConfigError(f"model state {key!r} has shape {arr.shape}, expected {cur.shape}")
+                if (arr.dtype == BF16) != (cur.dtype == BF16):
+                    saved = "bf16" if arr.dtype == BF16 else "fp32"
+                    raise ConfigError(f"model state {key!r} was saved with precision: {saved}, this model has "
+                                      f"precision: {self.config['precision']}; load it with precision: {saved}")
                 # into the existing buffers: given a lazy mapping (an open NpzFile), only one array
                 # at a time is held twice
                 np.copyto(cur, arr, casting="same_kind")
@@ -643,13 +655,16 @@ def _index_bytes(config, n: int, dim: int) -> int:
 
 def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, threads: int) -> int:
     """Bytes a :class:`SlideMethod` of this shape and validated ``config`` will hold, computed before
-    anything is allocated: parameters with Adam m, v and gradients, flags, scratch, scoring
-    buffers and the hash tables of the output layer and of any sampled hidden layer."""
+    anything is allocated: parameters with Adam m, v and gradients (the weights and moments of
+    ``W0`` and ``W2`` at 2 bytes with ``precision: bf16``), flags, scratch, scoring buffers and the
+    hash tables of the output layer and of any sampled hidden layer."""
     d, L = int(num_features), int(num_labels)
     dims = [int(h) for h in config["hidden"]]
     hidden = sum(dims[i] * dims[i - 1] for i in range(1, len(dims))) + sum(dims[1:])
     params = d * dims[0] + dims[0] + hidden + L * dims[-1] + L
     per_param = 4 * 4                       # weight, m, v, gradient (float32)
+    rows = d * dims[0] + L * dims[-1]       # of W0 and W2, whose weight, m, v take the storage precision
+    per_row_param = 3 * STORAGE[config["precision"]].itemsize + 4
     flags = d + L
     index_buffers = 8 * (d + L)
     scratch = threads * (6 * 4 * L + 4 * 8 * sum(dims) + 4 * (dims[0] + hidden + sum(dims)))
@@ -658,7 +673,8 @@ def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, thre
     for layer, frac in enumerate(config["hidden_sparsity"]):
         if frac < 1.0:
             lsh += _index_bytes(config, dims[layer], d if layer == 0 else dims[layer - 1])
-    return int(params * per_param + flags + index_buffers + scratch + score_buffers + lsh)
+    return int((params - rows) * per_param + rows * per_row_param + flags + index_buffers + scratch + score_buffers
+               + lsh)
 
 
 # ---------------------------------------------------------------------- warm-up twin
@@ -687,21 +703,25 @@ def _fill_random(out, key, kind, scale, shift, threads):
     """Fill ``out`` with ``shift + scale * N(0, 1)`` (``normal``) or ``shift + scale * U[0, 1)``.
 
     Chunks of 4 Mi entries draw from their own generator seeded by ``(*key, chunk)``, so the result
-    depends on the key only, never on ``threads`` (chunks are filled concurrently).
+    depends on the key only, never on ``threads`` (chunks are filled concurrently). A bfloat16
+    ``out`` (uint16) gets the float32 values of the same key, rounded (:func:`~.precision.to_bf16`).
     """
     flat = out.reshape(-1)
     starts = range(0, flat.shape[0], _INIT_CHUNK)
 
     def one(i0):
         part = flat[i0:i0 + _INIT_CHUNK]
+        draw = part if part.dtype == FLOAT else np.empty(part.shape, dtype=FLOAT)
         rng = np.random.default_rng([*key, i0 // _INIT_CHUNK])
         if kind == "normal":
-            rng.standard_normal(out=part, dtype=np.float32)
+            rng.standard_normal(out=draw, dtype=np.float32)
         else:
-            rng.random(out=part, dtype=np.float32)
-        part *= np.float32(scale)
+            rng.random(out=draw, dtype=np.float32)
+        draw *= np.float32(scale)
         if shift:
-            part += np.float32(shift)
+            draw += np.float32(shift)
+        if draw is not part:
+            part[:] = to_bf16(draw)
 
     if threads > 1 and len(starts) > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -713,9 +733,9 @@ def _fill_random(out, key, kind, scale, shift, threads):
             one(i0)
 
 
-def _zeros(shape, threads):
-    """A float32 zero array whose pages are all written now, in order, by ``threads`` threads."""
-    out = np.empty(shape, dtype=FLOAT)
+def _zeros(shape, threads, dtype=FLOAT):
+    """A zero array whose pages are all written now, in order, by ``threads`` threads."""
+    out = np.empty(shape, dtype=dtype)
     flat = out.reshape(-1)
     starts = range(0, flat.shape[0], _INIT_CHUNK)
 

@@ -1,6 +1,8 @@
 """Numba kernels of the SLIDE network: forward, backward, Adam, and dense scoring of the hidden layer.
 
-Layout (float32, C order, one contiguous row per neuron or input feature):
+Layout (float32, C order, one contiguous row per neuron or input feature; with ``precision: bf16``
+the weights and Adam moments of ``W0`` and ``W2`` are bfloat16 in uint16 arrays, which every kernel
+reads and writes through the accessors of :mod:`slide.engine.precision`):
 
 ``W0`` (D, H0), ``b0`` (H0,)
     First hidden layer, stored input-major: a sample gathers the rows of its non-zero features.
@@ -48,6 +50,7 @@ from numba import prange
 
 from ..settings import FAST, FAST_PARALLEL, NJIT
 from .intrinsics import prefetch
+from .precision import load, load1, per_line, store, store1
 from .rng import GOLDEN, MIX1, MIX2, mix64
 from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
 
@@ -60,9 +63,10 @@ PREFETCH_AHEAD = 6
 
 #: A training batch: CSR features and labels of the data set, and the points ``rows`` to train on.
 Batch = namedtuple("Batch", "x_indptr x_indices x_data y_indptr y_indices rows")
-#: A row-sparse parameter (``W0``, ``W2``): weights ``w``, Adam moments ``m`` and ``v``, gradient ``g``
-#: (same shape), ``flag`` (uint8 per row, set by a sample that touches the row) and ``rows`` (int64
-#: per row, where the sparse Adam collects the flagged rows).
+#: A row-sparse parameter (``W0``, ``W2``): weights ``w``, Adam moments ``m`` and ``v`` (float32, or
+#: all three bfloat16 in uint16), gradient ``g`` (float32; all four the same shape), ``flag`` (uint8
+#: per row, set by a sample that touches the row) and ``rows`` (int64 per row, where the sparse Adam
+#: collects the flagged rows).
 RowParam = namedtuple("RowParam", "w m v g flag rows")
 #: A 1-d parameter updated whole (``b0``, ``Wh``, ``bh``; ``b2`` row by row with ``W2``): ``w``, ``m``,
 #: ``v``, ``g`` as :data:`RowParam`, and ``g_t``, per-thread gradient rows summed into ``g`` by Adam.
@@ -85,8 +89,8 @@ Hyper = namedtuple("Hyper", "lr_t beta1 beta2 eps_t")
 
 @numba.njit(inline="always", **NJIT)
 def _prefetch_row(arr, r):
-    """Prefetch every cache line of row ``r`` of a float32 2-d array."""
-    for c in range(0, arr.shape[1], 16):
+    """Prefetch every cache line of row ``r`` of a 2-d array (float32 or bfloat16)."""
+    for c in range(0, arr.shape[1], per_line(arr)):
         prefetch(arr, r, c)
 
 
@@ -108,7 +112,7 @@ def _input_layer(xi, xv, W0, b0, h0, acts):
         f = xi[p]
         v = xv[p]
         for j in range(h0):
-            acts[j] += v * W0[f, j]
+            acts[j] += v * load(W0, f, j)
     for j in range(h0):
         if acts[j] < 0:
             acts[j] = 0
@@ -191,7 +195,7 @@ def hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, hlsh, hslot, hk, 
             j = act[i]
             s = b0[j]
             for p in range(xi.shape[0]):
-                s += xv[p] * W0[xi[p], j]
+                s += xv[p] * load(W0, xi[p], j)
             acts[j] = s if not s < 0 else 0
     off, woff, boff = h0, 0, 0
     for layer in range(1, dims.shape[0]):
@@ -272,7 +276,7 @@ def _output_forward(W2, b2, a, labels, active, n, tgt, logits, logq, qcount):
             _prefetch_row(W2, active[i + PREFETCH_AHEAD])
         s = b2[j]
         for q in range(hl):
-            s += W2[j, q] * a[q]
+            s += load(W2, j, q) * a[q]
         logits[i] = s
         if s > mx:
             mx = s
@@ -312,7 +316,7 @@ def _output_backward(W2, gW2, gb2, flag2, a, da, labels, active, n, tgt, logits,
             _prefetch_row(gW2, jn)
         g = np.float32((logits[i] * inv_z - tgt[j]) * inv_b)
         for q in range(hl):
-            da[q] += g * W2[j, q]
+            da[q] += g * load(W2, j, q)
             gW2[j, q] += g * a[q]
         gb2[j] += g
         if flag2[j] == 0:  # read first: no write, so no cache-line ping-pong between threads
@@ -444,33 +448,34 @@ def train_kernel(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0
 @numba.njit(inline="always", **FAST)
 def _adam_span(w, m, v, g, lo, hi, h):
     """Adam on entries lo..hi-1 of flat parameters; clears their gradient. (Inlined: a call per
-    row would cost atomic reference-count updates on the shared arrays.)"""
+    row would cost atomic reference-count updates on the shared arrays.) ``w``, ``m``, ``v`` may be
+    bfloat16: the step uses the float32 ``m``, ``v`` it computed, each store rounds."""
     lr_t, beta1, beta2, eps_t = h
     c1 = np.float32(1) - beta1
     c2 = np.float32(1) - beta2
     for r in range(lo, hi):
         gc = g[r]
-        mc = beta1 * m[r] + c1 * gc
-        vc = beta2 * v[r] + c2 * gc * gc
-        m[r] = mc
-        v[r] = vc
-        w[r] -= lr_t * mc / (np.sqrt(vc) + eps_t)
+        mc = beta1 * load1(m, r) + c1 * gc
+        vc = beta2 * load1(v, r) + c2 * gc * gc
+        store1(m, r, mc)
+        store1(v, r, vc)
+        store1(w, r, load1(w, r) - lr_t * mc / (np.sqrt(vc) + eps_t))
         g[r] = 0
 
 
 @numba.njit(inline="always", **FAST)
 def _adam_row(W, M, V, G, r, h):
-    """Adam on row ``r`` of (n, h) parameters; clears its gradient."""
+    """Adam on row ``r`` of (n, h) parameters; clears its gradient. Storage as :func:`_adam_span`."""
     lr_t, beta1, beta2, eps_t = h
     c1 = np.float32(1) - beta1
     c2 = np.float32(1) - beta2
     for c in range(W.shape[1]):
         gc = G[r, c]
-        mc = beta1 * M[r, c] + c1 * gc
-        vc = beta2 * V[r, c] + c2 * gc * gc
-        M[r, c] = mc
-        V[r, c] = vc
-        W[r, c] -= lr_t * mc / (np.sqrt(vc) + eps_t)
+        mc = beta1 * load(M, r, c) + c1 * gc
+        vc = beta2 * load(V, r, c) + c2 * gc * gc
+        store(M, r, c, mc)
+        store(V, r, c, vc)
+        store(W, r, c, load(W, r, c) - lr_t * mc / (np.sqrt(vc) + eps_t))
         G[r, c] = 0
 
 
@@ -636,7 +641,7 @@ def sparse_predict(x_indptr, x_indices, x_data, rows, W0, b0, Wh, bh, dims, W2, 
                 j = active[t, c]
                 s = b2[j]
                 for q in range(hl):
-                    s += W2[j, q] * h[q]
+                    s += load(W2, j, q) * h[q]
                 if s > vals[k - 1] or (s == vals[k - 1] and ids[k - 1] >= 0 and j < ids[k - 1]) \
                         or ids[k - 1] < 0:
                     p = k - 1

@@ -21,6 +21,7 @@ from numba import prange
 
 from ..settings import FAST, FAST_PARALLEL, FLOAT, SIMD_LANES
 from .intrinsics import vfma, vgt_mask, vlane, vload, vsplat
+from .precision import BF16, load
 
 
 #: Rows of one register tile: two vectors.
@@ -38,7 +39,7 @@ def exact_topk(h: np.ndarray, W: np.ndarray, b: np.ndarray, k: int) -> np.ndarra
     ----------
     h : (n, H) float32
         Activations of the last hidden layer.
-    W : (L, H) float32, C order
+    W : (L, H) float32 or bfloat16 (uint16 bit patterns, :mod:`slide.engine.precision`), C order
         Output weights, one row per label.
     b : (L,) float32
         Output biases.
@@ -52,8 +53,8 @@ def exact_topk(h: np.ndarray, W: np.ndarray, b: np.ndarray, k: int) -> np.ndarra
     h = np.ascontiguousarray(h, dtype=FLOAT)
     if h.ndim != 2 or W.ndim != 2 or b.ndim != 1 or W.shape[1] != h.shape[1] or b.shape[0] != W.shape[0]:
         raise ValueError(f"shapes do not fit: h {h.shape}, W {W.shape}, b {b.shape}")
-    if W.dtype != FLOAT or b.dtype != FLOAT or not W.flags.c_contiguous:
-        raise ValueError("W and b must be C-ordered float32 arrays")
+    if W.dtype not in (FLOAT, BF16) or b.dtype != FLOAT or not W.flags.c_contiguous:
+        raise ValueError("W must be a C-ordered float32 or bfloat16 (uint16) array, b float32")
     if not 1 <= k <= W.shape[0]:
         raise ValueError(f"k must be between 1 and the label count {W.shape[0]}, got {k}")
     n = h.shape[0]
@@ -135,16 +136,16 @@ def _topk_kernel(h, W, b, vals, idx, rows_per_task):
                     for u in range(H):
                         lo = vload(hT, base + u * T)
                         hi = vload(hT, base + u * T + SIMD_LANES)
-                        w = vsplat(W[j, u])
+                        w = vsplat(load(W, j, u))
                         a0 = vfma(lo, w, a0)
                         a0h = vfma(hi, w, a0h)
-                        w = vsplat(W[j1, u])
+                        w = vsplat(load(W, j1, u))
                         a1 = vfma(lo, w, a1)
                         a1h = vfma(hi, w, a1h)
-                        w = vsplat(W[j2, u])
+                        w = vsplat(load(W, j2, u))
                         a2 = vfma(lo, w, a2)
                         a2h = vfma(hi, w, a2h)
-                        w = vsplat(W[j3, u])
+                        w = vsplat(load(W, j3, u))
                         a3 = vfma(lo, w, a3)
                         a3h = vfma(hi, w, a3h)
                     hit = (vgt_mask(a0, th_lo) | vgt_mask(a0h, th_hi) | vgt_mask(a1, th_lo) | vgt_mask(a1h, th_hi)

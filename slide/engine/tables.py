@@ -55,6 +55,7 @@ from .hashing import (
     kind_code,
     pack_key,
 )
+from .precision import BF16, row_buffer, row_f32
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
 
@@ -174,8 +175,9 @@ def _build(arrays, weights, slot_of):
             codes = np.empty(K * L, np.int64)
             fbuf = np.empty(K * L, np.float32)
             ibuf = np.empty(K * L, np.int64)
+            row = row_buffer(weights)  # bfloat16 rows are decoded into it, float32 ones hashed in place
             for i in range(blk * _BLOCK, min(m, (blk + 1) * _BLOCK)):
-                hash_into(arrays, no_idx, weights[start + i], True, codes, fbuf, ibuf)
+                hash_into(arrays, no_idx, row_f32(weights, start + i, row), True, codes, fbuf, ibuf)
                 for t in range(L):
                     chunk_keys[t, i] = pack_key(codes, t, K, bits)
         for t in numba.prange(L):
@@ -284,13 +286,15 @@ class LSHIndex:
         return self._arrays
 
     def _weights(self, weights):
-        weights = np.ascontiguousarray(weights, dtype=FLOAT)
+        """``weights`` as a C-ordered float32 array, or uint16 taken as bfloat16 (hashed as decoded)."""
+        weights = np.ascontiguousarray(weights, dtype=BF16 if np.asarray(weights).dtype == BF16 else FLOAT)
         if weights.shape != (self.num_items, self.dim):
             raise ValueError(f"weights must have shape ({self.num_items}, {self.dim}), got {weights.shape}")
         return weights
 
     def build(self, weights: np.ndarray) -> None:
-        """Clear the tables and insert every row of ``weights`` (num_items, dim) with the current hashes."""
+        """Clear the tables and insert every row of ``weights`` (num_items, dim) with the current hashes;
+        a uint16 ``weights`` holds bfloat16 patterns (:mod:`slide.engine.precision`), decoded a row at a time."""
         weights = self._weights(weights)
         _build(self._arrays, weights, np.empty((self.L, self.num_items), np.int32))
 

@@ -1,0 +1,206 @@
+"""Storage precision of the row-sparse parameters (the ``precision`` key): float32 or bfloat16.
+
+With ``precision: bf16`` the weights ``w`` and Adam moments ``m``, ``v`` of ``W0`` and ``W2`` hold
+bfloat16 bit patterns (the upper 16 bits of a float32) in uint16 arrays, so each row a step touches
+moves half the bytes; gradients and every other array stay float32. All arithmetic is float32:
+a kernel decodes a value when it reads it (exact) and rounds to nearest even when it stores it.
+
+The kernels read and write these arrays only through :func:`load` / :func:`store` (2-d) and
+:func:`load1` / :func:`store1` (1-d). Numba specialises them on the array's dtype at compile time:
+for a float32 array they are plain indexing, inlined at Numba's IR level (the float32 training and
+Adam kernels compile to the same machine code as before them), for a uint16 array they decode or
+round. :func:`to_bf16` / :func:`from_bf16`
+are the NumPy face, for initialisation, checkpoints and tests.
+
+Rounding (:func:`f32_to_bf16`, :func:`to_bf16`): round to nearest, ties to even, on the bits, so
+values above the largest finite bfloat16 round to infinity exactly where IEEE rounding would,
+infinities stay infinite, NaN stays NaN (sign and upper payload kept, quiet bit set), and float32
+subnormals round to bfloat16 subnormals (no flush to zero).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ..settings import NJIT
+from .intrinsics import f32_bits, f32_from_bits
+
+#: NumPy dtype of bfloat16 storage (bit patterns).
+BF16 = np.dtype(np.uint16)
+#: Storage dtype of ``W0`` / ``W2`` weights and moments for each ``precision`` value.
+STORAGE = {"fp32": np.dtype(np.float32), "bf16": BF16}
+#: Bytes of a cache line, the step of a row prefetch.
+CACHE_LINE = 64
+
+_EXP_MASK = 0x7F800000
+_QUIET = 0x0040  # the quiet-NaN bit of a bfloat16
+
+
+# ---------------------------------------------------------------------- scalars (Numba)
+@numba.njit(inline="always", **NJIT)
+def bf16_to_f32(u):
+    """The float32 value of the bfloat16 bit pattern ``u`` (exact)."""
+    return f32_from_bits(np.uint32(u) << np.uint32(16))
+
+
+@numba.njit(inline="always", **NJIT)
+def f32_to_bf16(x):
+    """``x`` rounded to the nearest bfloat16 (ties to even), as a uint16 bit pattern."""
+    # Integer arithmetic only: a NaN test on floats would be folded away under fastmath "nnan".
+    # Branch-free (a NaN adds no rounding bias and gets the quiet bit): with one return block the
+    # function inlines cleanly into parallel loops (else Numba's SSA pass warns there).
+    bits = np.int64(f32_bits(x))
+    nan = np.int64((bits & 0x7FFFFFFF) > _EXP_MASK)
+    return np.uint16(((bits + (0x7FFF + ((bits >> 16) & 1)) * (1 - nan)) >> 16) | (nan * _QUIET))
+
+
+# ---------------------------------------------------------------------- arrays (NumPy)
+def to_bf16(x) -> np.ndarray:
+    """``x`` (any float array, taken as float32) rounded to bfloat16 as :func:`f32_to_bf16`:
+    a uint16 array of the same shape."""
+    x = np.asarray(x, dtype=np.float32)
+    # 1-d uint32 arrays: the rounding add wraps silently for NaN patterns (replaced below), where
+    # NumPy scalars would warn
+    bits = x.reshape(-1).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    out = np.where((bits & 0x7FFFFFFF) > _EXP_MASK, (bits >> 16) | _QUIET, rounded)
+    return out.astype(BF16).reshape(x.shape)
+
+
+def from_bf16(u) -> np.ndarray:
+    """The float32 values of the bfloat16 bit patterns ``u`` (a uint16 array), exactly."""
+    u = np.asarray(u)
+    if u.dtype != BF16:
+        raise TypeError(f"bfloat16 patterns must be uint16, got {u.dtype}")
+    return (u.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def decoded(a) -> np.ndarray:
+    """The float32 values of a parameter array of either storage (float32 arrays as they are)."""
+    return from_bf16(a) if np.asarray(a).dtype == BF16 else np.asarray(a)
+
+
+# ---------------------------------------------------------------------- accessors (Numba)
+def load(a, r, c):
+    """``a[r, c]`` as a float32 value, whatever the storage of ``a``."""
+    return decoded(a[r, c])
+
+
+def store(a, r, c, x):
+    """``a[r, c] = x``, rounded to the storage of ``a``."""
+    a[r, c] = to_bf16(x) if a.dtype == BF16 else x
+
+
+def load1(a, i):
+    """``a[i]`` of a 1-d array as a float32 value, whatever its storage."""
+    return decoded(a[i])
+
+
+def store1(a, i, x):
+    """``a[i] = x`` of a 1-d array, rounded to its storage."""
+    a[i] = to_bf16(x) if a.dtype == BF16 else x
+
+
+def per_line(a):
+    """Elements of ``a`` in one cache line (16 float32, 32 bfloat16)."""
+    return CACHE_LINE // a.itemsize
+
+
+def row_buffer(a):
+    """Scratch for :func:`row_f32`: a float32 row for bfloat16 storage, None for float32."""
+    return np.empty(a.shape[1], np.float32) if a.dtype == BF16 else None
+
+
+def row_f32(a, r, buf):
+    """Row ``r`` of a 2-d ``a`` as float32: a view for float32 storage, decoded into ``buf`` else."""
+    if a.dtype != BF16:
+        return a[r]
+    buf[:] = from_bf16(a[r])
+    return buf
+
+
+def _array(a, ndim):
+    return isinstance(a, types.Array) and a.ndim == ndim
+
+
+def _bf16(a):
+    return a.dtype == types.uint16
+
+
+@overload(load, inline="always")
+def _ol_load(a, r, c):
+    if not _array(a, 2):
+        return None
+    if _bf16(a):
+        return lambda a, r, c: bf16_to_f32(a[r, c])
+    return lambda a, r, c: a[r, c]
+
+
+@overload(store, inline="always")
+def _ol_store(a, r, c, x):
+    if not _array(a, 2):
+        return None
+    if _bf16(a):
+        def impl(a, r, c, x):
+            a[r, c] = f32_to_bf16(x)
+        return impl
+
+    def plain(a, r, c, x):
+        a[r, c] = x
+    return plain
+
+
+@overload(load1, inline="always")
+def _ol_load1(a, i):
+    if not _array(a, 1):
+        return None
+    if _bf16(a):
+        return lambda a, i: bf16_to_f32(a[i])
+    return lambda a, i: a[i]
+
+
+@overload(store1, inline="always")
+def _ol_store1(a, i, x):
+    if not _array(a, 1):
+        return None
+    if _bf16(a):
+        def impl(a, i, x):
+            a[i] = f32_to_bf16(x)
+        return impl
+
+    def plain(a, i, x):
+        a[i] = x
+    return plain
+
+
+@overload(per_line, inline="always")
+def _ol_per_line(a):
+    if not isinstance(a, types.Array):
+        return None
+    n = CACHE_LINE // (a.dtype.bitwidth // 8)  # a compile-time constant of the kernel
+    return lambda a: n
+
+
+@overload(row_buffer, inline="always")
+def _ol_row_buffer(a):
+    if not _array(a, 2):
+        return None
+    if _bf16(a):
+        return lambda a: np.empty(a.shape[1], np.float32)
+    return lambda a: None
+
+
+@overload(row_f32, inline="always")
+def _ol_row_f32(a, r, buf):
+    if not _array(a, 2):
+        return None
+    if _bf16(a):
+        def impl(a, r, buf):
+            for col in range(a.shape[1]):
+                buf[col] = bf16_to_f32(a[r, col])
+            return buf
+        return impl
+    return lambda a, r, buf: a[r]

@@ -1,0 +1,401 @@
+"""``precision: bf16``: bfloat16 rounding against a NumPy reference, the dtype-generic accessors, and the
+engine with bfloat16 ``W0`` / ``W2`` against a float64 twin, a float32 model, checkpoints and the schema.
+
+The reference rounding knows nothing of bit tricks: it lists every finite bfloat16 value from its
+sign, exponent and mantissa (float64, exact) and picks the nearest, ties to the even pattern.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+import test_slide_method as small
+from slide.engine import SlideMethod
+from slide.engine.model import memory_estimate_bytes
+from slide.engine.precision import (
+    BF16,
+    bf16_to_f32,
+    decoded,
+    f32_to_bf16,
+    from_bf16,
+    load,
+    load1,
+    per_line,
+    row_buffer,
+    row_f32,
+    store,
+    store1,
+    to_bf16,
+)
+from slide.engine.presets import validate
+from slide.engine.schedule import REHASH
+from slide.engine.scoring import exact_topk
+from slide.engine.tables import LSHIndex
+from slide.errors import ConfigError
+from test_network import D, L, Twin, close, make, toy_data
+
+# ---------------------------------------------------------------- the NumPy reference
+#: Patterns 0 .. 0x7F80 and their values: every non-negative finite bfloat16, then 2**128 for the
+#: infinity pattern (the value IEEE rounding treats as the next one above the largest finite).
+PATTERNS = np.arange(0x7F81)
+_E, _F = PATTERNS >> 7, PATTERNS & 0x7F
+VALUES = np.where(_E == 0, _F / 128 * 2.0 ** -126, (1 + _F / 128) * np.exp2(_E - 127.0))
+
+
+def reference_round(x):
+    """Nearest bfloat16 patterns of float32 ``x`` (ties: even pattern), and where ``x`` is NaN (its
+    pattern is left 0: NaN payloads are checked apart)."""
+    with np.errstate(invalid="ignore"):  # signalling NaNs
+        x = np.asarray(x, np.float32).astype(np.float64)
+    nan = np.isnan(x)
+    ax = np.abs(np.where(nan, 0.0, x))
+    inf = np.isinf(ax)
+    ax = np.where(inf, 0.0, ax)
+    hi = np.searchsorted(VALUES, ax)              # VALUES[hi] >= ax (float32 max < 2**128)
+    lo = np.maximum(hi - 1, 0)
+    d_lo, d_hi = ax - VALUES[lo], VALUES[hi] - ax
+    even = np.where(lo % 2 == 0, lo, hi)
+    pick = np.where(d_hi == 0, hi, np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, even)))
+    pattern = np.where(inf, 0x7F80, PATTERNS[pick]) | np.where(np.signbit(x), 0x8000, 0)
+    return np.where(nan, 0, pattern).astype(np.uint16), nan
+
+
+def reference_decode(patterns):
+    """float64 values of bfloat16 patterns: the table above, infinity for 0x7F80, NaN beyond."""
+    p = np.asarray(patterns).astype(np.int64)
+    mag = p & 0x7FFF
+    val = np.where(mag < 0x7F80, VALUES[np.minimum(mag, 0x7F7F)], np.where(mag == 0x7F80, np.inf, np.nan))
+    return np.where(p & 0x8000, -val, val)
+
+
+def f32(*bits):
+    return np.array(bits, dtype=np.uint32).view(np.float32)
+
+
+# float32 bits -> expected bfloat16 pattern
+EDGES = {
+    0x3F808000: 0x3F80,  # 1 + 2**-8: halfway, the even neighbour (1.0) is below: down
+    0x3F818000: 0x3F82,  # halfway above an odd pattern: up to the even one
+    0x3F808001: 0x3F81,  # just above halfway
+    0x3F807FFF: 0x3F80,  # just below halfway
+    0xBF818000: 0xBF82,  # negative tie, away from zero to the even pattern
+    0x7F7F0000: 0x7F7F,  # the largest finite bfloat16
+    0x7F7F7FFF: 0x7F7F,  # below the overflow threshold
+    0x7F7F8000: 0x7F80,  # halfway to 2**128 above an odd pattern: overflows to inf
+    0x7F7FFFFF: 0x7F80,  # float32 max: inf
+    0xFF7FFFFF: 0xFF80,  # -float32 max: -inf
+    0x7F800000: 0x7F80,  # inf
+    0xFF800000: 0xFF80,  # -inf
+    0x00000000: 0x0000,  # +0
+    0x80000000: 0x8000,  # -0 keeps its sign
+    0x00000001: 0x0000,  # smallest float32 subnormal: 0
+    0x00008000: 0x0000,  # subnormal tie, even neighbour 0
+    0x00018000: 0x0002,  # subnormal tie above an odd pattern
+    0x00010000: 0x0001,  # smallest bfloat16 subnormal, exact
+    0x80008001: 0x8001,  # negative subnormal just above halfway
+    0x007FFFFF: 0x0080,  # largest float32 subnormal rounds up to the smallest normal
+    0x3FC00000: 0x3FC0,  # 1.5, exact
+}
+#: NaN inputs: quiet and signalling, both signs, payload only in the low 16 bits (truncation would give inf).
+NANS = (0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FBFFFFF, 0x7F810000)
+
+
+@numba.njit
+def _round_plain(x, out):
+    for i in range(x.shape[0]):
+        out[i] = f32_to_bf16(x[i])
+
+
+@numba.njit(fastmath=True)
+def _round_fast(x, out):
+    for i in range(x.shape[0]):
+        out[i] = f32_to_bf16(x[i])
+
+
+@numba.njit
+def _decode(u, out):
+    for i in range(u.shape[0]):
+        out[i] = bf16_to_f32(u[i])
+
+
+def rounders():
+    """The NumPy rounding and the Numba scalar one, in plain and fastmath (nnan) kernels."""
+    def numba_round(kernel):
+        def run(x):
+            out = np.empty(x.shape, np.uint16)
+            kernel(x, out)
+            return out
+        return run
+    return {"numpy": to_bf16, "numba": numba_round(_round_plain), "numba-fastmath": numba_round(_round_fast)}
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba", "numba-fastmath"])
+def test_rounding_edge_cases(name):
+    rnd = rounders()[name]
+    bits = np.array(list(EDGES), np.uint32)
+    got = rnd(bits.view(np.float32))
+    want = np.array(list(EDGES.values()), np.uint16)
+    np.testing.assert_array_equal(got, want, err_msg=str([hex(v) for v in got]))
+    np.testing.assert_array_equal(reference_round(bits.view(np.float32))[0], want)  # the reference agrees
+    nan_in = f32(*NANS)
+    out = rnd(nan_in).astype(np.int64)
+    assert np.isnan(from_bf16(out.astype(np.uint16))).all()
+    assert ((out & 0x0040) != 0).all()                                     # quiet
+    np.testing.assert_array_equal(out >> 15, np.signbit(nan_in).astype(int))  # sign kept
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba", "numba-fastmath"])
+def test_rounding_matches_the_reference_on_a_million_floats(name):
+    rng = np.random.default_rng(0)
+    # every bit pattern equally likely (all exponents, subnormals, inf, NaN), exact ties, ordinary values
+    anything = rng.integers(0, 2**32, 600_000, dtype=np.uint32).view(np.float32)
+    ties = ((rng.integers(0, 2**16, 200_000, dtype=np.uint32) << 16) | 0x8000).view(np.float32)
+    ordinary = (rng.standard_normal(200_000) * 10.0 ** rng.integers(-30, 30, 200_000)).astype(np.float32)
+    x = np.concatenate([anything, ties, ordinary])
+    got = rounders()[name](x)
+    want, nan = reference_round(x)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.isnan(from_bf16(got[nan])).all() and nan.sum() > 1000
+
+
+def test_decoding_every_pattern_is_exact():
+    patterns = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    want = reference_decode(patterns)
+    got = np.empty(patterns.shape, np.float32)
+    _decode(patterns, got)
+    for values in (got, from_bf16(patterns)):
+        assert values.dtype == np.float32
+        with np.errstate(invalid="ignore"):  # signalling NaNs
+            np.testing.assert_array_equal(values.astype(np.float64), want)  # NaN where want is NaN
+        np.testing.assert_array_equal(np.signbit(values), patterns >> 15 == 1)
+    np.testing.assert_array_equal(to_bf16(from_bf16(patterns))[~np.isnan(want)], patterns[~np.isnan(want)])
+    with pytest.raises(TypeError, match="uint16"):
+        from_bf16(np.zeros(3, np.int16))
+
+
+# ---------------------------------------------------------------- the accessors
+@numba.njit
+def _copy_through(src, dst, back, flat_dst, flat_back):
+    """Store ``src`` into ``dst`` and load it back (2-d and 1-d accessors); also per_line and row_f32."""
+    for r in range(src.shape[0]):
+        for c in range(src.shape[1]):
+            store(dst, r, c, src[r, c])
+            back[r, c] = load(dst, r, c)
+            store1(flat_dst, r * src.shape[1] + c, src[r, c])
+            flat_back[r * src.shape[1] + c] = load1(flat_dst, r * src.shape[1] + c)
+    row = row_f32(dst, 1, row_buffer(dst))
+    return per_line(dst), row.copy()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_accessors_index_float32_and_round_bfloat16(dtype):
+    src = np.random.default_rng(1).standard_normal((3, 40)).astype(np.float32)
+    dst, flat = np.zeros(src.shape, dtype), np.zeros(src.size, dtype)
+    back, flat_back = np.zeros_like(src), np.zeros(src.size, np.float32)
+    lanes, row = _copy_through(src, dst, back, flat, flat_back)
+    want = src if dtype == np.float32 else from_bf16(to_bf16(src))
+    np.testing.assert_array_equal(decoded(dst), want)
+    np.testing.assert_array_equal(back, want)
+    np.testing.assert_array_equal(flat_back, want.ravel())
+    np.testing.assert_array_equal(row, want[1])
+    assert lanes == 64 // np.dtype(dtype).itemsize
+    if dtype == np.uint16:
+        np.testing.assert_array_equal(dst, to_bf16(src))
+
+
+# ---------------------------------------------------------------- the engine against a float64 twin
+def bf16_twin(model):
+    """:class:`test_network.Twin` started from the model's decoded weights."""
+    twin = Twin(model)
+    for k in ("W0", "W2"):
+        twin.p[k] = from_bf16(getattr(model, k)).astype(np.float64)
+    return twin
+
+
+def ulps(a, b):
+    """Distance in bfloat16 steps between two pattern arrays (signed magnitudes, so -0 == +0)."""
+    key = lambda p: np.where(p.astype(np.int64) & 0x8000, -(p.astype(np.int64) & 0x7FFF), p.astype(np.int64))
+    return np.abs(key(a) - key(b))
+
+
+def assert_rounded_like(got, want64):
+    """Stored patterns ``got`` against the twin's float64 values rounded the kernel's way: at most one
+    bfloat16 step apart (the float32 value lands on the other side of a rounding midpoint from the
+    float64 one), and equal almost everywhere."""
+    want = to_bf16(want64)
+    assert got.dtype == BF16
+    d = ulps(got, want)
+    assert d.max() <= 1, d.max()
+    assert (d > 0).mean() <= 0.02, (d > 0).mean()
+
+
+@pytest.mark.parametrize("optimizer", ["sparse", "dense"])
+@pytest.mark.parametrize("hidden", [(8,), (8, 6)])
+def test_one_bf16_step_matches_the_twin(optimizer, hidden):
+    """Forward and backward read the decoded weights (float32 arithmetic, so losses and gradients to
+    1e-5 as in float32); Adam's stored w, m, v are the twin's float64 values rounded to bfloat16, to
+    one bfloat16 step; the float32 parameters to 1e-5."""
+    data = toy_data(24, seed=1)
+    rows = np.arange(8)
+    probe, model = make(hidden, optimizer, precision="bf16"), make(hidden, optimizer, precision="bf16")
+    for name in ("W0", "mW0", "vW0", "W2", "mW2", "vW2"):
+        assert getattr(model, name).dtype == BF16
+    assert model.gW0.dtype == model.gW2.dtype == model.b2.dtype == model.Wh.dtype == np.float32
+    twin = bf16_twin(model)
+    losses, _ = probe._accumulate(data, rows)
+    ref_losses, ref_g, _ = twin.grads(data, rows)
+    close(losses, ref_losses)
+    got = probe._pending_gradients()
+    for k in ("W0", "b0", "W2", "b2"):
+        close(got[k], ref_g[k])
+    loss = model.train_batch(data, rows)
+    ref = twin.step(data, rows, optimizer)
+    assert abs(loss - ref.mean()) <= 1e-5 * abs(ref.mean())
+    for k in ("W0", "W2"):
+        assert_rounded_like(getattr(model, k), twin.p[k])
+        assert_rounded_like(getattr(model, "m" + k), twin.m[k])
+        assert_rounded_like(getattr(model, "v" + k), twin.v[k])
+    for k in ("b0", "Wh", "bh", "b2"):
+        close(getattr(model, k), twin.p[k])
+        close(getattr(model, "m" + k), twin.m[k])
+        close(getattr(model, "v" + k), twin.v[k])
+    assert all(not g.any() for g in model._pending_gradients().values())
+
+
+def decoded_fp32_copy(model):
+    """A float32 model holding ``model``'s state decoded (weights, moments and hash tables)."""
+    copy = SlideMethod(model.num_features, model.num_labels, dict(model.config, precision="fp32"),
+                       seed=model.seed, threads=model.threads)
+    copy.load_state_arrays({k: decoded(v) for k, v in model.state_arrays().items()})
+    return copy
+
+
+@pytest.mark.parametrize("over", [dict(output_sparsity=0.5, K=3, L=4),
+                                  dict(hidden=[8, 6], output_sparsity=0.5, hidden_sparsity=[0.5, 1.0], K=3, L=4)])
+def test_bf16_model_computes_what_a_float32_model_of_its_decoded_weights_does(over):
+    """Initial weights are the float32 ones rounded; hash tables, hidden activations, both inference
+    modes, the hidden active sets and a training step of a bfloat16 model equal those of a float32 model
+    holding its decoded state (the same float32 arithmetic; a step's stores to one bfloat16 step)."""
+    over = dict(over)
+    hidden = over.pop("hidden", [8])
+    data = toy_data(24, seed=2)
+    rows = np.arange(len(data))
+    fp32, bf16 = make(hidden, **over), make(hidden, precision="bf16", **over)
+    for k in ("W0", "W2"):
+        np.testing.assert_array_equal(getattr(bf16, k), to_bf16(getattr(fp32, k)))
+    twin = decoded_fp32_copy(bf16)
+    twin._refresh_tables(REHASH)  # its tables now come from the float32 build of the decoded weights
+    indices = lambda m: [m.index] + [index for _, index in m.hidden_indices]
+    for a, b in zip(indices(bf16), indices(twin)):
+        for x, y in zip(a.arrays, b.arrays):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(bf16.hidden(data, rows), twin.hidden(data, rows), rtol=1e-6, atol=1e-7)
+    for mode in ("dense", "sparse"):
+        bf16.config["inference"] = twin.config["inference"] = mode
+        assert (bf16.predict_topk(data, rows, 3) == twin.predict_topk(data, rows, 3)).mean() > 0.95
+    np.testing.assert_array_equal(bf16.hidden_active_masks(data, rows[:8]), twin.hidden_active_masks(data, rows[:8]))
+    loss, ref = bf16.train_batch(data, rows[:8]), twin.train_batch(data, rows[:8])
+    assert abs(loss - ref) <= 1e-5 * abs(ref)
+    for k in ("W0", "mW0", "vW0", "W2", "mW2", "vW2"):
+        assert_rounded_like(getattr(bf16, k), getattr(twin, k))
+
+
+def test_lsh_tables_hash_bfloat16_rows_as_their_float32_values():
+    w = np.random.default_rng(4).standard_normal((300, 16)).astype(np.float32)
+    u = to_bf16(w)
+    for kind in ("simhash", "dwta"):
+        a, b = LSHIndex(kind, 16, 300, 3, 4, seed=2), LSHIndex(kind, 16, 300, 3, 4, seed=2)
+        a.build(u)
+        b.build(from_bf16(u))
+        for x, y in zip(a.arrays, b.arrays):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_exact_topk_reads_bfloat16_weights():
+    rng = np.random.default_rng(6)
+    h = np.maximum(rng.standard_normal((50, 32)), 0).astype(np.float32)
+    W = to_bf16(rng.standard_normal((300, 32)) * 0.1)
+    b = (rng.standard_normal(300) * 0.01).astype(np.float32)
+    np.testing.assert_array_equal(exact_topk(h, W, b, 5), exact_topk(h, from_bf16(W), b, 5))
+    with pytest.raises(ValueError, match="bfloat16"):
+        exact_topk(h, W.astype(np.int16), b, 5)
+
+
+# ---------------------------------------------------------------- learning, state, memory, bytes, schema
+@pytest.fixture(scope="module")
+def toy():
+    return small.synthetic(640, 0), small.synthetic(200, 1)
+
+
+def test_bf16_learns_as_well_as_fp32(toy):
+    """8 epochs on the learnable toy data of test_slide_method (sampled output, rehashes, rebuilds):
+    bfloat16 storage ends within 0.05 P@1 of float32 (0.980 vs 0.985 when written)."""
+    data, test = toy
+    p1 = {}
+    for precision in ("fp32", "bf16"):
+        m = small.make(precision=precision)
+        m.fit(data, test, epochs=8)
+        p1[precision] = m.last_run["final"]["p_at_1"]
+    assert p1["bf16"] > 0.9 and abs(p1["bf16"] - p1["fp32"]) <= 0.05, p1
+
+
+def test_bf16_state_round_trip_and_exact_resume(toy, tmp_path):
+    data, test = toy
+    straight = small.make(precision="bf16")
+    small.run_steps(straight, data, 14)
+    first = small.make(precision="bf16")
+    small.run_steps(first, data, 9)
+    first.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        for key in ("W0", "adam_m__W0", "adam_v__W0", "W2", "adam_m__W2", "adam_v__W2"):
+            assert z[key].dtype == BF16, key
+        assert z["b2"].dtype == z["adam_m__Wh"].dtype == np.float32
+    resumed = SlideMethod.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(resumed.predict_topk(test, np.arange(50)), first.predict_topk(test, np.arange(50)))
+    for s in range(9, 14):
+        resumed.train_batch(data, np.arange(s * 32, (s + 1) * 32) % len(data))
+    for k in ("W0", "W2", "b2", "mW2", "vW0"):
+        np.testing.assert_array_equal(getattr(resumed, k), getattr(straight, k))
+
+
+@pytest.mark.parametrize("saved, loading", [("bf16", "fp32"), ("fp32", "bf16")])
+def test_a_state_of_the_other_precision_is_refused(saved, loading):
+    state = small.make(precision=saved).state_arrays()
+    with pytest.raises(ConfigError, match=f"saved with precision: {saved}, this model has precision: {loading}"):
+        small.make(precision=loading).load_state_arrays(state)
+
+
+def test_memory_estimate_counts_two_bytes_per_bfloat16_entry():
+    fp32 = validate(SlideMethod.resolve_config("amazon-670k"))
+    bf16 = dict(fp32, precision="bf16")
+    d, labels, h = 135_909, 670_091, 128
+    saved = memory_estimate_bytes(d, labels, fp32, 2) - memory_estimate_bytes(d, labels, bf16, 2)
+    assert saved == 3 * 2 * (d * h + labels * h)
+    model = small.make(precision="bf16")
+    arrays = [getattr(model, p + n) for n in ("W0", "b0", "Wh", "bh", "W2", "b2") for p in ("", "m", "v", "g")]
+    held = sum(a.nbytes for a in arrays)
+    assert held < model.estimate_memory_bytes() < held + 64 * 2**20
+
+
+def test_bytes_moved_count_bfloat16_rows_at_two_bytes():
+    """The hand count of test_bandwidth's tiny step with bfloat16 W0 / W2 rows of 8 bytes (4 hidden):
+    gathers and Adam's w, m, v halve; gradients stay float32."""
+    from test_bandwidth import _dataset, _window
+
+    data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
+    over = dict(hidden=[4], output_sparsity=1.0, batch_size=2)
+    parts = {p: _window(SlideMethod.from_config(6, 5, overrides=dict(over, precision=p), threads=1), data,
+                        [[0, 1]])[1] for p in ("fp32", "bf16")}
+    bf = parts["bf16"]
+    assert bf["forward"] == 4 * 8 + 10 * (8 + 4)
+    assert bf["backward"] == parts["fp32"]["backward"] == 2 * (4 * 16 + 10 * (16 + 4))
+    assert bf["adam"] == 3 * 2 * (3 * 8 + 16) + 5 * (2 * (3 * 8 + 16 + 4 * 4) + 2 * 4)
+    assert bf["total"] == parts["fp32"]["total"] - (parts["fp32"]["forward"] - bf["forward"]) \
+        - (parts["fp32"]["adam"] - bf["adam"])
+
+
+def test_invalid_precision_is_a_one_line_config_error():
+    with pytest.raises(ConfigError) as err:
+        SlideMethod.from_config(D, L, overrides={"precision": "fp16"})
+    assert str(err.value) == "precision must be one of fp32, bf16, got 'fp16'"
+    assert SlideMethod.from_config(D, L, overrides={"hidden": [8]}).config["precision"] == "fp32"
