@@ -185,7 +185,10 @@ class PersistentMixin:
 
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["model__header"]))
-            model = cls(header["num_features"], header["num_labels"], header["config"], seed=header["seed"],
+            # a key added after the file was written takes its default (keys are only ever added
+            # with a default that keeps the earlier behaviour)
+            config = {**cls.DEFAULTS, **header["config"]}
+            model = cls(header["num_features"], header["num_labels"], config, seed=header["seed"],
                         threads=header["threads"])
             model.load_state_arrays(z)
         return model

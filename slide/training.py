@@ -164,7 +164,8 @@ def resume_differences(method, identity: dict, header: dict | None, driver: dict
         if prior_run.get("method") != method.name:
             diffs.append(f"method {prior_run.get('method')} -> {method.name}")
     if isinstance(then_cfg, dict):
-        then_cfg = json.loads(json.dumps(then_cfg))
+        # a key the folder predates had its default's behaviour (see Method.load)
+        then_cfg = json.loads(json.dumps({**type(method).DEFAULTS, **then_cfg}))
         for key in sorted(set(then_cfg) | set(now_cfg)):
             a, b = then_cfg.get(key, _MISSING), now_cfg.get(key, _MISSING)
             if a != b:

@@ -399,3 +399,27 @@ def test_invalid_precision_is_a_one_line_config_error():
         SlideMethod.from_config(D, L, overrides={"precision": "fp16"})
     assert str(err.value) == "precision must be one of fp32, bf16, got 'fp16'"
     assert SlideMethod.from_config(D, L, overrides={"hidden": [8]}).config["precision"] == "fp32"
+
+
+def test_a_checkpoint_that_predates_the_precision_key_loads_and_resumes_as_fp32(tmp_path):
+    """Files written before a key existed mean its default: such a checkpoint loads, and a resume
+    check against it sees no difference at the default and names the key otherwise."""
+    import json
+
+    from slide.training import resume_differences
+
+    model = make([8], output_sparsity=0.5, K=3, L=4)
+    path = tmp_path / "old.npz"
+    model.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(str(arrays["model__header"]))
+    del header["config"]["precision"]
+    arrays["model__header"] = np.array(json.dumps(header))
+    np.savez(path, **arrays)
+    loaded = SlideMethod.load(path)
+    assert loaded.config["precision"] == "fp32"
+    np.testing.assert_array_equal(loaded.W2, model.W2)
+    assert resume_differences(model, {}, header, None, None) == []
+    bf16 = make([8], output_sparsity=0.5, K=3, L=4, precision="bf16")
+    assert resume_differences(bf16, {}, header, None, None) == ['precision "fp32" -> "bf16"']
