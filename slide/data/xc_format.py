@@ -597,13 +597,18 @@ def _put_digits(digits, nd, out, o):
 
 
 @numba.njit(**NJIT, inline="always")
-def _put_plain(digits, nd, q, out, o):
-    """_PLAIN form: the digits, then ``q`` zeros."""
-    o = _put_digits(digits, nd, out, o)
-    for _ in range(q):
+def _put_zeros(n, out, o):
+    """Write ``n`` zero digits at out[o:]. Returns the new end."""
+    for _ in range(n):
         out[o] = _ZERO
         o += 1
     return o
+
+
+@numba.njit(**NJIT, inline="always")
+def _put_plain(digits, nd, q, out, o):
+    """_PLAIN form: the digits, then ``q`` zeros."""
+    return _put_zeros(q, out, _put_digits(digits, nd, out, o))
 
 
 @numba.njit(**NJIT, inline="always")
@@ -613,11 +618,7 @@ def _put_point(digits, nd, q, out, o):
     if ip <= 0:
         out[o] = _ZERO
         out[o + 1] = _DOT
-        o += 2
-        for _ in range(-ip):
-            out[o] = _ZERO
-            o += 1
-        return _put_digits(digits, nd, out, o)
+        return _put_digits(digits, nd, out, _put_zeros(-ip, out, o + 2))
     for k in range(nd - 1, -1, -1):
         if k == nd - 1 - ip:
             out[o] = _DOT
