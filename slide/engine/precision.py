@@ -58,16 +58,19 @@ def f32_to_bf16(x):
 
 
 # ---------------------------------------------------------------------- arrays (NumPy)
+@numba.njit(**NJIT)
+def _round_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = f32_to_bf16(x[i])
+
+
 def to_bf16(x) -> np.ndarray:
-    """``x`` (any float array, taken as float32) rounded to bfloat16 as :func:`f32_to_bf16`:
+    """``x`` (any float array, taken as float32) rounded to bfloat16 by :func:`f32_to_bf16`:
     a uint16 array of the same shape."""
     x = np.asarray(x, dtype=np.float32)
-    # 1-d uint32 arrays: the rounding add wraps silently for NaN patterns (replaced below), where
-    # NumPy scalars would warn
-    bits = x.reshape(-1).view(np.uint32)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    out = np.where((bits & 0x7FFFFFFF) > _EXP_MASK, (bits >> 16) | _QUIET, rounded)
-    return out.astype(BF16).reshape(x.shape)
+    out = np.empty(x.shape, BF16)
+    _round_all(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
+    return out
 
 
 def from_bf16(u) -> np.ndarray:
