@@ -2,7 +2,9 @@
 engine with bfloat16 ``W0`` / ``W2`` against a float64 twin, a float32 model, checkpoints and the schema.
 
 The reference rounding knows nothing of bit tricks: it lists every finite bfloat16 value from its
-sign, exponent and mantissa (float64, exact) and picks the nearest, ties to the even pattern.
+sign, exponent and mantissa (float64, exact) and picks the nearest, ties to the even pattern; the
+stochastic reference picks the upper neighbour when 16 random bits plus the fraction of the gap
+(scaled to 2**16) reach 2**16. The random bits come from the plain-Python SplitMix64 twin.
 """
 
 import numba
@@ -17,21 +19,25 @@ from slide.engine.precision import (
     bf16_to_f32,
     decoded,
     f32_to_bf16,
+    f32_to_bf16_sr,
     from_bf16,
     load,
     load1,
+    noise,
     per_line,
     row_buffer,
     row_f32,
-    store,
-    store1,
+    store1_sr,
+    store_sr,
     to_bf16,
 )
+from slide.engine import network as net
 from slide.engine.presets import validate
 from slide.engine.schedule import REHASH
 from slide.engine.scoring import exact_topk
 from slide.engine.tables import LSHIndex
 from slide.errors import ConfigError
+from splitmix_twin import GOLDEN, M64, _mix64
 from test_network import D, L, Twin, close, make, toy_data
 
 # ---------------------------------------------------------------- the NumPy reference
@@ -58,6 +64,31 @@ def reference_round(x):
     pick = np.where(d_hi == 0, hi, np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, even)))
     pattern = np.where(inf, 0x7F80, PATTERNS[pick]) | np.where(np.signbit(x), 0x8000, 0)
     return np.where(nan, 0, pattern).astype(np.uint16), nan
+
+
+def reference_round_sr(x, u):
+    """bfloat16 patterns of ``x`` (float64 values) rounded stochastically with the 16-bit integers
+    ``u``: up to the next pattern when ``u + 2**16 * fraction of the gap`` reaches 2**16, and where
+    ``x`` is NaN (pattern 0 there)."""
+    with np.errstate(invalid="ignore"):
+        x = np.asarray(x, np.float64)
+    nan = np.isnan(x)
+    ax = np.abs(np.where(nan, 0.0, x))
+    inf = np.isinf(ax)
+    ax = np.where(inf, 0.0, ax)
+    lo = np.searchsorted(VALUES, ax, side="right") - 1      # VALUES[lo] <= ax < VALUES[lo + 1]
+    hi = lo + 1
+    frac = (ax - VALUES[lo]) / (VALUES[hi] - VALUES[lo])
+    up = np.asarray(u, np.float64) + frac * 2.0 ** 16 >= 2.0 ** 16
+    pattern = np.where(inf, 0x7F80, np.where(up, PATTERNS[hi], PATTERNS[lo])) | np.where(np.signbit(x), 0x8000, 0)
+    return np.where(nan, 0, pattern).astype(np.uint16), nan
+
+
+def twin_noise(key, index, lane):
+    """Lane ``lane`` (16 bits) of the engine's noise for flat entries ``index`` at ``key``, from the
+    plain-Python SplitMix64."""
+    return np.array([(_mix64((int(key) + int(i) * GOLDEN) & M64) >> (16 * lane)) & 0xFFFF
+                     for i in np.ravel(index)], np.int64).reshape(np.shape(index))
 
 
 def reference_decode(patterns):
@@ -175,32 +206,129 @@ def test_decoding_every_pattern_is_exact():
 
 # ---------------------------------------------------------------- the accessors
 @numba.njit
-def _copy_through(src, dst, back, flat_dst, flat_back):
-    """Store ``src`` into ``dst`` and load it back (2-d and 1-d accessors); also per_line and row_f32."""
+def _copy_through(src, dst, back, flat_dst, flat_back, key):
+    """Store ``src`` into ``dst`` and load it back (2-d and 1-d accessors, each store with the noise
+    of its flat index at ``key``, lane 0 in 2-d, lane 1 in 1-d); also per_line and row_f32."""
     for r in range(src.shape[0]):
         for c in range(src.shape[1]):
-            store(dst, r, c, src[r, c])
+            i = r * src.shape[1] + c
+            u = noise(dst, key, i)
+            store_sr(dst, r, c, src[r, c], u)
             back[r, c] = load(dst, r, c)
-            store1(flat_dst, r * src.shape[1] + c, src[r, c])
-            flat_back[r * src.shape[1] + c] = load1(flat_dst, r * src.shape[1] + c)
+            store1_sr(flat_dst, i, src[r, c], u >> np.uint64(16))
+            flat_back[i] = load1(flat_dst, i)
     row = row_f32(dst, 1, row_buffer(dst))
     return per_line(dst), row.copy()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])
 def test_accessors_index_float32_and_round_bfloat16(dtype):
+    """float32 storage is plain indexing; bfloat16 rounds each store stochastically with the lane of
+    the noise it is given, as the reference does with the twin's bits."""
     src = np.random.default_rng(1).standard_normal((3, 40)).astype(np.float32)
     dst, flat = np.zeros(src.shape, dtype), np.zeros(src.size, dtype)
     back, flat_back = np.zeros_like(src), np.zeros(src.size, np.float32)
-    lanes, row = _copy_through(src, dst, back, flat, flat_back)
-    want = src if dtype == np.float32 else from_bf16(to_bf16(src))
+    key = np.uint64(0xC0FFEE)
+    lanes, row = _copy_through(src, dst, back, flat, flat_back, key)
+    if dtype == np.float32:
+        want = want_flat = src
+        assert noise(dst, key, 5) == 0
+    else:
+        index = np.arange(src.size).reshape(src.shape)
+        want = from_bf16(reference_round_sr(src, twin_noise(key, index, 0))[0])
+        want_flat = from_bf16(reference_round_sr(src, twin_noise(key, index, 1))[0])
+        assert not np.array_equal(want, want_flat)  # two lanes, two draws
+        np.testing.assert_array_equal(dst, to_bf16(want))
     np.testing.assert_array_equal(decoded(dst), want)
     np.testing.assert_array_equal(back, want)
-    np.testing.assert_array_equal(flat_back, want.ravel())
+    np.testing.assert_array_equal(flat_back, want_flat.ravel())
     np.testing.assert_array_equal(row, want[1])
     assert lanes == 64 // np.dtype(dtype).itemsize
-    if dtype == np.uint16:
-        np.testing.assert_array_equal(dst, to_bf16(src))
+
+
+# ---------------------------------------------------------------- stochastic rounding
+@numba.njit
+def _round_sr_plain(x, u, out):
+    for i in range(x.shape[0]):
+        out[i] = f32_to_bf16_sr(x[i], u[i])
+
+
+@numba.njit(fastmath=True)
+def _round_sr_fast(x, u, out):
+    for i in range(x.shape[0]):
+        out[i] = f32_to_bf16_sr(x[i], u[i])
+
+
+@pytest.mark.parametrize("kernel", [_round_sr_plain, _round_sr_fast], ids=["plain", "fastmath"])
+def test_stochastic_rounding_matches_the_reference_on_a_million_floats(kernel):
+    """Every bit pattern, exact values, values beyond the largest finite bfloat16, with random bits
+    (only the low 16 are used: the upper ones are set to show it) and with the extremes 0 and
+    0xFFFF."""
+    rng = np.random.default_rng(2)
+    anything = rng.integers(0, 2**32, 600_000, dtype=np.uint32).view(np.float32)
+    exact = (rng.integers(0, 2**16, 100_000, dtype=np.uint32) << 16).view(np.float32)
+    huge = f32(0x7F7F0001, 0x7F7FFFFF, 0xFF7F8000, 0x7F800000, 0xFF800000)
+    x = np.concatenate([anything, exact, np.tile(huge, 20)])
+    for u in (rng.integers(0, 2**64, x.size, dtype=np.uint64), np.zeros(x.size, np.uint64),
+              np.full(x.size, 0xFFFF, np.uint64)):
+        got = np.empty(x.shape, np.uint16)
+        kernel(x, u, got)
+        want, nan = reference_round_sr(x, (u & np.uint64(0xFFFF)).astype(np.int64))
+        np.testing.assert_array_equal(got[~nan], want[~nan])
+        assert np.isnan(from_bf16(got[nan])).all() and ((got[nan] & 0x0040) != 0).all() and nan.sum() > 1000
+    finite = ~np.isnan(x) & ~np.isinf(x)
+    exact_mask = (x.view(np.uint32) & 0xFFFF) == 0
+    np.testing.assert_array_equal(from_bf16(got)[exact_mask & finite], x[exact_mask & finite])  # exact stays
+
+
+def test_stochastic_rounding_is_unbiased():
+    """Rounding one value 65,536 times with the noise of consecutive entries gives a mean within
+    0.02 of a bfloat16 step of the value (the mean's standard deviation is at most 0.002 steps), and
+    rounds up about as often as the fraction says (within 0.01)."""
+    n = 1 << 16
+    for value, frac in ((1.0 + 0.3 / 128, 0.3), (-3.0 - 0.9 * 2 / 128, 0.9), (1e-3, None)):
+        x = np.full(n, value, np.float32)
+        u = np.array([noise(np.zeros(1, BF16), np.uint64(77), i) for i in range(0, n)], np.uint64)
+        out = np.empty(n, np.uint16)
+        _round_sr_plain(x, u, out)
+        vals = from_bf16(out).astype(np.float64)
+        lo, hi = np.unique(vals)[[0, -1]]
+        step = hi - lo
+        assert abs(vals.mean() - float(x[0])) <= 0.02 * step, (value, vals.mean())
+        if frac is not None:
+            assert abs((np.abs(vals) == max(abs(lo), abs(hi))).mean() - frac) <= 0.01
+
+
+H = net.Hyper
+
+
+@pytest.mark.parametrize("case", ["decay", "drift"])
+def test_sub_step_adam_updates_accumulate_in_bfloat16(case):
+    """300 Adam steps on 50,000 bfloat16 entries whose every change is below half a bfloat16 step,
+    against the float64 recurrence: with ``g = 0`` the second moment decays as 0.999**t (round to
+    nearest would keep it at 1.0 for ever), with ``g = 1`` and ``lr_t = 1e-4`` the weights drift from
+    1.0 by what float64 gives (round to nearest would keep them at 1.0). Mean within 2% of the
+    change (at least 5 standard deviations of the mean: each store adds at most half a step of
+    noise); weights without gradient stay exactly where they are."""
+    n, steps = 50_000, 300
+    g0 = 0.0 if case == "decay" else 1.0
+    w64, m64, v64 = 0.5 if case == "decay" else 1.0, 0.0, 1.0 if case == "decay" else 0.0
+    w, m, v = to_bf16(np.full(n, w64)), to_bf16(np.full(n, m64)), to_bf16(np.full(n, v64))
+    g = np.zeros(n, np.float32)
+    b1, b2, lr_t, eps = np.float32(0.9), np.float32(0.999), np.float32(1e-4), np.float32(1e-8)
+    w0, v0 = w64, v64
+    for t in range(1, steps + 1):
+        g[:] = g0
+        net._adam_span(w, m, v, g, 0, n, H(lr_t, b1, b2, eps, net.adam_key(5, t)))
+        m64 = 0.9 * m64 + 0.1 * g0
+        v64 = 0.999 * v64 + 0.001 * g0 * g0
+        w64 -= 1e-4 * m64 / (np.sqrt(v64) + 1e-8)
+    got_w, got_v = from_bf16(w).astype(np.float64), from_bf16(v).astype(np.float64)
+    assert abs(got_v.mean() - v64) <= 0.02 * abs(v64 - v0), (got_v.mean(), v64)
+    if case == "decay":
+        assert (got_w == w0).all()
+    else:
+        assert abs(got_w.mean() - w64) <= 0.02 * abs(w64 - w0), (got_w.mean(), w64)
 
 
 # ---------------------------------------------------------------- the engine against a float64 twin
@@ -218,11 +346,11 @@ def ulps(a, b):
     return np.abs(key(a) - key(b))
 
 
-def assert_rounded_like(got, want64):
-    """Stored patterns ``got`` against the twin's float64 values rounded the kernel's way: at most one
-    bfloat16 step apart (the float32 value lands on the other side of a rounding midpoint from the
-    float64 one), and equal almost everywhere."""
-    want = to_bf16(want64)
+def assert_rounded_like(got, want64, key, lane):
+    """Stored patterns ``got`` against the twin's float64 values rounded the kernel's way (stochastic,
+    with lane ``lane`` of the twin's noise at ``key``): at most one bfloat16 step apart (the float32
+    value lands on the other side of the threshold from the float64 one), equal almost everywhere."""
+    want, _ = reference_round_sr(want64, twin_noise(key, np.arange(got.size).reshape(got.shape), lane))
     assert got.dtype == BF16
     d = ulps(got, want)
     assert d.max() <= 1, d.max()
@@ -233,8 +361,8 @@ def assert_rounded_like(got, want64):
 @pytest.mark.parametrize("hidden", [(8,), (8, 6)])
 def test_one_bf16_step_matches_the_twin(optimizer, hidden):
     """Forward and backward read the decoded weights (float32 arithmetic, so losses and gradients to
-    1e-5 as in float32); Adam's stored w, m, v are the twin's float64 values rounded to bfloat16, to
-    one bfloat16 step; the float32 parameters to 1e-5."""
+    1e-5 as in float32); Adam's stored w, m, v are the twin's float64 values rounded stochastically
+    with the twin's noise, to one bfloat16 step; the float32 parameters to 1e-5."""
     data = toy_data(24, seed=1)
     rows = np.arange(8)
     probe, model = make(hidden, optimizer, precision="bf16"), make(hidden, optimizer, precision="bf16")
@@ -251,10 +379,11 @@ def test_one_bf16_step_matches_the_twin(optimizer, hidden):
     loss = model.train_batch(data, rows)
     ref = twin.step(data, rows, optimizer)
     assert abs(loss - ref.mean()) <= 1e-5 * abs(ref.mean())
+    key = net.adam_key(model.seed, 1)
     for k in ("W0", "W2"):
-        assert_rounded_like(getattr(model, k), twin.p[k])
-        assert_rounded_like(getattr(model, "m" + k), twin.m[k])
-        assert_rounded_like(getattr(model, "v" + k), twin.v[k])
+        assert_rounded_like(getattr(model, "m" + k), twin.m[k], key, 0)
+        assert_rounded_like(getattr(model, "v" + k), twin.v[k], key, 1)
+        assert_rounded_like(getattr(model, k), twin.p[k], key, 2)
     for k in ("b0", "Wh", "bh", "b2"):
         close(getattr(model, k), twin.p[k])
         close(getattr(model, "m" + k), twin.m[k])
@@ -296,8 +425,9 @@ def test_bf16_model_computes_what_a_float32_model_of_its_decoded_weights_does(ov
     np.testing.assert_array_equal(bf16.hidden_active_masks(data, rows[:8]), twin.hidden_active_masks(data, rows[:8]))
     loss, ref = bf16.train_batch(data, rows[:8]), twin.train_batch(data, rows[:8])
     assert abs(loss - ref) <= 1e-5 * abs(ref)
-    for k in ("W0", "mW0", "vW0", "W2", "mW2", "vW2"):
-        assert_rounded_like(getattr(bf16, k), getattr(twin, k))
+    key = net.adam_key(bf16.seed, 1)
+    for k, lane in (("W0", 2), ("mW0", 0), ("vW0", 1), ("W2", 2), ("mW2", 0), ("vW2", 1)):
+        assert_rounded_like(getattr(bf16, k), getattr(twin, k), key, lane)
 
 
 def test_lsh_tables_hash_bfloat16_rows_as_their_float32_values():

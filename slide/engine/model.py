@@ -31,7 +31,9 @@ device here, and every neuron's weights are trained, so the dense activation is 
 ``precision: bf16`` stores the weights and Adam moments of ``W0`` and ``W2`` (the rows a step gathers
 and updates) as bfloat16 in uint16 arrays, half the bytes per touched row; gradients and the small
 dense parameters stay float32 and all arithmetic is float32 (:mod:`slide.engine.precision`). The
-initial weights are the float32 ones of the same seed, rounded.
+initial weights are the float32 ones of the same seed, rounded to nearest; Adam's stores round
+stochastically (seeded by the model's seed and the step), so updates smaller than half a bfloat16
+step still count in expectation.
 
 Example
 -------
@@ -382,7 +384,7 @@ class SlideMethod(PersistentMixin, Method):
         lr = self.config["lr"]
         lr_t = np.float32(lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t))
         eps_t = np.float32(ADAM_EPS * math.sqrt(1.0 - ADAM_BETA2 ** t))
-        hyper = net.Hyper(lr_t, np.float32(ADAM_BETA1), np.float32(ADAM_BETA2), eps_t)
+        hyper = net.Hyper(lr_t, np.float32(ADAM_BETA1), np.float32(ADAM_BETA2), eps_t, net.adam_key(self.seed, t))
         with self._numba_threads():
             if self.config["optimizer"] == "sparse":
                 n0, n2 = net.adam_sparse(*self._params, hyper)

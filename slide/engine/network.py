@@ -50,7 +50,7 @@ from numba import prange
 
 from ..settings import FAST, FAST_PARALLEL, NJIT
 from .intrinsics import prefetch
-from .precision import load, load1, per_line, store, store1
+from .precision import load, load1, noise, per_line, store1_sr, store_sr
 from .rng import GOLDEN, MIX1, MIX2, mix64
 from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
 
@@ -83,8 +83,9 @@ Scratch = namedtuple("Scratch", "stamp counts stamp_values active tgt logits act
 #: the running stamp value ``sv``.
 HiddenSampling = namedtuple("HiddenSampling", "slot k stamp counts act n sv")
 #: Adam's step constants (float32); ``lr_t`` and ``eps_t`` carry the bias correction of step t:
-#: ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``, ``eps_t = eps * sqrt(1 - beta2**t)``.
-Hyper = namedtuple("Hyper", "lr_t beta1 beta2 eps_t")
+#: ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``, ``eps_t = eps * sqrt(1 - beta2**t)``;
+#: ``key`` (uint64, :func:`adam_key`) seeds the stochastic rounding of bfloat16 stores.
+Hyper = namedtuple("Hyper", "lr_t beta1 beta2 eps_t key")
 
 
 @numba.njit(inline="always", **NJIT)
@@ -101,6 +102,18 @@ def sample_seed(seed, step, index):
     """A non-negative 63-bit seed for sample ``index`` of step ``step`` (splitmix64 of the triple)."""
     z = np.uint64(seed) * GOLDEN + np.uint64(step) * MIX1 + np.uint64(index) * MIX2 + GOLDEN
     return np.int64(mix64(z) >> np.uint64(1))
+
+
+@numba.njit(**NJIT)
+def _adam_key(seed, step):
+    return mix64(np.uint64(seed) * MIX2 + np.uint64(step) * GOLDEN + MIX1)
+
+
+def adam_key(seed: int, step: int) -> np.uint64:
+    """The key of Adam step ``step`` of a model seeded ``seed`` (:data:`Hyper`), as a NumPy uint64:
+    Numba returns a Python int, which it would type as int64 or uint64 depending on its value (two
+    compilations of every Adam kernel)."""
+    return np.uint64(_adam_key(seed, step))
 
 
 @numba.njit(inline="always", **FAST)
@@ -449,33 +462,38 @@ def train_kernel(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0
 def _adam_span(w, m, v, g, lo, hi, h):
     """Adam on entries lo..hi-1 of flat parameters; clears their gradient. (Inlined: a call per
     row would cost atomic reference-count updates on the shared arrays.) ``w``, ``m``, ``v`` may be
-    bfloat16: the step uses the float32 ``m``, ``v`` it computed, each store rounds."""
-    lr_t, beta1, beta2, eps_t = h
+    bfloat16: the step uses the float32 ``m``, ``v`` it computed, each store rounds stochastically
+    (one :func:`~.precision.noise` per entry, a 16-bit lane each for m, v, w)."""
+    lr_t, beta1, beta2, eps_t, key = h
     c1 = np.float32(1) - beta1
     c2 = np.float32(1) - beta2
     for r in range(lo, hi):
+        u = noise(w, key, r)
         gc = g[r]
         mc = beta1 * load1(m, r) + c1 * gc
         vc = beta2 * load1(v, r) + c2 * gc * gc
-        store1(m, r, mc)
-        store1(v, r, vc)
-        store1(w, r, load1(w, r) - lr_t * mc / (np.sqrt(vc) + eps_t))
+        store1_sr(m, r, mc, u)
+        store1_sr(v, r, vc, u >> np.uint64(16))
+        store1_sr(w, r, load1(w, r) - lr_t * mc / (np.sqrt(vc) + eps_t), u >> np.uint64(32))
         g[r] = 0
 
 
 @numba.njit(inline="always", **FAST)
 def _adam_row(W, M, V, G, r, h):
-    """Adam on row ``r`` of (n, h) parameters; clears its gradient. Storage as :func:`_adam_span`."""
-    lr_t, beta1, beta2, eps_t = h
+    """Adam on row ``r`` of (n, h) parameters; clears its gradient. Storage as :func:`_adam_span`
+    (the noise of entry (r, c) is that of flat entry ``r * h + c``, as in the dense update)."""
+    lr_t, beta1, beta2, eps_t, key = h
     c1 = np.float32(1) - beta1
     c2 = np.float32(1) - beta2
-    for c in range(W.shape[1]):
+    ncol = W.shape[1]
+    for c in range(ncol):
+        u = noise(W, key, r * ncol + c)
         gc = G[r, c]
         mc = beta1 * load(M, r, c) + c1 * gc
         vc = beta2 * load(V, r, c) + c2 * gc * gc
-        store(M, r, c, mc)
-        store(V, r, c, vc)
-        store(W, r, c, load(W, r, c) - lr_t * mc / (np.sqrt(vc) + eps_t))
+        store_sr(M, r, c, mc, u)
+        store_sr(V, r, c, vc, u >> np.uint64(16))
+        store_sr(W, r, c, load(W, r, c) - lr_t * mc / (np.sqrt(vc) + eps_t), u >> np.uint64(32))
         G[r, c] = 0
 
 

@@ -3,19 +3,26 @@
 With ``precision: bf16`` the weights ``w`` and Adam moments ``m``, ``v`` of ``W0`` and ``W2`` hold
 bfloat16 bit patterns (the upper 16 bits of a float32) in uint16 arrays, so each row a step touches
 moves half the bytes; gradients and every other array stay float32. All arithmetic is float32:
-a kernel decodes a value when it reads it (exact) and rounds to nearest even when it stores it.
+a kernel decodes a value when it reads it (exact) and rounds when it stores it.
 
-The kernels read and write these arrays only through :func:`load` / :func:`store` (2-d) and
-:func:`load1` / :func:`store1` (1-d). Numba specialises them on the array's dtype at compile time:
-for a float32 array they are plain indexing, inlined at Numba's IR level (the float32 training and
-Adam kernels compile to the same machine code as before them), for a uint16 array they decode or
-round. :func:`to_bf16` / :func:`from_bf16`
-are the NumPy face, for initialisation, checkpoints and tests.
+The kernels read and write these arrays only through :func:`load` / :func:`store_sr` (2-d) and
+:func:`load1` / :func:`store1_sr` (1-d). Numba specialises them on the array's dtype at compile
+time: for a float32 array they are plain indexing, inlined at Numba's IR level (the float32 training
+and Adam kernels compile to the same machine code as before them), for a uint16 array they decode or
+round. :func:`to_bf16` / :func:`from_bf16` are the NumPy face, for initialisation, checkpoints and
+tests.
 
-Rounding (:func:`f32_to_bf16`, :func:`to_bf16`): round to nearest, ties to even, on the bits, so
-values above the largest finite bfloat16 round to infinity exactly where IEEE rounding would,
-infinities stay infinite, NaN stays NaN (sign and upper payload kept, quiet bit set), and float32
-subnormals round to bfloat16 subnormals (no flush to zero).
+Rounding (:func:`f32_to_bf16`, :func:`to_bf16`, used for initialisation and checkpoints): round to
+nearest, ties to even, on the bits, so values above the largest finite bfloat16 round to infinity
+exactly where IEEE rounding would, infinities stay infinite, NaN stays NaN (sign and upper payload
+kept, quiet bit set), and float32 subnormals round to bfloat16 subnormals (no flush to zero).
+
+The optimiser's stores round stochastically instead (:func:`f32_to_bf16_sr`, :func:`store_sr`):
+up with probability equal to the value's distance from the bfloat16 below over the gap, so a store
+is exact in expectation. Round to nearest loses every change smaller than half a step (2**-9
+relative): Adam's ``v <- 0.999 v + 0.001 g**2`` then never decays, and late small weight updates
+vanish. The 16 random bits of an entry come from :func:`noise`, a SplitMix64 of the step's key and
+the entry's flat index, so a run is reproducible and the sparse and dense updates agree.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from numba.extending import overload
 
 from ..settings import NJIT
 from .intrinsics import f32_bits, f32_from_bits
+from .rng import GOLDEN, mix64
 
 #: NumPy dtype of bfloat16 storage (bit patterns).
 BF16 = np.dtype(np.uint16)
@@ -55,6 +63,18 @@ def f32_to_bf16(x):
     bits = np.int64(f32_bits(x))
     nan = np.int64((bits & 0x7FFFFFFF) > _EXP_MASK)
     return np.uint16(((bits + (0x7FFF + ((bits >> 16) & 1)) * (1 - nan)) >> 16) | (nan * _QUIET))
+
+
+@numba.njit(inline="always", **NJIT)
+def f32_to_bf16_sr(x, u):
+    """``x`` rounded to one of its two bfloat16 neighbours at random, as a uint16 bit pattern: away
+    from zero when the low 16 bits of ``u`` (random) plus the 16 bits that bfloat16 drops carry.
+
+    Exact values stay exact, infinities stay infinite, a value beyond the largest finite bfloat16
+    becomes infinity with the probability of its distance to it, NaN as :func:`f32_to_bf16`."""
+    bits = np.int64(f32_bits(x))
+    nan = np.int64((bits & 0x7FFFFFFF) > _EXP_MASK)
+    return np.uint16(((bits + np.int64(u & 0xFFFF) * (1 - nan)) >> 16) | (nan * _QUIET))
 
 
 # ---------------------------------------------------------------------- arrays (NumPy)
@@ -92,19 +112,29 @@ def load(a, r, c):
     return decoded(a[r, c])
 
 
-def store(a, r, c, x):
-    """``a[r, c] = x``, rounded to the storage of ``a``."""
-    a[r, c] = to_bf16(x) if a.dtype == BF16 else x
-
-
 def load1(a, i):
     """``a[i]`` of a 1-d array as a float32 value, whatever its storage."""
     return decoded(a[i])
 
 
-def store1(a, i, x):
-    """``a[i] = x`` of a 1-d array, rounded to its storage."""
-    a[i] = to_bf16(x) if a.dtype == BF16 else x
+def noise(a, key, i):
+    """Random bits (uint64) for the stochastic stores of flat entry ``i`` of ``a`` at the step of
+    ``key``: SplitMix64 of ``key + i * GOLDEN`` for bfloat16 storage (three 16-bit lanes, one per
+    array of a parameter), 0 for float32 (which then computes nothing)."""
+    if np.asarray(a).dtype != BF16:
+        return np.uint64(0)
+    with np.errstate(over="ignore"):
+        return mix64(np.uint64(key) + np.uint64(i) * GOLDEN)
+
+
+def store_sr(a, r, c, x, u):
+    """``a[r, c] = x``, rounded to bfloat16 stochastically with the bits ``u`` (float32: as is)."""
+    a[r, c] = f32_to_bf16_sr(np.float32(x), np.uint64(u)) if a.dtype == BF16 else x
+
+
+def store1_sr(a, i, x, u):
+    """``a[i] = x`` of a 1-d array, rounded as :func:`store_sr`."""
+    a[i] = f32_to_bf16_sr(np.float32(x), np.uint64(u)) if a.dtype == BF16 else x
 
 
 def per_line(a):
@@ -142,20 +172,6 @@ def _ol_load(a, r, c):
     return lambda a, r, c: a[r, c]
 
 
-@overload(store, inline="always")
-def _ol_store(a, r, c, x):
-    if not _array(a, 2):
-        return None
-    if _bf16(a):
-        def impl(a, r, c, x):
-            a[r, c] = f32_to_bf16(x)
-        return impl
-
-    def plain(a, r, c, x):
-        a[r, c] = x
-    return plain
-
-
 @overload(load1, inline="always")
 def _ol_load1(a, i):
     if not _array(a, 1):
@@ -165,16 +181,39 @@ def _ol_load1(a, i):
     return lambda a, i: a[i]
 
 
-@overload(store1, inline="always")
-def _ol_store1(a, i, x):
+@overload(noise, inline="always")
+def _ol_noise(a, key, i):
+    if not isinstance(a, types.Array):
+        return None
+    if _bf16(a):
+        return lambda a, key, i: mix64(key + np.uint64(i) * GOLDEN)
+    return lambda a, key, i: np.uint64(0)
+
+
+@overload(store_sr, inline="always")
+def _ol_store_sr(a, r, c, x, u):
+    if not _array(a, 2):
+        return None
+    if _bf16(a):
+        def impl(a, r, c, x, u):
+            a[r, c] = f32_to_bf16_sr(x, u)
+        return impl
+
+    def plain(a, r, c, x, u):
+        a[r, c] = x
+    return plain
+
+
+@overload(store1_sr, inline="always")
+def _ol_store1_sr(a, i, x, u):
     if not _array(a, 1):
         return None
     if _bf16(a):
-        def impl(a, i, x):
-            a[i] = f32_to_bf16(x)
+        def impl(a, i, x, u):
+            a[i] = f32_to_bf16_sr(x, u)
         return impl
 
-    def plain(a, i, x):
+    def plain(a, i, x, u):
         a[i] = x
     return plain
 
