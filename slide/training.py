@@ -22,6 +22,8 @@ from .runs import DamagedRunFile, RunRecorder, peak_rss_mb, read_curve_for_resum
 _DRIVER = "driver__"
 #: The files a run writes into its folder (through temporaries named ``.NAME.*.tmp.SUFFIX``).
 OUTPUT_NAMES = ("model.npz", "curve.csv", "run.json")
+#: Running totals in a method's ``stats()`` that :func:`bench` reports per batch, by phase.
+PHASE_KEYS = ("forward_backward_seconds", "adam_seconds", "rehash_seconds")
 
 
 def eval_sample(n_test: int, eval_points: int, seed: int) -> np.ndarray:
@@ -535,6 +537,10 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     to move those at ``stream_gbps``) and ``x_of_floor`` (median batch seconds over the floor), and one line
     about them on stderr.
 
+    A method whose :meth:`Method.stats` keeps running totals of :data:`PHASE_KEYS` also gets
+    ``phase_seconds_per_batch``: each phase's seconds over the timed window per timed batch (the
+    rehash one included), so that runs at different thread counts show which phase scales.
+
     Returns the keys every method's ``bench`` command prints.
     """
     from .contention import ContentionMeter
@@ -551,6 +557,7 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         _bench_step(method, data, rows_for(i), i)
     refreshes0 = method.table_refreshes()
     traffic0 = method.traffic()
+    stats0 = method.stats()
     times = []
     meter = ContentionMeter(method.threads).start()
     bar = tqdm(total=batches, unit="batch", disable=not progress, desc=f"bench {method.name}")
@@ -574,6 +581,10 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
            "compile_seconds": round(compile_seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if refreshes0 is not None:
         out.update(rehashes_in_window=method.table_refreshes() - refreshes0, rehash_seconds=stats["rehash_seconds"])
+    phases = {k[:-len("_seconds")]: (stats[k] - stats0[k]) / len(times)
+              for k in PHASE_KEYS if stats.get(k) is not None and stats0.get(k) is not None}
+    if phases:
+        out["phase_seconds_per_batch"] = phases
     out.update(meter.figures())
     if traffic0 is not None and len(times):
         from .bandwidth import floor_figures, floor_line, stream_gbps

@@ -153,6 +153,9 @@ def test_bench_window_covers_two_rehashes():
     result = bench(method, data, batches=3, warmup=1)
     assert result["rehashes_in_window"] >= 2 and result["batches"] == 13  # rehashes after batches 7 and 14; one warm-up batch
     assert result["mean_batch_seconds"] > 0 and "disturbed" in result and "compile_seconds" in result
+    phases = result["phase_seconds_per_batch"]
+    assert set(phases) == {"forward_backward", "adam", "rehash"} and min(phases.values()) > 0
+    assert sum(phases.values()) <= result["mean_batch_seconds"]  # timed inside the steps
     plain = bench(Popularity.from_config(5, 8), data, batches=3, warmup=1)
     assert plain["batches"] == 3 and "rehashes_in_window" not in plain and "rehash_seconds" not in plain
 

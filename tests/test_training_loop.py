@@ -113,7 +113,7 @@ class Refreshing(Popularity):
         return self.step // 4
 
     def stats(self):
-        return {"rehash_seconds": 0.5}
+        return {"rehash_seconds": 0.5, "adam_seconds": 0.25 * self.step}
 
 
 def test_bench_reports_refreshes_only_for_a_method_that_has_them():
@@ -124,6 +124,9 @@ def test_bench_reports_refreshes_only_for_a_method_that_has_them():
     refreshing = bench(Refreshing.from_config(5, 8), data, batches=3, warmup=1)
     assert refreshing["batches"] == 7 and refreshing["rehashes_in_window"] == 2
     assert refreshing["rehash_seconds"] == 0.5
+    # phases: the running totals' growth over the timed window, per timed batch
+    assert refreshing["phase_seconds_per_batch"] == {"adam": 0.25, "rehash": 0.0}
+    assert "phase_seconds_per_batch" not in plain
 
 
 def test_config_errors_name_the_key():

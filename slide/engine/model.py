@@ -137,6 +137,8 @@ class SlideMethod(PersistentMixin, Method):
         self.active_sum = 0.0
         self.active_count = 0
         self.rehash_seconds = 0.0
+        #: Seconds in the forward-backward kernel and in Adam (not saved), for ``slide bench``'s phases.
+        self.phase_seconds = {"forward_backward": 0.0, "adam": 0.0}
         self.rehash_count = 0
         self.rebuild_count = 0
         self.build_seconds = 0.0
@@ -419,8 +421,12 @@ class SlideMethod(PersistentMixin, Method):
         self._check_data(data)
         if rows.shape[0] == 0:
             return 0.0
+        t0 = time.perf_counter()
         losses, nactive = self._accumulate(data, rows)
+        t1 = time.perf_counter()
         self._apply_adam()
+        self.phase_seconds["forward_backward"] += t1 - t0
+        self.phase_seconds["adam"] += time.perf_counter() - t1
         before = self.samples
         self.step += 1
         self.samples += int(rows.shape[0])
@@ -560,6 +566,8 @@ class SlideMethod(PersistentMixin, Method):
         return {
             "active_per_sample_mean": (self.active_sum / cnt) if self.active_count else None,
             "rehash_seconds": round(self.rehash_seconds, 4),
+            "forward_backward_seconds": round(self.phase_seconds["forward_backward"], 4),
+            "adam_seconds": round(self.phase_seconds["adam"], 4),
             "rehash_count": int(self.rehash_count),
             "rebuild_count": int(self.rebuild_count),
             "initial_build_seconds": round(self.build_seconds, 4),
