@@ -55,14 +55,21 @@ def bf16_to_f32(u):
 
 
 @numba.njit(inline="always", **NJIT)
+def _carry_round(bits, add):
+    """The upper 16 bits of the float32 bit pattern ``bits`` (int64) after adding ``add`` below
+    them: the one rounding rule of both modes. A NaN adds nothing and gets the quiet bit."""
+    # Integer arithmetic only: a NaN test on floats would be folded away under fastmath "nnan".
+    # Branch-free: with one return block the function inlines cleanly into parallel loops (else
+    # Numba's SSA pass warns there).
+    nan = np.int64((bits & 0x7FFFFFFF) > _EXP_MASK)
+    return np.uint16(((bits + add * (1 - nan)) >> 16) | (nan * _QUIET))
+
+
+@numba.njit(inline="always", **NJIT)
 def f32_to_bf16(x):
     """``x`` rounded to the nearest bfloat16 (ties to even), as a uint16 bit pattern."""
-    # Integer arithmetic only: a NaN test on floats would be folded away under fastmath "nnan".
-    # Branch-free (a NaN adds no rounding bias and gets the quiet bit): with one return block the
-    # function inlines cleanly into parallel loops (else Numba's SSA pass warns there).
     bits = np.int64(f32_bits(x))
-    nan = np.int64((bits & 0x7FFFFFFF) > _EXP_MASK)
-    return np.uint16(((bits + (0x7FFF + ((bits >> 16) & 1)) * (1 - nan)) >> 16) | (nan * _QUIET))
+    return _carry_round(bits, 0x7FFF + ((bits >> 16) & 1))
 
 
 @numba.njit(inline="always", **NJIT)
@@ -72,9 +79,7 @@ def f32_to_bf16_sr(x, u):
 
     Exact values stay exact, infinities stay infinite, a value beyond the largest finite bfloat16
     becomes infinity with the probability of its distance to it, NaN as :func:`f32_to_bf16`."""
-    bits = np.int64(f32_bits(x))
-    nan = np.int64((bits & 0x7FFFFFFF) > _EXP_MASK)
-    return np.uint16(((bits + np.int64(u & 0xFFFF) * (1 - nan)) >> 16) | (nan * _QUIET))
+    return _carry_round(np.int64(f32_bits(x)), np.int64(u & 0xFFFF))
 
 
 # ---------------------------------------------------------------------- arrays (NumPy)
