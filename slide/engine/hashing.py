@@ -233,12 +233,20 @@ def _topk_set(idx, val, dense, k):
 def _densify(pos, bin_size, seed, codes):
     n = pos.shape[0]
     mask = bin_size - 1
-    if (pos < 0).all():  # e.g. an all-zero vector: skip n fruitless scans of n bins
+    empty = 0
+    for b in range(n):  # one vectorised pass settles every non-empty bin (all of them, for weight rows)
+        empty += pos[b] < 0
+        codes[b] = pos[b] & mask
+    if empty == 0:
+        return
+    if empty == n:  # e.g. an all-zero vector: skip n fruitless scans of n bins
         codes[:] = 0
         return
     base = np.uint64(seed) * _GOLDEN
     for b in range(n):
-        src = b if pos[b] >= 0 else -1
+        if pos[b] >= 0:
+            continue
+        src = -1
         attempt = 0
         while src < 0 and attempt < DENSIFY_PROBES:
             attempt += 1
