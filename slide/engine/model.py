@@ -56,6 +56,7 @@ from ..adapter import Method, PersistentMixin
 from ..errors import ConfigError, ConfigWarning, ResourceError
 from ..resources import memory_limit_bytes
 from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores, numba_threads
+from . import grouped
 from . import network as net
 from . import scoring
 from .precision import BF16, STORAGE, to_bf16
@@ -323,6 +324,7 @@ class SlideMethod(PersistentMixin, Method):
         self.hact = np.zeros((T, nl, hmax), dtype=np.int32)
         self.hn = np.zeros((T, nl), dtype=np.int64)
         self.hsv = np.zeros(T, dtype=np.int64)
+        self._grouped = None  # the row pass's buffers (slide/engine/grouped.py), sized by its first batch
 
     def _group_kernel_arrays(self) -> None:
         """The named tuples of :mod:`slide.engine.network` the training kernels take, built once (every
@@ -363,11 +365,35 @@ class SlideMethod(PersistentMixin, Method):
             old = numba.set_parallel_chunksize(SAMPLE_CHUNK)
             try:
                 batch = net.Batch(data.x_indptr, data.x_indices, data.x_data, data.y_indptr, data.y_indices, rows)
-                net.train_kernel(batch, self.dims, *self._params, self._lsh, self._selection, self._scratch,
-                                 self._hs, *self._hlsh, self.seed, self.step, losses, nactive)
+                args = (batch, self.dims, *self._params, self._lsh, self._selection, self._scratch, self._hs,
+                        *self._hlsh, self.seed, self.step, losses, nactive)
+                if self._row_pass(nb):
+                    grouped.train_grouped(*args, self._grouped_buffers(data, rows))
+                else:
+                    net.train_kernel(*args)
             finally:
                 numba.set_parallel_chunksize(old)
         return losses, nactive
+
+    def _row_pass(self, nb: int) -> bool:
+        """Whether a batch of ``nb`` samples runs the row pass: as configured, or under ``auto`` once the
+        mean active count so far (part of the saved state, so a resumed run chooses alike) times ``nb``
+        reaches the number of labels."""
+        choice = self.config["output_pass"]
+        if choice != "auto":
+            return choice == "row"
+        return self.sampled and self.active_count > 0 and nb * self.active_sum >= self.num_labels * self.active_count
+
+    def _grouped_buffers(self, data, rows) -> grouped.Grouped:
+        """The row pass's buffers, grown when this batch has more samples or could have more active
+        neurons per sample than any before."""
+        labels = int((data.y_indptr[rows + 1] - data.y_indptr[rows]).max(initial=0))
+        cap = _active_cap(self.config, self.num_labels, self.min_active, labels)
+        gr = self._grouped
+        if gr is None or gr.ids.shape[0] < rows.shape[0] or gr.ids.shape[1] < cap:
+            nb = max(rows.shape[0], self.batch_size)
+            self._grouped = gr = grouped.grouped_buffers(nb, cap, self.num_labels, self.dims, self.threads)
+        return gr
 
     def _pending_gradients(self) -> dict:
         """The gradients accumulated since the last Adam step (per-thread parts summed), copies."""
@@ -495,6 +521,9 @@ class SlideMethod(PersistentMixin, Method):
         tiny = _twin_data(_TWIN_SIZE, _TWIN_SIZE)
         twin_rows = np.arange(len(tiny), dtype=np.int64)
         twin.train_batch(tiny, twin_rows)
+        if twin.sampled and twin.config["output_pass"] == "auto":  # the first batch ran by sample
+            twin.config["output_pass"] = "row"
+            twin.train_batch(tiny, twin_rows)
         twin._refresh_tables(REHASH)
         twin._refresh_tables(REBUILD)
         for mode in INFERENCES:
@@ -647,6 +676,16 @@ class SlideMethod(PersistentMixin, Method):
 
 
 # ---------------------------------------------------------------------- memory estimate
+#: Labels per point that :func:`memory_estimate_bytes` allows for in the row pass's buffers.
+_LABELS_BOUND = 1024
+
+
+def _active_cap(config, num_labels: int, min_active: int, labels: int) -> int:
+    """Most active output neurons a sample with ``labels`` labels can get: its labels, the union of
+    ``L`` buckets and the random padding up to ``min_active``, at most every label."""
+    return int(min(num_labels, labels + config["L"] * config["bucket_size"] + min_active))
+
+
 def _index_bytes(config, n: int, dim: int) -> int:
     """Bytes of one :class:`slide.engine.tables.LSHIndex` over ``n`` vectors of ``dim`` plus the
     temporary slot map a build allocates."""
@@ -667,7 +706,8 @@ def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, thre
     """Bytes a :class:`SlideMethod` of this shape and validated ``config`` will hold, computed before
     anything is allocated: parameters with Adam m, v and gradients (the weights and moments of
     ``W0`` and ``W2`` at 2 bytes with ``precision: bf16``), flags, scratch, scoring buffers and the
-    hash tables of the output layer and of any sampled hidden layer."""
+    hash tables of the output layer and of any sampled hidden layer (and, unless ``output_pass: sample``,
+    the per-batch buffers of :mod:`slide.engine.grouped`)."""
     d, L = int(num_features), int(num_labels)
     dims = [int(h) for h in config["hidden"]]
     hidden = sum(dims[i] * dims[i - 1] for i in range(1, len(dims))) + sum(dims[1:])
@@ -683,6 +723,10 @@ def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, thre
     for layer, frac in enumerate(config["hidden_sparsity"]):
         if frac < 1.0:
             lsh += _index_bytes(config, dims[layer], d if layer == 0 else dims[layer - 1])
+    if config["output_pass"] != "sample" and config["output_sparsity"] < 1.0:
+        min_active = config["min_active"] or int(math.ceil(config["output_sparsity"] * L))
+        cap = _active_cap(config, L, min_active, _LABELS_BOUND)
+        scratch += grouped.grouped_bytes(config["batch_size"], cap, L, dims, threads)
     return int((params - rows) * per_param + rows * per_row_param + flags + index_buffers + scratch + score_buffers
                + lsh)
 

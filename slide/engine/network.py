@@ -275,14 +275,7 @@ def _output_forward(W2, b2, a, labels, active, n, tgt, logits, logq, qcount):
     Sets ``tgt`` to the soft targets of ``labels`` (:func:`_output_backward` clears it) and leaves the
     unnormalised probabilities in ``logits``.
     """
-    # logits of the active neurons; zt = sum of target * logit
-    w = np.float32(1.0) / np.float32(labels.shape[0])
-    for p in range(labels.shape[0]):
-        tgt[labels[p]] = w
     hl = a.shape[0]
-    mx = -np.inf
-    zt = 0.0
-    tsum = 0.0
     for i in range(n):
         j = active[i]
         if i + PREFETCH_AHEAD < n:
@@ -291,27 +284,50 @@ def _output_forward(W2, b2, a, labels, active, n, tgt, logits, logq, qcount):
         for q in range(hl):
             s += load(W2, j, q) * a[q]
         logits[i] = s
+    return softmax_loss(labels, active, n, tgt, logits, logq, qcount)
+
+
+@numba.njit(inline="always", **FAST)
+def softmax_loss(labels, active, n, tgt, logits, logq, qcount):
+    """Softmax cross-entropy of the logits ``logits[:n]`` of the neurons ``active[:n]``; returns
+    (loss, 1 / sum of exp).
+
+    Sets ``tgt`` to the soft targets 1/|labels| of ``labels`` (the caller clears it) and leaves the
+    unnormalised probabilities in ``logits``. With a sampled-softmax correction (``logq`` not empty) a
+    sampled negative's logit becomes ``logit - logq`` (it stands for 1/q of its kind) and ``qcount``
+    counts it.
+    """
+    w = np.float32(1.0) / np.float32(labels.shape[0])
+    for p in range(labels.shape[0]):
+        tgt[labels[p]] = w
+    correct = logq.shape[0] > 0
+    mx = -np.inf
+    zt = 0.0
+    tsum = 0.0
+    for i in range(n):
+        j = active[i]
+        tj = tgt[j]
+        if correct and tj == 0:
+            logits[i] -= logq[j]
+            qcount[j] += 1
+        s = logits[i]
         if s > mx:
             mx = s
-        tj = tgt[j]
         if tj != 0:
             zt += tj * s
             tsum += tj
-    if logq.shape[0] > 0:  # a sampled negative stands for 1/q of its kind: logit - log q
-        mx = -np.inf       # (a second pass keeps the uncorrected loop above as fast as before)
-        for i in range(n):
-            j = active[i]
-            if tgt[j] == 0:
-                logits[i] -= logq[j]
-                qcount[j] += 1
-            if logits[i] > mx:
-                mx = logits[i]
     zsum = 0.0
     for i in range(n):
         e = math.exp(logits[i] - mx)
         logits[i] = e
         zsum += e
     return tsum * (mx + math.log(zsum)) - zt, 1.0 / zsum
+
+
+@numba.njit(inline="always", **FAST)
+def logit_grad(p, inv_z, t, inv_b):
+    """Gradient of the batch-mean loss by a logit: (probability - target) / batch size."""
+    return np.float32((p * inv_z - t) * inv_b)
 
 
 @numba.njit(inline="always", **FAST)
@@ -327,7 +343,7 @@ def _output_backward(W2, gW2, gb2, flag2, a, da, labels, active, n, tgt, logits,
             jn = active[i + PREFETCH_AHEAD]
             _prefetch_row(W2, jn)
             _prefetch_row(gW2, jn)
-        g = np.float32((logits[i] * inv_z - tgt[j]) * inv_b)
+        g = logit_grad(logits[i], inv_z, tgt[j], inv_b)
         for q in range(hl):
             da[q] += g * load(W2, j, q)
             gW2[j, q] += g * a[q]
@@ -382,43 +398,58 @@ def _input_backward(xi, xv, gW0, gb0, flag0, acts, dacts):
 
 
 @numba.njit(**FAST)
-def _sample_step(r, t, rng_seed, inv_b, batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hlsh):
-    """Forward and backward of one sample (row ``r``) by thread ``t``; returns (loss, active count).
-
-    Arguments as :func:`train_kernel`; ``hlsh`` is ``(hl0, hl1, hl2, hl3)``. The thread uses row
-    ``t`` of the per-thread arrays.
-    """
+def forward_select(r, t, rng_seed, batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hlsh, acts):
+    """The hidden layers of one sample (row ``r``) into ``acts`` and its active output neurons into
+    ``scratch.active[t][:n]`` (labels first), by thread ``t``; returns ``n`` (every neuron when ``lsh`` is
+    None). Arguments as :func:`train_kernel`; ``hlsh`` is ``(hl0, hl1, hl2, hl3)``."""
     xa, xb = batch.x_indptr[r], batch.x_indptr[r + 1]
-    ya, yb = batch.y_indptr[r], batch.y_indptr[r + 1]
     xi = batch.x_indices[xa:xb]
     xv = batch.x_data[xa:xb]
-    labels = batch.y_indices[ya:yb]
-    acts = scratch.acts[t]
-    dacts = scratch.dacts[t]
-    active = scratch.active[t]
     sv = _next_stamp(scratch.stamp[t], scratch.stamp_values[t:t + 1])
     if hs is None:
         hidden_forward(xi, xv, W0.w, b0.w, Wh.w, bh.w, dims, acts)
     else:
         hidden_forward_sampled(xi, xv, W0.w, b0.w, Wh.w, bh.w, dims, acts, hlsh, hs.slot, hs.k, hs.stamp[t],
                                hs.counts[t], hs.act[t], hs.n[t], hs.sv[t:t + 1], rng_seed)
-    last = acts.shape[0] - dims[dims.shape[0] - 1]
-    a = acts[last:]
     num_items = W2.w.shape[0]
     if lsh is None:
-        n = num_items
-    else:
-        n = select_active(lsh, a, labels, sel.mode, sel.k_or_t, sel.min_active, sel.min_trigger, num_items,
-                          scratch.stamp[t], scratch.counts[t], sv, rng_seed, active)
+        return num_items
+    labels = batch.y_indices[batch.y_indptr[r]:batch.y_indptr[r + 1]]
+    a = acts[acts.shape[0] - dims[dims.shape[0] - 1]:]
+    return select_active(lsh, a, labels, sel.mode, sel.k_or_t, sel.min_active, sel.min_trigger, num_items,
+                         scratch.stamp[t], scratch.counts[t], sv, rng_seed, scratch.active[t])
+
+
+@numba.njit(**FAST)
+def backward_hidden(r, t, batch, dims, W0, b0, Wh, bh, acts, dacts):
+    """Backward of one sample (row ``r``, thread ``t``) from its last hidden layer's gradient in ``dacts``
+    through the hidden and input layers into the gradient buffers."""
+    xa, xb = batch.x_indptr[r], batch.x_indptr[r + 1]
+    _hidden_backward(Wh.w, Wh.g_t[t], bh.g_t[t], dims, acts, dacts)
+    _input_backward(batch.x_indices[xa:xb], batch.x_data[xa:xb], W0.g, b0.g_t[t], W0.flag, acts, dacts)
+
+
+@numba.njit(**FAST)
+def _sample_step(r, t, rng_seed, inv_b, batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hlsh):
+    """Forward and backward of one sample (row ``r``) by thread ``t``; returns (loss, active count).
+
+    Arguments as :func:`train_kernel`; ``hlsh`` is ``(hl0, hl1, hl2, hl3)``. The thread uses row
+    ``t`` of the per-thread arrays.
+    """
+    acts = scratch.acts[t]
+    dacts = scratch.dacts[t]
+    n = forward_select(r, t, rng_seed, batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hlsh, acts)
+    labels = batch.y_indices[batch.y_indptr[r]:batch.y_indptr[r + 1]]
     if labels.shape[0] == 0:
         return 0.0, n
+    last = acts.shape[0] - dims[dims.shape[0] - 1]
+    active = scratch.active[t]
     tgt = scratch.tgt[t]
     logits = scratch.logits[t]
-    loss, inv_z = _output_forward(W2.w, b2.w, a, labels, active, n, tgt, logits, sel.logq, sel.qcount)
-    _output_backward(W2.w, W2.g, b2.g_t[t], W2.flag, a, dacts[last:], labels, active, n, tgt, logits, inv_z,
-                     inv_b)
-    _hidden_backward(Wh.w, Wh.g_t[t], bh.g_t[t], dims, acts, dacts)
-    _input_backward(xi, xv, W0.g, b0.g_t[t], W0.flag, acts, dacts)
+    loss, inv_z = _output_forward(W2.w, b2.w, acts[last:], labels, active, n, tgt, logits, sel.logq, sel.qcount)
+    _output_backward(W2.w, W2.g, b2.g_t[t], W2.flag, acts[last:], dacts[last:], labels, active, n, tgt, logits,
+                     inv_z, inv_b)
+    backward_hidden(r, t, batch, dims, W0, b0, Wh, bh, acts, dacts)
     return loss, n
 
 

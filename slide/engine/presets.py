@@ -66,6 +66,9 @@ def validate(config: dict) -> dict:
         raise ConfigError(f"threshold must be <= L={out['L']} with sampling: threshold (a neuron is counted "
                           f"once per table, so none could be seen in {out['threshold']} tables), got "
                           f"{out['threshold']}")
+    if out["output_pass"] == "row" and out["output_sparsity"] >= 1.0:
+        raise ConfigError("output_pass: row needs a sampled output layer (output_sparsity < 1); a full softmax "
+                          "reads every row for every sample either way")
     if out["hash"] == "simhash" and out["K"] > 30:
         raise ConfigError(f"K must be <= 30 for simhash, got {out['K']}")
     return out

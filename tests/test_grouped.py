@@ -1,0 +1,159 @@
+"""The row pass (``output_pass: row``, slide/engine/grouped.py) against the float64 twin and the sample pass."""
+
+import numpy as np
+import pytest
+from test_network import L, Twin, close, make, toy_data
+
+from slide.engine import SlideMethod, grouped
+from slide.engine.model import memory_estimate_bytes
+from slide.engine.precision import decoded
+from slide.engine.presets import validate
+from slide.errors import ConfigError
+
+#: Every label active (padding to all of them), so the twin's full softmax is the step to match.
+ALL_ACTIVE = dict(output_sparsity=0.5, pad_cap=1.0, min_active=L, min_active_trigger=L)
+
+
+@pytest.mark.parametrize("hidden", [(8,), (8, 6)])
+@pytest.mark.parametrize("correction", ["none", "logq"])
+def test_row_pass_matches_the_twin(hidden, correction):
+    data = toy_data(empty_label_row=3)
+    model = make(hidden, output_pass="row", correction=correction, **ALL_ACTIVE)
+    logq = None
+    if correction == "logq":
+        model.logq[:] = np.log(np.random.default_rng(5).uniform(0.05, 1.0, L))
+        logq = model.logq.astype(np.float64)
+    twin = Twin(model)
+    rows = np.arange(10, dtype=np.int64)
+    losses, nactive = model._accumulate(data, rows)
+    assert (nactive == L).all()
+    ref_losses, ref_g, _ = twin.grads(data, rows, logq=logq)
+    close(losses, ref_losses)
+    got = model._pending_gradients()
+    for k in ("W0", "b0", "Wh", "bh", "W2", "b2"):
+        if ref_g[k].size:
+            close(got[k], ref_g[k])
+    if correction == "logq":
+        negatives = (data.to_dense_labels(rows) == 0).sum(axis=0)
+        negatives -= (data.to_dense_labels(rows[3:4]) == 0).sum(axis=0)  # a point without labels trains nothing
+        np.testing.assert_array_equal(model.qcount, negatives)
+
+
+def _pair(threads=1, **over):
+    kw = dict(output_sparsity=0.5, K=2, L=3, correction="logq", **over)
+    return make(output_pass="sample", threads=threads, **kw), make(output_pass="row", threads=threads, **kw)
+
+
+@pytest.mark.parametrize("over", [dict(), dict(precision="bf16"),
+                                  dict(hidden=[8, 6], hidden_sparsity=[0.5, 1.0])])
+def test_row_pass_trains_as_the_sample_pass(over):
+    """With LSH retrieval (active sets of different sizes, padding, rehashes) both passes take the same
+    steps: the same active sets, losses, gradients and, after Adam, weights."""
+    over = dict(over)
+    hidden = over.pop("hidden", [8])
+    data = toy_data(24, seed=4)
+    sample, row = _pair(hidden=hidden, rehash_every=16, **over)
+    got = [m._accumulate(data, np.arange(8)) for m in (sample, row)]
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    assert len(set(got[0][1].tolist())) > 1  # the active sets really differ in size
+    close(got[1][0], got[0][0])
+    want, have = sample._pending_gradients(), row._pending_gradients()
+    for k in want:
+        close(have[k], want[k])
+    np.testing.assert_array_equal(row.flag2, sample.flag2)
+    for m in (sample, row):
+        m._apply_adam()
+        m.step += 1
+        for start in (8, 16, 0):
+            m.train_batch(data, np.arange(start, start + 8))
+    for k in ("W0", "b0", "Wh", "bh", "W2", "b2", "qcount"):
+        # bfloat16 weights may round a rounding-level difference to the neighbouring value (2**-8)
+        close(decoded(getattr(row, k)), decoded(getattr(sample, k)), rtol=1e-2 if over.get("precision") else 1e-4)
+
+
+def test_row_pass_with_two_threads_loses_no_output_update():
+    """Each output row belongs to one task of the row phases, so with two threads its gradient is the
+    one-thread sample pass's; the per-thread shares of the last hidden layer are all summed."""
+    data = toy_data(32, seed=6)
+    sample, _ = _pair()
+    _, row = _pair(threads=2)
+    rows = np.arange(32)
+    a, b = sample._accumulate(data, rows), row._accumulate(data, rows)
+    np.testing.assert_array_equal(a[1], b[1])
+    close(b[0], a[0])
+    want, have = sample._pending_gradients(), row._pending_gradients()
+    for k in ("W2", "b2", "b0"):
+        close(have[k], want[k])
+
+
+def test_row_buffers_grow_with_the_batch():
+    data = toy_data(24, seed=1)
+    sample, row = _pair()
+    for m in (sample, row):
+        m._accumulate(data, np.arange(4))
+    first = row._grouped
+    for m in (sample, row):
+        m._accumulate(data, np.arange(4, 24))
+    assert row._grouped is not first and row._grouped.ids.shape[0] >= 20
+    close(row._pending_gradients()["W2"], sample._pending_gradients()["W2"])
+
+
+def _group_twin(ids, n):
+    """(rptr, ent) by a stable sort of the pairs on their neuron id."""
+    pairs = [(ids[s, i], s, i) for s in range(len(n)) for i in range(n[s])]
+    pairs.sort(key=lambda p: p[0])  # stable: samples in order within a row
+    counts = np.bincount([p[0] for p in pairs], minlength=ids.max() + 1) if pairs else np.zeros(1, int)
+    return np.concatenate([[0], np.cumsum(counts)]), np.array([(s << 32) | i for _, s, i in pairs], np.int64)
+
+
+def test_pairs_grouped_by_neuron_match_a_stable_sort():
+    rng = np.random.default_rng(0)
+    labels = 50
+    ids = np.stack([rng.permutation(labels)[:30] for _ in range(7)]).astype(np.int32)
+    n = rng.integers(0, 31, 7).astype(np.int64)
+    rptr, ent = np.zeros(labels + 1, np.int64), np.zeros(7 * 30, np.int64)
+    grouped._group_by_row(ids, n, rptr, ent, np.zeros(labels, np.int64))
+    want_ptr, want_ent = _group_twin(ids, n)
+    np.testing.assert_array_equal(rptr[:want_ptr.shape[0]], want_ptr)
+    assert (rptr[want_ptr.shape[0]:] == want_ptr[-1]).all()
+    np.testing.assert_array_equal(ent[:n.sum()], want_ent)
+
+
+def test_row_pass_needs_a_sampled_output_layer():
+    with pytest.raises(ConfigError, match="output_pass: row needs a sampled output layer") as err:
+        make(output_pass="row", output_sparsity=1.0)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="output_pass"):
+        make(output_pass="rows", output_sparsity=0.5)
+
+
+def test_memory_estimate_counts_the_row_buffers():
+    config = validate(SlideMethod.resolve_config("delicious-200k"))
+    d, labels = 782_585, 205_443
+    extra = memory_estimate_bytes(d, labels, dict(config, output_pass="row"), 2) - memory_estimate_bytes(
+        d, labels, dict(config, output_pass="sample"), 2)
+    cap = min(labels, 1024 + 50 * 128 + 1000)
+    assert extra == grouped.grouped_bytes(128, cap, labels, [128], 2)
+    model = make(output_pass="row", output_sparsity=0.5, K=2, L=3)
+    data = toy_data(8)
+    model._accumulate(data, np.arange(8))
+    held = sum(a.nbytes for a in model._grouped)
+    assert held == grouped.grouped_bytes(model._grouped.ids.shape[0], model._grouped.ids.shape[1], L, [8], 1)
+
+
+def test_auto_takes_the_row_pass_once_labels_are_active_about_once_per_batch():
+    """``auto`` runs by sample until the mean active count times the batch reaches the label count; the
+    choice rests on saved counters, so a model restored from a checkpoint chooses as the original."""
+    data = toy_data(24, seed=3)
+    model = make(output_sparsity=0.5, K=2, L=3, correction="logq")
+    assert model.config["output_pass"] == "auto" and not model._row_pass(8)
+    _, nactive = model._accumulate(data, np.arange(8))
+    model._apply_adam()
+    model.active_sum, model.active_count = float(nactive.sum()), 8
+    mean = nactive.mean()
+    assert model._row_pass(8) == (8 * mean >= L) and model._row_pass(1) == (mean >= L)
+    assert mean < L <= 8 * mean  # the toy sits between the two
+    restored = make(output_sparsity=0.5, K=2, L=3, correction="logq")
+    restored.load_state_arrays(model.state_arrays())
+    assert restored._row_pass(8) and not restored._row_pass(1)
+    assert not make(output_sparsity=1.0)._row_pass(10**6)  # a full softmax always runs by sample
