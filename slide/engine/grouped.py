@@ -34,8 +34,9 @@ from .precision import load
 
 #: Per-batch buffers of :func:`train_grouped`, for a batch of up to ``B`` samples with up to ``cap``
 #: active neurons each: hidden activations ``acts`` and their gradients ``dacts`` (B, sum(dims)), the last
-#: layer's activations again in ``top`` (B, H) (indexed from 0, so the row loops vectorise); active ids ``ids`` (labels first) and their ``logits``, then gradients (B, cap); the number ``n`` (B,)
-#: of each sample's pairs (0 for a sample without labels); the pairs grouped by neuron: ``rptr``
+#: layer's activations again in ``top`` (B, H) (indexed from 0, so the row loops vectorise); active ids
+#: ``ids`` (labels first) and their ``logits``, then gradients (B, cap); the number ``n`` (B,) of each
+#: sample's pairs (0 for a sample without labels); the pairs grouped by neuron: ``rptr``
 #: (labels + 1,) offsets into ``ent`` (B * cap,) of ``sample << 32 | position``, ``cursor`` (labels,)
 #: scratch; per-thread partial gradients of the last hidden layer ``da_t`` (threads, B, H).
 Grouped = namedtuple("Grouped", "acts dacts top ids logits n rptr ent cursor da_t")
@@ -47,16 +48,19 @@ ROWS_PER_TASK = 256
 def grouped_buffers(batch: int, cap: int, num_labels: int, dims, threads: int) -> Grouped:
     """Fresh :data:`Grouped` buffers (float32 activations, int32 ids, int64 offsets)."""
     total, hl = int(np.sum(dims)), int(dims[-1])
-    return Grouped(np.zeros((batch, total), np.float32), np.zeros((batch, total), np.float32),
-                   np.zeros((batch, hl), np.float32), np.zeros((batch, cap), np.int32), np.zeros((batch, cap), np.float32),
-                   np.zeros(batch, np.int64), np.zeros(num_labels + 1, np.int64), np.zeros(batch * cap, np.int64),
-                   np.zeros(num_labels, np.int64), np.zeros((threads, batch, hl), np.float32))
+    f32, i32, i64 = np.float32, np.int32, np.int64
+    return Grouped(acts=np.zeros((batch, total), f32), dacts=np.zeros((batch, total), f32),
+                   top=np.zeros((batch, hl), f32), ids=np.zeros((batch, cap), i32),
+                   logits=np.zeros((batch, cap), f32), n=np.zeros(batch, i64), rptr=np.zeros(num_labels + 1, i64),
+                   ent=np.zeros(batch * cap, i64), cursor=np.zeros(num_labels, i64),
+                   da_t=np.zeros((threads, batch, hl), f32))
 
 
 def grouped_bytes(batch: int, cap: int, num_labels: int, dims, threads: int) -> int:
     """Bytes of :func:`grouped_buffers` with these arguments."""
     total, hl = int(np.sum(dims)), int(dims[-1])
-    return 8 * batch * total + 4 * batch * hl + batch * cap * (4 + 4 + 8) + 8 * batch + 16 * num_labels + 8 + 4 * threads * batch * hl
+    per_sample = 8 * total + 4 * hl + 16 * cap + 8 + 4 * threads * hl
+    return batch * per_sample + 16 * num_labels + 8
 
 
 @numba.njit(**FAST)
