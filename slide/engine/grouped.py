@@ -45,22 +45,25 @@ Grouped = namedtuple("Grouped", "acts dacts top ids logits n rptr ent cursor da_
 ROWS_PER_TASK = 256
 
 
-def grouped_buffers(batch: int, cap: int, num_labels: int, dims, threads: int) -> Grouped:
-    """Fresh :data:`Grouped` buffers (float32 activations, int32 ids, int64 offsets)."""
+def _layout(batch, cap, num_labels, dims, threads):
+    """Shape and dtype of every :data:`Grouped` field."""
     total, hl = int(np.sum(dims)), int(dims[-1])
     f32, i32, i64 = np.float32, np.int32, np.int64
-    return Grouped(acts=np.zeros((batch, total), f32), dacts=np.zeros((batch, total), f32),
-                   top=np.zeros((batch, hl), f32), ids=np.zeros((batch, cap), i32),
-                   logits=np.zeros((batch, cap), f32), n=np.zeros(batch, i64), rptr=np.zeros(num_labels + 1, i64),
-                   ent=np.zeros(batch * cap, i64), cursor=np.zeros(num_labels, i64),
-                   da_t=np.zeros((threads, batch, hl), f32))
+    return Grouped(acts=((batch, total), f32), dacts=((batch, total), f32), top=((batch, hl), f32),
+                   ids=((batch, cap), i32), logits=((batch, cap), f32), n=((batch,), i64),
+                   rptr=((num_labels + 1,), i64), ent=((batch * cap,), i64), cursor=((num_labels,), i64),
+                   da_t=((threads, batch, hl), f32))
+
+
+def grouped_buffers(batch: int, cap: int, num_labels: int, dims, threads: int) -> Grouped:
+    """Fresh :data:`Grouped` buffers (float32 activations, int32 ids, int64 offsets)."""
+    return Grouped(*(np.zeros(shape, dtype) for shape, dtype in _layout(batch, cap, num_labels, dims, threads)))
 
 
 def grouped_bytes(batch: int, cap: int, num_labels: int, dims, threads: int) -> int:
     """Bytes of :func:`grouped_buffers` with these arguments."""
-    total, hl = int(np.sum(dims)), int(dims[-1])
-    per_sample = 8 * total + 4 * hl + 16 * cap + 8 + 4 * threads * hl
-    return batch * per_sample + 16 * num_labels + 8
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+               for shape, dtype in _layout(batch, cap, num_labels, dims, threads))
 
 
 @numba.njit(**FAST)
