@@ -57,36 +57,42 @@ def slide_bytes(model, data, counts) -> dict:
     dict with the same keys): ``batches`` steps of ``samples`` samples with ``features`` non-zero
     features, ``labels`` true labels and ``active`` active output neurons in all, ``rows0`` /
     ``rows2`` rows of ``W0`` / ``W2`` updated by the sparse Adam (the ``n0, n2`` of
-    :func:`slide.engine.network.adam_sparse`) and ``refreshes`` hash-table refreshes. Row widths
-    come from the model's arrays (shape and dtype) and the index widths from ``data``'s.
+    :func:`slide.engine.network.adam_sparse`, with the rows the row pass updated itself),
+    ``refreshes`` hash-table refreshes, and ``row_batches`` steps that ran the output layer by row
+    (:mod:`slide.engine.grouped`) with ``row_active`` active neurons and ``row_rows2`` distinct output
+    rows. Row widths come from the model's arrays (shape and dtype) and the index widths from
+    ``data``'s.
 
-    What each sample moves is in :func:`_per_sample_bytes`, what each step moves once in
-    :func:`_per_batch_bytes`, a table refresh in :func:`_refresh_bytes`; a refresh is counted in
-    the step that does it, so the mean over steps amortises it over the refresh interval.
+    What each sample moves is in :func:`_per_sample_bytes`, what the row pass moves in
+    :func:`_by_row_bytes`, what each step moves once in :func:`_per_batch_bytes`, a table refresh in
+    :func:`_refresh_bytes`; a refresh is counted in the step that does it, so the mean over steps
+    amortises it over the refresh interval.
 
     Not counted: per-thread scratch (activations, logits, the active list, targets, stamps and
-    collision counts), the hash-table bucket reads of the LSH lookup, and the periodic ``logq``
-    re-estimate. Bytes are element bytes: a scattered scalar (a ``b2`` entry, a flag) moves a
-    64-byte cache line, so the figure, and the floor from it, are lower bounds. With LSH-sampled
-    hidden layers the first layer's rows are still counted whole.
+    collision counts, the row pass's per-sample buffers), the hash-table bucket reads of the LSH
+    lookup, and the periodic ``logq`` re-estimate. Bytes are element bytes: a scattered scalar (a
+    ``b2`` entry, a flag) moves a 64-byte cache line, so the figure, and the floor from it, are lower
+    bounds. With LSH-sampled hidden layers the first layer's rows are still counted whole.
 
     Returns
     -------
     dict
-        Bytes per part (``forward``, ``backward``, ``flags``, ``input``, ``adam``, ``dense_parts``,
-        ``refresh``) and their ``total``, all for the whole of ``counts`` (divide by
+        Bytes per part (``forward``, ``backward``, ``flags``, ``input``, ``by_row``, ``adam``,
+        ``dense_parts``, ``refresh``) and their ``total``, all for the whole of ``counts`` (divide by
         ``counts["batches"]`` for a mean per batch), and ``distinct_total``: the same traffic with
         the per-sample gathers and gradient read-modify-writes counted once per distinct row of the
         batch (:func:`_distinct_row_bytes`), the bytes that must cross the memory bus even if every
         shared row stayed in cache. Measured steps run faster than ``total`` at stream bandwidth
         allows (0.66x at the Amazon shape), so shared rows do hit cache: ``distinct_total`` is the
-        floor's byte count, ``total`` an upper bound. With ``optimizer: dense`` no distinct counts
+        floor's byte count, ``total`` an upper bound. The row pass reads and writes by distinct row
+        already, so its bytes are the same in both. With ``optimizer: dense`` no distinct counts
         exist and ``distinct_total`` equals ``total``.
     """
     c = {k: int(v) for k, v in counts.items()}
     dense = model.config["optimizer"] == "dense"
     per_sample = _per_sample_bytes(model, data, c)
     parts = dict(per_sample)
+    parts["by_row"] = _by_row_bytes(model, c, fused=not dense)
     for key, value in _per_batch_bytes(model, c, dense).items():
         parts[key] = parts.get(key, 0) + value
     parts["refresh"] = c["refreshes"] * _refresh_bytes(model)
@@ -112,21 +118,22 @@ def _per_sample_bytes(m, data, c: dict) -> dict:
 
     The gathers and the gradient read-modify-writes of the rows a sample touches: ``W0`` rows of
     its features read in the forward pass and their ``gW0`` rows read and written in the backward
-    pass; ``W2`` rows and ``b2`` entries of its active neurons read, and their ``gW2`` rows and
-    per-thread ``gb2`` entries read and written; the ``flag0``/``flag2`` byte of each such row read;
-    the ``logq`` entry read and the ``qcount`` entry read and written for each sampled negative
-    (``correction: logq``); the sample's features, labels and indptr entries. A row shared by
-    several samples of a batch is counted once for each: the samples run on different cores at
-    different times, a batch's rows (up to hundreds of MB at the paper's shapes) do not stay in a
-    core's cache from one sample to the next, and the gradient rows are written by each sample in
+    pass; in the steps that ran by sample, ``W2`` rows and ``b2`` entries of its active neurons read,
+    and their ``gW2`` rows and per-thread ``gb2`` entries read and written; the ``flag0``/``flag2``
+    byte of each such row read; the ``logq`` entry read and the ``qcount`` entry read and written for
+    each sampled negative (``correction: logq``); the sample's features, labels and indptr entries. A
+    row shared by several samples of a batch is counted once for each: the samples run on different
+    cores at different times, a batch's rows (up to hundreds of MB at the paper's shapes) do not stay
+    in a core's cache from one sample to the next, and the gradient rows are written by each sample in
     turn (HOGWILD), so the hardware fetches them again. The second read of a ``W2`` row in the
     sample's own backward pass is not counted: it comes right after the forward read, from cache.
     """
     out_row, grad_row = _output_row_bytes(m)
+    by_sample = c["active"] - c["row_active"]
     parts = {
-        "forward": c["features"] * _row(m.W0) + c["active"] * out_row,
-        "backward": 2 * (c["features"] * _row(m.gW0) + c["active"] * grad_row),
-        "flags": c["features"] * _row(m.flag0) + c["active"] * _row(m.flag2),
+        "forward": c["features"] * _row(m.W0) + by_sample * out_row,
+        "backward": 2 * (c["features"] * _row(m.gW0) + by_sample * grad_row),
+        "flags": c["features"] * _row(m.flag0) + by_sample * _row(m.flag2),
         "input": (c["features"] * (_row(data.x_indices) + _row(data.x_data)) + c["labels"] * _row(data.y_indices)
                   + c["samples"] * (8 + 2 * _row(data.x_indptr) + 2 * _row(data.y_indptr))),  # 8: the row id
     }
@@ -136,33 +143,58 @@ def _per_sample_bytes(m, data, c: dict) -> dict:
     return parts
 
 
+def _by_row_bytes(m, c: dict, fused: bool) -> int:
+    """The output layer of the steps that ran by row (:mod:`slide.engine.grouped`).
+
+    Each distinct row: its ``W2`` row read in the logits phase and again in the gradient phase (a
+    batch's rows are swept twice and do not stay in cache between the sweeps), its ``b2`` entry
+    read; unless ``fused`` (the sparse optimizer, whose Adam step the row pass takes itself, counted
+    in ``adam``) its ``gW2`` row and a thread's ``gb2`` entry read and written and its flag read and
+    set. The grouping: per step the ``L + 1`` row offsets zeroed, counted into, summed and copied to
+    the cursors, then read by both row phases; per active neuron its id read twice, its offset and
+    cursor read and written, its (sample, position) entry written and read by both row phases.
+    """
+    out_row, grad_row = _output_row_bytes(m)
+    per_row = _row(m.W2) + out_row + (0 if fused else 2 * grad_row + 2 * _row(m.flag2))
+    offsets = (m.num_labels + 1) * 8 * (1 + 2 + 2 + 2 + 2) + m.num_labels * 8  # zero, count, sum, copy, 2 reads
+    per_pair = 2 * 4 + 2 * 8 + 2 * 8 + 3 * 8
+    return c["row_rows2"] * per_row + c["row_batches"] * offsets + c["row_active"] * per_pair
+
+
 def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
     """``adam``, ``dense_parts`` and the per-step share of ``flags``: what the hardware does once per
     step, once per row.
 
     The sparse Adam of each touched row (``rows0``, ``rows2``: read ``W, m, v, g`` and write ``W, m,
     v`` and the zeroed ``g``, 8 row transfers, plus ``b2`` with its ``m, v, g`` and the per-thread
-    ``gb2`` entries of the row); the flag scan that collects the touched rows (every flag read, the
-    touched ones set and cleared, the row lists written and read); with ``optimizer: dense`` the
-    same Adam over every row of ``W0``, ``W2``, ``b2`` and every flag cleared; the small dense parts
-    (``b0`` and the further hidden layers ``Wh``, ``bh``: read once per batch in the forward pass,
-    since every sample reads all of them they stay in cache, then their per-thread gradients summed
-    and Adam).
+    ``gb2`` entries of the row); for an output row the row pass updated itself (``row_rows2`` under
+    the sparse optimizer) only ``m, v`` read and ``W, m, v`` written (``W`` was read in the gradient
+    phase, the gradient stays in a thread's buffer), ``b2, m, v`` read and written and its ``gb2``
+    entry written, read and cleared, and no flag; the flag scan that collects the touched rows (every
+    flag read, the touched ones set and cleared, the row lists written and read); with ``optimizer:
+    dense`` the same Adam over every row of ``W0``, ``W2``, ``b2`` and every flag cleared; the small
+    dense parts (``b0`` and the further hidden layers ``Wh``, ``bh``: read once per batch in the
+    forward pass, since every sample reads all of them they stay in cache, then their per-thread
+    gradients summed and Adam).
     """
     T = m.gb2_t.shape[0]                                           # threads with their own gb2 rows
     # rows the optimizer updated in all: every row in every step (dense), the touched ones (sparse)
     n0, n2 = (c["batches"] * m.num_features, c["batches"] * m.num_labels) if dense else (c["rows0"], c["rows2"])
+    fused = 0 if dense else c["row_rows2"]                         # of n2, updated by the row pass
     adam0 = 2 * sum(_row(a) for a in (m.W0, m.mW0, m.vW0, m.gW0))
     adam2 = 2 * sum(_row(a) for a in (m.W2, m.mW2, m.vW2, m.gW2, m.b2, m.mb2, m.vb2, m.gb2)) + 2 * T * m.gb2_t.itemsize
+    adam2_fused = (_row(m.W2) + 2 * (_row(m.mW2) + _row(m.vW2)) + 2 * sum(_row(a) for a in (m.b2, m.mb2, m.vb2))
+                   + 3 * _row(m.gb2))
     small = (m.b0, m.mb0, m.vb0, m.gb0, m.Wh, m.mWh, m.vWh, m.gWh, m.bh, m.mbh, m.vbh, m.gbh)
     if dense:
         flags = c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)                     # cleared
     else:
+        flagged2 = n2 - fused
         flags = (c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)                    # scanned
-                 + 2 * (n0 * _row(m.flag0) + n2 * _row(m.flag2))                     # set, cleared
-                 + 2 * (n0 * _row(m.rows0) + n2 * _row(m.rows2)))                    # listed, read
+                 + 2 * (n0 * _row(m.flag0) + flagged2 * _row(m.flag2))               # set, cleared
+                 + 2 * (n0 * _row(m.rows0) + flagged2 * _row(m.rows2)))              # listed, read
     return {
-        "adam": n0 * adam0 + n2 * adam2,
+        "adam": n0 * adam0 + (n2 - fused) * adam2 + fused * adam2_fused,
         # read in the forward pass; Adam (read and write W, m, v, g); per-thread gradients summed and zeroed
         "dense_parts": c["batches"] * (m.b0.nbytes + m.Wh.nbytes + m.bh.nbytes + 2 * sum(a.nbytes for a in small)
                                        + 2 * (m.gb0_t.nbytes + m.gWh_t.nbytes + m.gbh_t.nbytes)),
@@ -181,10 +213,11 @@ def _refresh_bytes(m) -> int:
 
 def _distinct_row_bytes(m, c: dict) -> int:
     """The per-sample gathers, gradient read-modify-writes and flag reads of ``c`` counted once per
-    distinct row of a batch (the ``rows0``/``rows2`` that the sparse Adam updated)."""
+    distinct row of a batch (the ``rows0``/``rows2`` that the sparse Adam updated; of ``rows2`` those
+    of the steps that ran by sample)."""
     out_row, grad_row = _output_row_bytes(m)
     return int(c["rows0"] * (_row(m.W0) + 2 * _row(m.gW0) + _row(m.flag0))
-               + c["rows2"] * (out_row + 2 * grad_row + _row(m.flag2)))
+               + (c["rows2"] - c["row_rows2"]) * (out_row + 2 * grad_row + _row(m.flag2)))
 
 
 def floor_figures(bytes_per_batch: float, floor_bytes_per_batch: float, median_batch_seconds: float,

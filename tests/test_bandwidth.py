@@ -36,7 +36,8 @@ def test_bytes_of_one_tiny_step_match_a_hand_count():
     data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
     model = SlideMethod.from_config(6, 5, overrides=dict(hidden=[4], output_sparsity=1.0, batch_size=2), threads=1)
     counts, parts = _window(model, data, [[0, 1]])
-    assert counts == dict(batches=1, samples=2, features=4, labels=2, active=10, rows0=3, rows2=5, refreshes=0)
+    assert counts == dict(batches=1, samples=2, features=4, labels=2, active=10, rows0=3, rows2=5, refreshes=0,
+                          row_batches=0, row_active=0, row_rows2=0)
     # per sample: 4 W0 rows, 10 (W2 row + b2) read; their gradients read and written
     assert parts["forward"] == 4 * 16 + 10 * (16 + 4)
     assert parts["backward"] == 2 * (4 * 16 + 10 * (16 + 4))
@@ -48,11 +49,32 @@ def test_bytes_of_one_tiny_step_match_a_hand_count():
     assert parts["adam"] == 3 * 2 * 4 * 16 + 5 * (2 * 4 * (16 + 4) + 2 * 4)
     # b0 read, its Adam (4 arrays of 16 bytes, read and written), 1 thread's gb0 summed and cleared
     assert parts["dense_parts"] == 16 + 2 * 4 * 16 + 2 * 16
-    assert parts["refresh"] == 0
+    assert parts["refresh"] == parts["by_row"] == 0
     assert parts["total"] == 2481 == sum(v for k, v in parts.items() if k not in ("total", "distinct_total"))
     # distinct rows: the 3 W0 rows and 5 output rows once each (read, gradient read and written, flag)
     # instead of the per-sample gathers (forward 264, backward 528, per-sample flags 14)
     assert parts["distinct_total"] == 2481 - 264 - 528 - 14 + 3 * (16 + 2 * 16 + 1) + 5 * (20 + 2 * 20 + 1) == 2127
+
+
+def test_bytes_of_one_tiny_row_pass_step_match_a_hand_count():
+    """The same step with the output layer run by row (every label active by padding): each output
+    row is read twice and updated by the row pass's own Adam, once, whatever the samples sharing it."""
+    data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
+    over = dict(hidden=[4], batch_size=2, output_sparsity=0.5, pad_cap=1.0, min_active=5, min_active_trigger=5,
+                output_pass="row", correction="none", rehash_every=0, rebuild_every=0)
+    model = SlideMethod.from_config(6, 5, overrides=over, threads=1)
+    counts, parts = _window(model, data, [[0, 1]])
+    assert counts == dict(batches=1, samples=2, features=4, labels=2, active=10, rows0=3, rows2=5, refreshes=0,
+                          row_batches=1, row_active=10, row_rows2=5)
+    assert parts["forward"] == 4 * 16 and parts["backward"] == 2 * 4 * 16  # W0 rows only, per sample
+    # 5 rows: W2 read twice, b2 read; 6 offsets zeroed, counted, summed, copied, read twice, 5 cursors;
+    # 10 pairs: id read twice, offset and cursor read and written, entry written and read twice
+    assert parts["by_row"] == 5 * (16 + 16 + 4) + 6 * 8 * 9 + 5 * 8 + 10 * (8 + 16 + 16 + 24)
+    # W0 rows as before; each output row: m, v read, W, m, v written, b2 with m, v read and written, gb2 x 3
+    assert parts["adam"] == 3 * 2 * 4 * 16 + 5 * (5 * 16 + 2 * 3 * 4 + 3 * 4)
+    # per sample the 4 W0 flags; per batch 11 scanned, the 3 W0 rows set, cleared, listed and read
+    assert parts["flags"] == 4 + 11 + 2 * 3 + 2 * 3 * 8
+    assert parts["distinct_total"] == parts["total"] - 4 * 16 - 2 * 4 * 16 - 4 + 3 * (16 + 2 * 16 + 1)
 
 
 def _twin_bytes(model, data, batches, distinct=False):

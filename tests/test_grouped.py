@@ -86,6 +86,28 @@ def test_row_pass_with_two_threads_loses_no_output_update():
         close(have[k], want[k])
 
 
+@pytest.mark.parametrize("precision, threads", [("fp32", 1), ("bf16", 2)])
+def test_row_pass_takes_the_output_layers_adam_step_itself(precision, threads):
+    """Under the sparse optimizer a training step's row pass updates each output row as soon as its
+    gradient is complete: the same weights and moments, to the bit, as adding the gradients up and
+    running Adam after, nothing left in the output layer's gradient buffers or flags, and each
+    updated row counted once as touched."""
+    data = toy_data(24, seed=4)
+    kw = dict(output_sparsity=0.5, K=2, L=3, correction="logq", output_pass="row", precision=precision,
+              threads=threads)
+    fused, apart = make(**kw), make(**kw)
+    rows = np.arange(8)
+    fused.train_batch(data, rows)
+    apart._accumulate(data, rows)
+    flagged = int(apart.flag2.sum())
+    apart._apply_adam()
+    for k in ("W2", "mW2", "vW2", "b2", "mb2", "vb2", "W0", "mW0", "vW0", "b0"):
+        np.testing.assert_array_equal(getattr(fused, k), getattr(apart, k), err_msg=k)
+    assert 0 < flagged < L and fused.touched_sum == apart.touched_sum == flagged
+    assert fused.traffic()["rows2"] == fused.traffic()["row_rows2"] == flagged
+    assert not fused.gW2.any() and not fused.gb2.any() and not fused.gb2_t.any() and not fused.flag2.any()
+
+
 def test_row_buffers_grow_with_the_batch():
     data = toy_data(24, seed=1)
     sample, row = _pair()
@@ -106,13 +128,16 @@ def _group_twin(ids, n):
     return np.concatenate([[0], np.cumsum(counts)]), np.array([(s << 32) | i for _, s, i in pairs], np.int64)
 
 
-def test_pairs_grouped_by_neuron_match_a_stable_sort():
-    rng = np.random.default_rng(0)
-    labels = 50
+@pytest.mark.parametrize("chunks", [1, 3, 7])
+@pytest.mark.parametrize("labels", [50, 2 * grouped.SORT_BLOCK + 77])
+def test_pairs_grouped_by_neuron_match_a_stable_sort(chunks, labels):
+    rng = np.random.default_rng(labels + chunks)
     ids = np.stack([rng.permutation(labels)[:30] for _ in range(7)]).astype(np.int32)
+    ids[:, :5] = ids[0, :5]  # some neurons shared by every sample
     n = rng.integers(0, 31, 7).astype(np.int64)
-    rptr, ent = np.zeros(labels + 1, np.int64), np.zeros(7 * 30, np.int64)
-    grouped._group_by_row(ids, n, rptr, ent, np.zeros(labels, np.int64))
+    rptr, ent = np.full(labels + 1, -1, np.int64), np.full(7 * 30, -1, np.int64)
+    blocks = np.full((labels + grouped.SORT_BLOCK - 1) // grouped.SORT_BLOCK + 1, -1, np.int64)
+    grouped._group_by_row(ids, n, rptr, ent, np.full((chunks, labels), -1, np.int64), blocks)
     want_ptr, want_ent = _group_twin(ids, n)
     np.testing.assert_array_equal(rptr[:want_ptr.shape[0]], want_ptr)
     assert (rptr[want_ptr.shape[0]:] == want_ptr[-1]).all()

@@ -319,7 +319,7 @@ def test_sub_step_adam_updates_accumulate_in_bfloat16(case):
     w0, v0 = w64, v64
     for t in range(1, steps + 1):
         g[:] = g0
-        net._adam_span(w, m, v, g, 0, n, H(lr_t, b1, b2, eps, net.adam_key(5, t)))
+        net.adam_span(w, m, v, g, 0, n, H(lr_t, b1, b2, eps, net.adam_key(5, t)))
         m64 = 0.9 * m64 + 0.1 * g0
         v64 = 0.999 * v64 + 0.001 * g0 * g0
         w64 -= 1e-4 * m64 / (np.sqrt(v64) + 1e-8)

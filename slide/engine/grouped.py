@@ -8,11 +8,13 @@ in phases, each a parallel loop:
 
 1. by sample: hidden layers and active set (:func:`~slide.engine.network.forward_select`), kept per
    sample;
-2. the batch's (sample, position) pairs grouped by output neuron (a counting sort);
+2. the batch's (sample, position) pairs grouped by output neuron (a counting sort, by chunks of
+   samples in parallel);
 3. by row: the logits of every sample that selected the row, from one read of it;
 4. by sample: softmax, loss and the logits' gradients (:func:`~slide.engine.network.softmax_loss`);
-5. by row: the row's gradient, summed over its samples and added once, and each sample's share of the
-   last hidden layer's gradient (per-thread partial sums, so no update is lost);
+5. by row: the row's gradient, summed over its samples and added once (or, under the sparse
+   optimizer, the row's Adam step taken right there), and each sample's share of the last hidden
+   layer's gradient (per-thread partial sums, so no update is lost);
 6. by sample: the sums of step 5, then the backward through the hidden and input layers.
 
 The result is the same step up to float rounding; it pays when the samples share many active neurons
@@ -29,7 +31,8 @@ import numpy as np
 from numba import prange
 
 from ..settings import FAST, FAST_PARALLEL
-from .network import backward_hidden, forward_select, logit_grad, sample_seed, softmax_loss
+from .network import (adam_row, adam_span, backward_hidden, forward_select, logit_grad, prefetch_row, sample_seed,
+                      softmax_loss)
 from .precision import load
 
 #: Per-batch buffers of :func:`train_grouped`, for a batch of up to ``B`` samples with up to ``cap``
@@ -37,21 +40,28 @@ from .precision import load
 #: layer's activations again in ``top`` (B, H) (indexed from 0, so the row loops vectorise); active ids
 #: ``ids`` (labels first) and their ``logits``, then gradients (B, cap); the number ``n`` (B,) of each
 #: sample's pairs (0 for a sample without labels); the pairs grouped by neuron: ``rptr``
-#: (labels + 1,) offsets into ``ent`` (B * cap,) of ``sample << 32 | position``, ``cursor`` (labels,)
-#: scratch; per-thread partial gradients of the last hidden layer ``da_t`` (threads, B, H).
-Grouped = namedtuple("Grouped", "acts dacts top ids logits n rptr ent cursor da_t")
+#: (labels + 1,) offsets into ``ent`` (B * cap,) of ``sample << 32 | position``, the sort's per-chunk
+#: counts and cursors ``cursor`` (chunks, labels) and per-block sums ``blocks``; per-thread partial
+#: gradients of the last hidden layer ``da_t`` (threads, B, H).
+Grouped = namedtuple("Grouped", "acts dacts top ids logits n rptr ent cursor blocks da_t")
 
 #: Output neurons per task of the row phases.
 ROWS_PER_TASK = 256
+#: At most this many chunks of samples in the counting sort (each holds a count per label).
+SORT_CHUNKS = 8
+#: Labels per block of the sort's prefix sum.
+SORT_BLOCK = 1024
 
 
 def _layout(batch, cap, num_labels, dims, threads):
     """Shape and dtype of every :data:`Grouped` field."""
     total, hl = int(np.sum(dims)), int(dims[-1])
     f32, i32, i64 = np.float32, np.int32, np.int64
+    chunks = max(1, min(threads, SORT_CHUNKS))
     return Grouped(acts=((batch, total), f32), dacts=((batch, total), f32), top=((batch, hl), f32),
                    ids=((batch, cap), i32), logits=((batch, cap), f32), n=((batch,), i64),
-                   rptr=((num_labels + 1,), i64), ent=((batch * cap,), i64), cursor=((num_labels,), i64),
+                   rptr=((num_labels + 1,), i64), ent=((batch * cap,), i64), cursor=((chunks, num_labels), i64),
+                   blocks=(((num_labels + SORT_BLOCK - 1) // SORT_BLOCK + 1,), i64),
                    da_t=((threads, batch, hl), f32))
 
 
@@ -66,21 +76,43 @@ def grouped_bytes(batch: int, cap: int, num_labels: int, dims, threads: int) -> 
                for shape, dtype in _layout(batch, cap, num_labels, dims, threads))
 
 
-@numba.njit(**FAST)
-def _group_by_row(ids, n, rptr, ent, cursor):
-    # counting sort of the pairs (s, i) by ids[s, i]; within a row the samples stay in batch order
-    rptr[:] = 0
-    for s in range(n.shape[0]):
-        for i in range(n[s]):
-            rptr[ids[s, i] + 1] += 1
-    for r in range(rptr.shape[0] - 1):
-        rptr[r + 1] += rptr[r]
-    cursor[:] = rptr[:-1]
-    for s in range(n.shape[0]):
-        for i in range(n[s]):
-            r = ids[s, i]
-            ent[cursor[r]] = (np.int64(s) << 32) | i
-            cursor[r] += 1
+@numba.njit(**FAST_PARALLEL)
+def _group_by_row(ids, n, rptr, ent, cursor, blocks):
+    # counting sort of the pairs (s, i) by ids[s, i], within a row the samples in batch order: each
+    # chunk of samples counts its pairs per label, a blocked prefix sum over (label, chunk) turns the
+    # counts into each chunk's cursor per label, each chunk writes its pairs at its cursors
+    chunks, num_labels = cursor.shape
+    nb = n.shape[0]
+    for p in prange(chunks):
+        cursor[p, :] = 0
+        for s in range(p * nb // chunks, (p + 1) * nb // chunks):
+            for i in range(n[s]):
+                cursor[p, ids[s, i]] += 1
+    num_blocks = blocks.shape[0] - 1
+    for b in prange(num_blocks):
+        total = 0
+        for r in range(b * SORT_BLOCK, min(num_labels, (b + 1) * SORT_BLOCK)):
+            for p in range(chunks):
+                total += cursor[p, r]
+        blocks[b + 1] = total
+    blocks[0] = 0
+    for b in range(num_blocks):
+        blocks[b + 1] += blocks[b]
+    for b in prange(num_blocks):
+        offset = blocks[b]
+        for r in range(b * SORT_BLOCK, min(num_labels, (b + 1) * SORT_BLOCK)):
+            rptr[r] = offset
+            for p in range(chunks):
+                count = cursor[p, r]
+                cursor[p, r] = offset
+                offset += count
+    rptr[num_labels] = blocks[num_blocks]
+    for p in prange(chunks):
+        for s in range(p * nb // chunks, (p + 1) * nb // chunks):
+            for i in range(n[s]):
+                r = ids[s, i]
+                ent[cursor[p, r]] = (np.int64(s) << 32) | i
+                cursor[p, r] += 1
 
 
 @numba.njit(**FAST_PARALLEL)
@@ -140,30 +172,74 @@ def _softmax_all(batch, sel, tgt_t, ids, logits, n, da_t, losses):
         da_t[:, s, :] = 0
 
 
+@numba.njit(inline="always", **FAST)
+def _row_gradient(W2, r, top, grads, rptr, ent, da, acc):
+    """Add row ``r``'s ``W2`` gradient, summed over the samples that selected it, into ``acc[0]`` and
+    each sample's share of the last hidden layer's gradient into its row of ``da``; return the ``b2``
+    gradient."""
+    gb = np.float32(0)
+    for e in range(rptr[r], rptr[r + 1]):
+        s = ent[e] >> 32
+        g = grads[s, ent[e] & 0xFFFFFFFF]
+        gb += g
+        for q in range(top.shape[1]):
+            acc[0, q] += g * top[s, q]
+            da[s, q] += g * load(W2, r, q)
+    return gb
+
+
 @numba.njit(**FAST_PARALLEL)
 def _grads_by_row(W2, gW2, gb2_t, flag2, top, grads, rptr, ent, da_t):
+    # the gradients into the shared buffers, the rows flagged for the optimizer; returns the rows
     num_rows = rptr.shape[0] - 1
-    hl = top.shape[1]
+    n = 0
     for k in prange((num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         t = numba.get_thread_id()
-        acc = np.empty(hl, np.float32)
+        acc = np.zeros((1, top.shape[1]), np.float32)
         for r in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
             if rptr[r + 1] == rptr[r]:
                 continue
-            acc[:] = 0
-            gb = np.float32(0)
-            for e in range(rptr[r], rptr[r + 1]):
-                s = ent[e] >> 32
-                g = grads[s, ent[e] & 0xFFFFFFFF]
-                gb += g
-                for q in range(hl):
-                    acc[q] += g * top[s, q]
-                    da_t[t, s, q] += g * load(W2, r, q)
-            for q in range(hl):
-                gW2[r, q] += acc[q]
-            gb2_t[t, r] += gb
+            n += 1
+            gb2_t[t, r] += _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc)
+            for q in range(top.shape[1]):
+                gW2[r, q] += acc[0, q]
+                acc[0, q] = 0
             if flag2[r] == 0:
                 flag2[r] = 1
+    return n
+
+
+@numba.njit(inline="always", **FAST)
+def _prefetch_next_row(W2, mW2, vW2, r, rptr):
+    """Prefetch the weights and moments of the next output row after ``r`` that has pairs, so that
+    they arrive while row ``r``'s gradient is summed."""
+    num_rows = rptr.shape[0] - 1
+    r += 1
+    while r < num_rows and rptr[r + 1] == rptr[r]:
+        r += 1
+    if r < num_rows:
+        prefetch_row(W2, r)
+        prefetch_row(mW2, r)
+        prefetch_row(vW2, r)
+
+
+@numba.njit(**FAST_PARALLEL)
+def _update_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, top, grads, rptr, ent, da_t, h):
+    # each row's Adam step as soon as its gradient is complete (it never reaches gW2); returns the rows
+    num_rows = rptr.shape[0] - 1
+    n = 0
+    for k in prange((num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        t = numba.get_thread_id()
+        acc = np.zeros((1, top.shape[1]), np.float32)
+        for r in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
+            if rptr[r + 1] == rptr[r]:
+                continue
+            n += 1
+            _prefetch_next_row(W2, mW2, vW2, r, rptr)
+            gb2[r] = _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc)
+            adam_row(W2, mW2, vW2, acc, 0, r, h)
+            adam_span(b2, mb2, vb2, gb2, r, r + 1, h)
+    return n
 
 
 @numba.njit(**FAST_PARALLEL)
@@ -184,10 +260,17 @@ def _backward_all(batch, dims, W0, b0, Wh, bh, acts, dacts, n, da_t):
 
 
 def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3, seed, step,
-                  losses, nactive, gr) -> None:
+                  losses, nactive, gr, hyper=None) -> int:
     """:func:`slide.engine.network.train_kernel` in the phases of the module docstring (``lsh`` must not
     be None); ``gr`` is a :data:`Grouped` for at least ``len(batch.rows)`` samples. Same arguments,
-    outputs and gradient buffers otherwise.
+    outputs and gradient buffers otherwise; returns the number of output rows the batch touched.
+
+    With ``hyper`` (a :data:`~slide.engine.network.Hyper`, the sparse optimizer's coming step) each
+    output row takes its Adam step in phase 5, as soon as its gradient is complete, instead of adding
+    it into ``W2.g`` / ``b2.g_t`` and flagging it: the same update, without writing the gradient row and
+    reading it and the weights back in :func:`~slide.engine.network.adam_sparse` (which then finds
+    no output row flagged). Phase 5 reads the row's weights before it updates them, and the logits
+    were computed in phase 3, so every sample still sees the step's old weights.
 
     The phases take plain arrays: inside a parallel loop Numba may give each thread its own copy of an
     array reached through a tuple's attribute, and the writes would be lost.
@@ -195,8 +278,17 @@ def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl
     nb = batch.rows.shape[0]
     _select_all(batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3, seed, step, nactive,
                 gr.acts, gr.top, gr.ids, gr.n)
-    _group_by_row(gr.ids[:nb], gr.n[:nb], gr.rptr, gr.ent, gr.cursor)
+    old = numba.set_parallel_chunksize(0)  # one chunk of the sort per thread, whatever the caller's setting
+    try:
+        _group_by_row(gr.ids[:nb], gr.n[:nb], gr.rptr, gr.ent, gr.cursor, gr.blocks)
+    finally:
+        numba.set_parallel_chunksize(old)
     _logits_by_row(W2.w, b2.w, gr.top, gr.logits, gr.rptr, gr.ent)
     _softmax_all(batch, sel, scratch.tgt, gr.ids, gr.logits, gr.n, gr.da_t, losses)
-    _grads_by_row(W2.w, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.rptr, gr.ent, gr.da_t)
+    if hyper is None:
+        rows = _grads_by_row(W2.w, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.rptr, gr.ent, gr.da_t)
+    else:
+        rows = _update_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, b2.g, gr.top, gr.logits, gr.rptr, gr.ent, gr.da_t,
+                              hyper)
     _backward_all(batch, dims, W0, b0, Wh, bh, gr.acts, gr.dacts, gr.n, gr.da_t)
+    return int(rows)

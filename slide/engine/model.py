@@ -76,8 +76,10 @@ SCORE_POINTS = 16384
 SAMPLE_CHUNK = 2
 #: The counts :meth:`SlideMethod.traffic` keeps: training steps, samples, non-zero features and true
 #: labels of those samples, active output neurons summed over the samples, rows of ``W0`` and ``W2``
-#: the sparse Adam updated (0 with ``optimizer: dense``), hash-table refreshes.
-TRAFFIC_KEYS = ("batches", "samples", "features", "labels", "active", "rows0", "rows2", "refreshes")
+#: the sparse Adam updated (0 with ``optimizer: dense``), hash-table refreshes, and the steps that ran
+#: the row pass (:mod:`.grouped`) with their active neurons and their distinct output rows.
+TRAFFIC_KEYS = ("batches", "samples", "features", "labels", "active", "rows0", "rows2", "refreshes", "row_batches",
+                "row_active", "row_rows2")
 
 
 def _lsh_modules():
@@ -356,11 +358,19 @@ class SlideMethod(PersistentMixin, Method):
     # ------------------------------------------------------------------ training
     def _accumulate(self, data, rows):
         """Forward and backward of the batch into the gradient buffers; per-sample losses and
-        active counts. (The first half of :meth:`train_batch`, exposed for the tests.)"""
+        active counts. (The first half of :meth:`train_batch` without its Adam step, for the tests.)"""
+        return self._forward_backward(data, rows, None)[:2]
+
+    def _forward_backward(self, data, rows, hyper):
+        """Forward and backward of the batch; per-sample losses, active counts and the output rows
+        the row pass touched (0 for the sample pass). With ``hyper`` the row pass takes those rows'
+        Adam step itself (:func:`slide.engine.grouped.train_grouped`) instead of leaving their
+        gradients to :meth:`_apply_adam`."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         nb = rows.shape[0]
         losses = np.zeros(nb, dtype=np.float64)
         nactive = np.zeros(nb, dtype=np.int64)
+        by_row = 0
         with self._numba_threads():
             old = numba.set_parallel_chunksize(SAMPLE_CHUNK)
             try:
@@ -368,12 +378,12 @@ class SlideMethod(PersistentMixin, Method):
                 args = (batch, self.dims, *self._params, self._lsh, self._selection, self._scratch, self._hs,
                         *self._hlsh, self.seed, self.step, losses, nactive)
                 if self._row_pass(nb):
-                    grouped.train_grouped(*args, self._grouped_buffers(data, rows))
+                    by_row = grouped.train_grouped(*args, self._grouped_buffers(data, rows), hyper)
                 else:
                     net.train_kernel(*args)
             finally:
                 numba.set_parallel_chunksize(old)
-        return losses, nactive
+        return losses, nactive, by_row
 
     def _row_pass(self, nb: int) -> bool:
         """Whether a batch of ``nb`` samples runs the row pass: as configured, or under ``auto`` once the
@@ -406,19 +416,24 @@ class SlideMethod(PersistentMixin, Method):
             out[name] = g
         return out
 
-    def _apply_adam(self) -> None:
-        """Adam step ``self.step + 1`` over the touched rows (sparse) or every parameter (dense)."""
+    def _hyper(self) -> net.Hyper:
+        """The constants of Adam step ``self.step + 1``."""
         t = self.step + 1
         lr = self.config["lr"]
         lr_t = np.float32(lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t))
         eps_t = np.float32(ADAM_EPS * math.sqrt(1.0 - ADAM_BETA2 ** t))
-        hyper = net.Hyper(lr_t, np.float32(ADAM_BETA1), np.float32(ADAM_BETA2), eps_t, net.adam_key(self.seed, t))
+        return net.Hyper(lr_t, np.float32(ADAM_BETA1), np.float32(ADAM_BETA2), eps_t, net.adam_key(self.seed, t))
+
+    def _apply_adam(self, updated2: int = 0) -> None:
+        """Adam step ``self.step + 1`` over the touched rows (sparse) or every parameter (dense);
+        ``updated2`` output rows already took it in the row pass."""
+        hyper = self._hyper()
         with self._numba_threads():
             if self.config["optimizer"] == "sparse":
                 n0, n2 = net.adam_sparse(*self._params, hyper)
-                self.touched_sum += n2
+                self.touched_sum += n2 + updated2
                 self._traffic["rows0"] += int(n0)
-                self._traffic["rows2"] += int(n2)
+                self._traffic["rows2"] += int(n2) + updated2
             else:
                 net.adam_dense(*self._params, hyper)
                 self.touched_sum += self.num_labels
@@ -448,9 +463,10 @@ class SlideMethod(PersistentMixin, Method):
         if rows.shape[0] == 0:
             return 0.0
         t0 = time.perf_counter()
-        losses, nactive = self._accumulate(data, rows)
+        sparse = self.config["optimizer"] == "sparse"
+        losses, nactive, by_row = self._forward_backward(data, rows, self._hyper() if sparse else None)
         t1 = time.perf_counter()
-        self._apply_adam()
+        self._apply_adam(by_row if sparse else 0)
         self.phase_seconds["forward_backward"] += t1 - t0
         self.phase_seconds["adam"] += time.perf_counter() - t1
         before = self.samples
@@ -458,7 +474,7 @@ class SlideMethod(PersistentMixin, Method):
         self.samples += int(rows.shape[0])
         self.active_sum += float(nactive.sum())
         self.active_count += int(rows.shape[0])
-        self._count_traffic(data, rows, nactive)
+        self._count_traffic(data, rows, nactive, by_row)
         if self.logq.shape[0]:
             self.q_samples += rows.shape[0]
             if self.step % LOGQ_EVERY == 0:
@@ -469,14 +485,19 @@ class SlideMethod(PersistentMixin, Method):
                 self._refresh_tables(what)
         return float(losses.mean())
 
-    def _count_traffic(self, data, rows, nactive) -> None:
-        """Add one step's counts to :meth:`traffic` (a few NumPy operations on the batch's rows only)."""
+    def _count_traffic(self, data, rows, nactive, by_row) -> None:
+        """Add one step's counts to :meth:`traffic` (a few NumPy operations on the batch's rows only);
+        ``by_row``: the output rows of a row-pass step (0: the step ran by sample)."""
         t = self._traffic
         t["batches"] += 1
         t["samples"] += int(rows.shape[0])
         t["features"] += int((data.x_indptr[rows + 1] - data.x_indptr[rows]).sum())
         t["labels"] += int((data.y_indptr[rows + 1] - data.y_indptr[rows]).sum())
         t["active"] += int(nactive.sum())
+        if by_row:
+            t["row_batches"] += 1
+            t["row_active"] += int(nactive.sum())
+            t["row_rows2"] += by_row
 
     def traffic(self) -> dict:
         """The running counts of :data:`TRAFFIC_KEYS` since this object was made (not saved with the

@@ -89,7 +89,7 @@ Hyper = namedtuple("Hyper", "lr_t beta1 beta2 eps_t key")
 
 
 @numba.njit(inline="always", **NJIT)
-def _prefetch_row(arr, r):
+def prefetch_row(arr, r):
     """Prefetch every cache line of row ``r`` of a 2-d array (float32 or bfloat16)."""
     for c in range(0, arr.shape[1], per_line(arr)):
         prefetch(arr, r, c)
@@ -279,7 +279,7 @@ def _output_forward(W2, b2, a, labels, active, n, tgt, logits, logq, qcount):
     for i in range(n):
         j = active[i]
         if i + PREFETCH_AHEAD < n:
-            _prefetch_row(W2, active[i + PREFETCH_AHEAD])
+            prefetch_row(W2, active[i + PREFETCH_AHEAD])
         s = b2[j]
         for q in range(hl):
             s += load(W2, j, q) * a[q]
@@ -341,8 +341,8 @@ def _output_backward(W2, gW2, gb2, flag2, a, da, labels, active, n, tgt, logits,
         j = active[i]
         if i + PREFETCH_AHEAD < n:
             jn = active[i + PREFETCH_AHEAD]
-            _prefetch_row(W2, jn)
-            _prefetch_row(gW2, jn)
+            prefetch_row(W2, jn)
+            prefetch_row(gW2, jn)
         g = logit_grad(logits[i], inv_z, tgt[j], inv_b)
         for q in range(hl):
             da[q] += g * load(W2, j, q)
@@ -490,7 +490,7 @@ def train_kernel(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0
 
 
 @numba.njit(inline="always", **FAST)
-def _adam_span(w, m, v, g, lo, hi, h):
+def adam_span(w, m, v, g, lo, hi, h):
     """Adam on entries lo..hi-1 of flat parameters; clears their gradient. (Inlined: a call per
     row would cost atomic reference-count updates on the shared arrays.) ``w``, ``m``, ``v`` may be
     bfloat16: the step uses the float32 ``m``, ``v`` it computed, each store rounds stochastically
@@ -510,31 +510,33 @@ def _adam_span(w, m, v, g, lo, hi, h):
 
 
 @numba.njit(inline="always", **FAST)
-def _adam_row(W, M, V, G, r, h):
-    """Adam on row ``r`` of (n, h) parameters; clears its gradient. Storage as :func:`_adam_span`
-    (the noise of entry (r, c) is that of flat entry ``r * h + c``, as in the dense update)."""
+def adam_row(W, M, V, G, g_row, r, h):
+    """Adam on row ``r`` of (n, h) parameters with the gradient in row ``g_row`` of ``G`` (the
+    parameter's own gradient rows, ``g_row = r``, or a one-row buffer), which it clears. Storage as
+    :func:`adam_span` (the noise of entry (r, c) is that of flat entry ``r * h + c``, as in the dense
+    update)."""
     lr_t, beta1, beta2, eps_t, key = h
     c1 = np.float32(1) - beta1
     c2 = np.float32(1) - beta2
     ncol = W.shape[1]
     for c in range(ncol):
         u = noise(W, key, r * ncol + c)
-        gc = G[r, c]
+        gc = G[g_row, c]
         mc = beta1 * load(M, r, c) + c1 * gc
         vc = beta2 * load(V, r, c) + c2 * gc * gc
         store_sr(M, r, c, mc, u)
         store_sr(V, r, c, vc, u >> np.uint64(16))
         store_sr(W, r, c, load(W, r, c) - lr_t * mc / (np.sqrt(vc) + eps_t), u >> np.uint64(32))
-        G[r, c] = 0
+        G[g_row, c] = 0
 
 
 @numba.njit(inline="always", **FAST)
 def _prefetch_param_row(P, r):
     """Prefetch row ``r`` of a :data:`RowParam`'s weights, moments and gradient."""
-    _prefetch_row(P.w, r)
-    _prefetch_row(P.m, r)
-    _prefetch_row(P.v, r)
-    _prefetch_row(P.g, r)
+    prefetch_row(P.w, r)
+    prefetch_row(P.m, r)
+    prefetch_row(P.v, r)
+    prefetch_row(P.g, r)
 
 
 @numba.njit(**FAST)
@@ -552,9 +554,9 @@ def _adam_small(b0, Wh, bh, h):
     _reduce_threads(b0.g, b0.g_t)
     _reduce_threads(Wh.g, Wh.g_t)
     _reduce_threads(bh.g, bh.g_t)
-    _adam_span(b0.w, b0.m, b0.v, b0.g, 0, b0.w.shape[0], h)
-    _adam_span(Wh.w, Wh.m, Wh.v, Wh.g, 0, Wh.w.shape[0], h)
-    _adam_span(bh.w, bh.m, bh.v, bh.g, 0, bh.w.shape[0], h)
+    adam_span(b0.w, b0.m, b0.v, b0.g, 0, b0.w.shape[0], h)
+    adam_span(Wh.w, Wh.m, Wh.v, Wh.g, 0, Wh.w.shape[0], h)
+    adam_span(bh.w, bh.m, bh.v, bh.g, 0, bh.w.shape[0], h)
 
 
 @numba.njit(**FAST_PARALLEL)
@@ -578,14 +580,14 @@ def adam_sparse(W0, b0, Wh, bh, W2, b2, h):
         elif n0 <= i + PREFETCH_AHEAD < n0 + n2:
             _prefetch_param_row(W2, rows2[i + PREFETCH_AHEAD - n0])
         if i < n0:
-            _adam_row(W0.w, W0.m, W0.v, W0.g, rows0[i], h)
+            adam_row(W0.w, W0.m, W0.v, W0.g, rows0[i], rows0[i], h)
         else:
             r = rows2[i - n0]
-            _adam_row(W2.w, W2.m, W2.v, W2.g, r, h)
+            adam_row(W2.w, W2.m, W2.v, W2.g, r, r, h)
             for t in range(gb2_t.shape[0]):
                 gb2[r] += gb2_t[t, r]
                 gb2_t[t, r] = 0
-            _adam_span(b2.w, b2.m, b2.v, gb2, r, r + 1, h)
+            adam_span(b2.w, b2.m, b2.v, gb2, r, r + 1, h)
     return n0, n2
 
 
@@ -605,13 +607,13 @@ def adam_dense(W0, b0, Wh, bh, W2, b2, h):
     n2 = (w2.shape[0] + chunk - 1) // chunk
     for c in prange(n0 + n2 + 1):
         if c < n0:
-            _adam_span(w0, m0, v0, g0, c * chunk, min(w0.shape[0], (c + 1) * chunk), h)
+            adam_span(w0, m0, v0, g0, c * chunk, min(w0.shape[0], (c + 1) * chunk), h)
         elif c < n0 + n2:
             c2 = c - n0
-            _adam_span(w2, m2, v2, g2, c2 * chunk, min(w2.shape[0], (c2 + 1) * chunk), h)
+            adam_span(w2, m2, v2, g2, c2 * chunk, min(w2.shape[0], (c2 + 1) * chunk), h)
         else:
             _reduce_threads(b2.g, b2.g_t)
-            _adam_span(b2.w, b2.m, b2.v, b2.g, 0, b2.w.shape[0], h)
+            adam_span(b2.w, b2.m, b2.v, b2.g, 0, b2.w.shape[0], h)
 
 
 @numba.njit(**FAST)
