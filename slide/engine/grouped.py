@@ -31,8 +31,8 @@ import numpy as np
 from numba import prange
 
 from ..settings import FAST, FAST_PARALLEL
-from .network import (adam_row, adam_span, backward_hidden, forward_select, logit_grad, prefetch_row, sample_seed,
-                      softmax_loss)
+from .network import (Hyper, adam_row, adam_span, backward_hidden, forward_select, logit_grad, prefetch_row,
+                      sample_seed, softmax_loss)
 from .precision import load
 
 #: Per-batch buffers of :func:`train_grouped`, for a batch of up to ``B`` samples with up to ``cap``
@@ -45,6 +45,8 @@ from .precision import load
 #: gradients of the last hidden layer ``da_t`` (threads, B, H).
 Grouped = namedtuple("Grouped", "acts dacts top ids logits n rptr ent cursor blocks da_t")
 
+#: The Adam constants passed to the gradient phase when it takes no Adam step.
+_NO_STEP = Hyper(np.float32(0), np.float32(0), np.float32(0), np.float32(0), np.uint64(0))
 #: Output neurons per task of the row phases.
 ROWS_PER_TASK = 256
 #: At most this many chunks of samples in the counting sort (each holds a count per label).
@@ -188,27 +190,6 @@ def _row_gradient(W2, r, top, grads, rptr, ent, da, acc):
     return gb
 
 
-@numba.njit(**FAST_PARALLEL)
-def _grads_by_row(W2, gW2, gb2_t, flag2, top, grads, rptr, ent, da_t):
-    # the gradients into the shared buffers, the rows flagged for the optimizer; returns the rows
-    num_rows = rptr.shape[0] - 1
-    n = 0
-    for k in prange((num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        t = numba.get_thread_id()
-        acc = np.zeros((1, top.shape[1]), np.float32)
-        for r in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
-            if rptr[r + 1] == rptr[r]:
-                continue
-            n += 1
-            gb2_t[t, r] += _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc)
-            for q in range(top.shape[1]):
-                gW2[r, q] += acc[0, q]
-                acc[0, q] = 0
-            if flag2[r] == 0:
-                flag2[r] = 1
-    return n
-
-
 @numba.njit(inline="always", **FAST)
 def _prefetch_next_row(W2, mW2, vW2, r, rptr):
     """Prefetch the weights and moments of the next output row after ``r`` that has pairs, so that
@@ -224,8 +205,10 @@ def _prefetch_next_row(W2, mW2, vW2, r, rptr):
 
 
 @numba.njit(**FAST_PARALLEL)
-def _update_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, top, grads, rptr, ent, da_t, h):
-    # each row's Adam step as soon as its gradient is complete (it never reaches gW2); returns the rows
+def _grads_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, gW2, gb2_t, flag2, top, grads, rptr, ent, da_t, h, adam):
+    # each row's gradient summed over its pairs, then with ``adam`` the row's Adam step ``h`` taken at
+    # once (the gradient never reaches gW2), else the gradient added into the shared buffers and the
+    # row flagged for the optimizer; returns the rows
     num_rows = rptr.shape[0] - 1
     n = 0
     for k in prange((num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
@@ -235,10 +218,18 @@ def _update_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, top, grads, rptr, ent, da_t,
             if rptr[r + 1] == rptr[r]:
                 continue
             n += 1
-            _prefetch_next_row(W2, mW2, vW2, r, rptr)
-            gb2[r] = _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc)
-            adam_row(W2, mW2, vW2, acc, 0, r, h)
-            adam_span(b2, mb2, vb2, gb2, r, r + 1, h)
+            if adam:
+                _prefetch_next_row(W2, mW2, vW2, r, rptr)
+                gb2[r] = _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc)
+                adam_row(W2, mW2, vW2, acc, 0, r, h)
+                adam_span(b2, mb2, vb2, gb2, r, r + 1, h)
+            else:
+                gb2_t[t, r] += _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc)
+                for q in range(top.shape[1]):
+                    gW2[r, q] += acc[0, q]
+                    acc[0, q] = 0
+                if flag2[r] == 0:
+                    flag2[r] = 1
     return n
 
 
@@ -285,10 +276,7 @@ def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl
         numba.set_parallel_chunksize(old)
     _logits_by_row(W2.w, b2.w, gr.top, gr.logits, gr.rptr, gr.ent)
     _softmax_all(batch, sel, scratch.tgt, gr.ids, gr.logits, gr.n, gr.da_t, losses)
-    if hyper is None:
-        rows = _grads_by_row(W2.w, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.rptr, gr.ent, gr.da_t)
-    else:
-        rows = _update_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, b2.g, gr.top, gr.logits, gr.rptr, gr.ent, gr.da_t,
-                              hyper)
+    rows = _grads_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, b2.g, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.rptr,
+                         gr.ent, gr.da_t, _NO_STEP if hyper is None else hyper, hyper is not None)
     _backward_all(batch, dims, W0, b0, Wh, bh, gr.acts, gr.dacts, gr.n, gr.da_t)
     return int(rows)

@@ -140,7 +140,8 @@ class SlideMethod(PersistentMixin, Method):
         self.active_sum = 0.0
         self.active_count = 0
         self.rehash_seconds = 0.0
-        #: Seconds in the forward-backward kernel and in Adam (not saved), for ``slide bench``'s phases.
+        #: Seconds in the forward-backward kernel and in Adam (not saved), for ``slide bench``'s phases (a
+        #: row-pass step under the sparse optimizer updates the output layer in its forward-backward).
         self.phase_seconds = {"forward_backward": 0.0, "adam": 0.0}
         self.rehash_count = 0
         self.rebuild_count = 0
