@@ -89,9 +89,9 @@ def test_row_pass_with_two_threads_loses_no_output_update():
 @pytest.mark.parametrize("precision, threads", [("fp32", 1), ("bf16", 2)])
 def test_row_pass_takes_the_output_layers_adam_step_itself(precision, threads):
     """Under the sparse optimizer a training step's row pass updates each output row as soon as its
-    gradient is complete: the same weights and moments, to the bit, as adding the gradients up and
-    running Adam after, nothing left in the output layer's gradient buffers or flags, and each
-    updated row counted once as touched."""
+    gradient is complete: the same output weights and moments, to the bit, as adding the gradients up
+    and running Adam after (the rest too with one thread), nothing left in the output layer's
+    gradient buffers or flags, and each updated row counted once as touched."""
     data = toy_data(24, seed=4)
     kw = dict(output_sparsity=0.5, K=2, L=3, correction="logq", output_pass="row", precision=precision,
               threads=threads)
@@ -101,8 +101,13 @@ def test_row_pass_takes_the_output_layers_adam_step_itself(precision, threads):
     apart._accumulate(data, rows)
     flagged = int(apart.flag2.sum())
     apart._apply_adam()
-    for k in ("W2", "mW2", "vW2", "b2", "mb2", "vb2", "W0", "mW0", "vW0", "b0"):
+    for k in ("W2", "mW2", "vW2", "b2", "mb2", "vb2"):
         np.testing.assert_array_equal(getattr(fused, k), getattr(apart, k), err_msg=k)
+    for k in ("W0", "mW0", "vW0", "b0"):
+        if threads == 1:
+            np.testing.assert_array_equal(getattr(fused, k), getattr(apart, k), err_msg=k)
+        else:  # which thread sums which rows' shares of the hidden gradient varies from run to run
+            close(decoded(getattr(fused, k)), decoded(getattr(apart, k)), rtol=1e-2)
     assert 0 < flagged < L and fused.touched_sum == apart.touched_sum == flagged
     assert fused.traffic()["rows2"] == fused.traffic()["row_rows2"] == flagged
     assert not fused.gW2.any() and not fused.gb2.any() and not fused.gb2_t.any() and not fused.flag2.any()
