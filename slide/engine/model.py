@@ -425,10 +425,12 @@ class SlideMethod(PersistentMixin, Method):
         eps_t = np.float32(ADAM_EPS * math.sqrt(1.0 - ADAM_BETA2 ** t))
         return net.Hyper(lr_t, np.float32(ADAM_BETA1), np.float32(ADAM_BETA2), eps_t, net.adam_key(self.seed, t))
 
-    def _apply_adam(self, updated2: int = 0) -> None:
-        """Adam step ``self.step + 1`` over the touched rows (sparse) or every parameter (dense);
-        ``updated2`` output rows already took it in the row pass."""
-        hyper = self._hyper()
+    def _apply_adam(self, hyper=None, updated2: int = 0) -> None:
+        """Adam step ``self.step + 1`` (its constants ``hyper``, computed when None) over the touched
+        rows (sparse) or every parameter (dense); ``updated2`` output rows already took it in the row
+        pass."""
+        if hyper is None:
+            hyper = self._hyper()
         with self._numba_threads():
             if self.config["optimizer"] == "sparse":
                 n0, n2 = net.adam_sparse(*self._params, hyper)
@@ -465,9 +467,10 @@ class SlideMethod(PersistentMixin, Method):
             return 0.0
         t0 = time.perf_counter()
         sparse = self.config["optimizer"] == "sparse"
-        losses, nactive, by_row = self._forward_backward(data, rows, self._hyper() if sparse else None)
+        hyper = self._hyper()
+        losses, nactive, by_row = self._forward_backward(data, rows, hyper if sparse else None)
         t1 = time.perf_counter()
-        self._apply_adam(by_row if sparse else 0)
+        self._apply_adam(hyper, by_row if sparse else 0)
         self.phase_seconds["forward_backward"] += t1 - t0
         self.phase_seconds["adam"] += time.perf_counter() - t1
         before = self.samples
