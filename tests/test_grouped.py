@@ -14,7 +14,8 @@ from slide.errors import ConfigError
 ALL_ACTIVE = dict(output_sparsity=0.5, pad_cap=1.0, min_active=L, min_active_trigger=L)
 
 
-@pytest.mark.parametrize("hidden", [(8,), (8, 6)])
+# 72 hidden units: whole register blocks of the gradient phase and a tail, at any vector width
+@pytest.mark.parametrize("hidden", [(8,), (8, 6), (72,)], ids=["8", "8-6", "72"])
 @pytest.mark.parametrize("correction", ["none", "logq"])
 def test_row_pass_matches_the_twin(hidden, correction):
     data = toy_data(empty_label_row=3)
@@ -44,8 +45,9 @@ def _pair(threads=1, **over):
     return make(output_pass="sample", threads=threads, **kw), make(output_pass="row", threads=threads, **kw)
 
 
-@pytest.mark.parametrize("over", [dict(), dict(precision="bf16"),
-                                  dict(hidden=[8, 6], hidden_sparsity=[0.5, 1.0])])
+@pytest.mark.parametrize("over", [dict(), dict(precision="bf16"), dict(hidden=[72]), dict(hidden=[72], precision="bf16"),
+                                  dict(hidden=[8, 6], hidden_sparsity=[0.5, 1.0])],
+                         ids=["fp32", "bf16", "fp32-72", "bf16-72", "sampled-hidden"])
 def test_row_pass_trains_as_the_sample_pass(over):
     """With LSH retrieval (active sets of different sizes, padding, rehashes) both passes take the same
     steps: the same active sets, losses, gradients and, after Adam, weights."""
@@ -90,7 +92,7 @@ def test_row_pass_with_two_threads_loses_no_output_update():
 def test_row_pass_takes_the_output_layers_adam_step_itself(precision, threads):
     """Under the sparse optimizer a training step's row pass updates each output row as soon as its
     gradient is complete: the same output weights and moments, to the bit, as adding the gradients up
-    and running Adam after (the rest too with one thread), nothing left in the output layer's
+    and running Adam after (the input layer too with one thread), nothing left in the output layer's
     gradient buffers or flags, and each updated row counted once as touched."""
     data = toy_data(24, seed=4)
     kw = dict(output_sparsity=0.5, K=2, L=3, correction="logq", output_pass="row", precision=precision,
@@ -103,11 +105,9 @@ def test_row_pass_takes_the_output_layers_adam_step_itself(precision, threads):
     apart._apply_adam()
     for k in ("W2", "mW2", "vW2", "b2", "mb2", "vb2"):
         np.testing.assert_array_equal(getattr(fused, k), getattr(apart, k), err_msg=k)
-    for k in ("W0", "mW0", "vW0", "b0"):
-        if threads == 1:
+    if threads == 1:  # with two, HOGWILD input-layer updates may lose an addition in either run
+        for k in ("W0", "mW0", "vW0", "b0"):
             np.testing.assert_array_equal(getattr(fused, k), getattr(apart, k), err_msg=k)
-        else:  # which thread sums which rows' shares of the hidden gradient varies from run to run
-            close(decoded(getattr(fused, k)), decoded(getattr(apart, k)), rtol=1e-2)
     assert 0 < flagged < L and fused.touched_sum == apart.touched_sum == flagged
     assert fused.traffic()["rows2"] == fused.traffic()["row_rows2"] == flagged
     assert not fused.gW2.any() and not fused.gb2.any() and not fused.gb2_t.any() and not fused.flag2.any()
