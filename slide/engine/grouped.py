@@ -30,10 +30,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..settings import FAST, FAST_PARALLEL
+from ..settings import FAST, FAST_PARALLEL, SIMD_LANES
+from .intrinsics import vfma, vload, vsplat, vstore
 from .network import (Hyper, adam_row, adam_span, backward_hidden, forward_select, logit_grad, prefetch_row,
                       sample_seed, softmax_loss)
-from .precision import load
+from .precision import load, row_buffer, row_f32
 
 #: Per-batch buffers of :func:`train_grouped`, for a batch of up to ``B`` samples with up to ``cap``
 #: active neurons each: hidden activations ``acts`` and their gradients ``dacts`` (B, sum(dims)), the last
@@ -47,6 +48,9 @@ Grouped = namedtuple("Grouped", "acts dacts top ids logits n rptr ent cursor blo
 
 #: The Adam constants passed to the gradient phase when it takes no Adam step.
 _NO_STEP = Hyper(np.float32(0), np.float32(0), np.float32(0), np.float32(0), np.uint64(0))
+#: Hidden units of one register block of the gradient phase (4 vectors), and its vectors' offsets.
+_BLOCK = 4 * SIMD_LANES
+_L1, _L2, _L3 = SIMD_LANES, 2 * SIMD_LANES, 3 * SIMD_LANES
 #: Output neurons per task of the row phases.
 ROWS_PER_TASK = 256
 #: At most this many chunks of samples in the counting sort (each holds a count per label).
@@ -175,18 +179,44 @@ def _softmax_all(batch, sel, tgt_t, ids, logits, n, da_t, losses):
 
 
 @numba.njit(inline="always", **FAST)
-def _row_gradient(W2, r, top, grads, rptr, ent, da, acc):
+def _row_gradient(W2, r, top, grads, rptr, ent, da, acc, wbuf):
     """Add row ``r``'s ``W2`` gradient, summed over the samples that selected it, into ``acc[0]`` and
     each sample's share of the last hidden layer's gradient into its row of ``da``; return the ``b2``
-    gradient."""
+    gradient. ``wbuf`` is :func:`~slide.engine.precision.row_buffer` of ``W2``.
+
+    Each block of ``4 * SIMD_LANES`` hidden units keeps its part of the row's weights and gradient in
+    vector registers while it walks the row's pairs (LLVM's loop vectoriser would load and store the
+    gradient at every pair); the units past the last whole block are summed one by one.
+    """
+    e0, e1 = rptr[r], rptr[r + 1]
+    hl = top.shape[1]
+    w = row_f32(W2, r, wbuf)
     gb = np.float32(0)
-    for e in range(rptr[r], rptr[r + 1]):
+    for e in range(e0, e1):
+        gb += grads[ent[e] >> 32, ent[e] & 0xFFFFFFFF]
+    for q0 in range(0, hl - hl % _BLOCK, _BLOCK):
+        w0, w1, w2, w3 = vload(w, q0), vload(w, q0 + _L1), vload(w, q0 + _L2), vload(w, q0 + _L3)
+        a0, a1, a2, a3 = vload(acc, q0), vload(acc, q0 + _L1), vload(acc, q0 + _L2), vload(acc, q0 + _L3)
+        for e in range(e0, e1):
+            s = ent[e] >> 32
+            g = vsplat(grads[s, ent[e] & 0xFFFFFFFF])
+            o = s * hl + q0
+            a0, a1 = vfma(g, vload(top, o), a0), vfma(g, vload(top, o + _L1), a1)
+            a2, a3 = vfma(g, vload(top, o + _L2), a2), vfma(g, vload(top, o + _L3), a3)
+            vstore(da, o, vfma(g, w0, vload(da, o)))
+            vstore(da, o + _L1, vfma(g, w1, vload(da, o + _L1)))
+            vstore(da, o + _L2, vfma(g, w2, vload(da, o + _L2)))
+            vstore(da, o + _L3, vfma(g, w3, vload(da, o + _L3)))
+        vstore(acc, q0, a0)
+        vstore(acc, q0 + _L1, a1)
+        vstore(acc, q0 + _L2, a2)
+        vstore(acc, q0 + _L3, a3)
+    for e in range(e0, e1):
         s = ent[e] >> 32
         g = grads[s, ent[e] & 0xFFFFFFFF]
-        gb += g
-        for q in range(top.shape[1]):
+        for q in range(hl - hl % _BLOCK, hl):
             acc[0, q] += g * top[s, q]
-            da[s, q] += g * load(W2, r, q)
+            da[s, q] += g * w[q]
     return gb
 
 
@@ -214,17 +244,18 @@ def _grads_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, gW2, gb2_t, flag2, top, grads
     for k in prange((num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         t = numba.get_thread_id()
         acc = np.zeros((1, top.shape[1]), np.float32)
+        wbuf = row_buffer(W2)
         for r in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
             if rptr[r + 1] == rptr[r]:
                 continue
             n += 1
             if adam:
                 _prefetch_next_row(W2, mW2, vW2, r, rptr)
-                gb2[r] = _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc)
+                gb2[r] = _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc, wbuf)
                 adam_row(W2, mW2, vW2, acc, 0, r, h)
                 adam_span(b2, mb2, vb2, gb2, r, r + 1, h)
             else:
-                gb2_t[t, r] += _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc)
+                gb2_t[t, r] += _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc, wbuf)
                 for q in range(top.shape[1]):
                     gW2[r, q] += acc[0, q]
                     acc[0, q] = 0

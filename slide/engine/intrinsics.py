@@ -58,6 +58,22 @@ def vload(typingctx, arr, offset):
 
 
 @intrinsic
+def vstore(typingctx, arr, offset, v):
+    """Store the lanes of ``v`` at ``offset, offset + 1, ...`` of a C-contiguous float32 array (flat index,
+    unchecked)."""
+    if not (_is_f32_c_array(arr) and isinstance(offset, types.Integer) and v == f32v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        offset = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], offset)
+        builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(arr, offset, v), codegen
+
+
+@intrinsic
 def vsplat(typingctx, x):
     """A vector with ``x`` (float32) in every lane."""
     if x != types.float32:
