@@ -70,7 +70,8 @@ def _vectors(rng, dim, m, integer=False):
     return g
 
 
-KINDS = [("simhash", 5, 6), ("wta", 3, 5), ("dwta", 3, 5), ("minhash", 3, 5)]
+# 36 WTA / DWTA hashes: whole register blocks of the dense argmax and a tail, at any vector width
+KINDS = [("simhash", 5, 6), ("wta", 3, 5), ("dwta", 3, 5), ("wta", 4, 9), ("dwta", 4, 9), ("minhash", 3, 5)]
 
 
 @pytest.mark.parametrize("kind,K,L", KINDS)

@@ -32,9 +32,10 @@ Parameter layout (inside the ``arrays`` tuple of :class:`slide.engine.tables.LSH
   sparse vector is hashed with one contiguous, vectorised row update per nonzero coordinate; ``(0, 0)``
   for the other families.
 * ``dcoord`` int32 ``(W, K*L)``: ``dcoord[o, h]`` is the coordinate at position / offset ``o`` of WTA hash
-  or DWTA bin ``h`` (``W = bin_size`` for WTA). Dense vectors are gathered through it once, then every
-  hash is updated position by position in vectorised passes (ties go to the lowest position for free);
-  ``(0, 0)`` for ``simhash`` and ``minhash``.
+  or DWTA bin ``h`` (``W = bin_size`` for WTA). A dense vector is hashed ``SIMD_LANES`` hashes at a
+  time: position by position, one vector of their coordinates' values gathered through it against a
+  running maximum held in registers (ties go to the lowest position for free); ``(0, 0)`` for
+  ``simhash`` and ``minhash``.
 * ``cptr`` int64 ``(dim + 1,)``, ``chash`` int32, ``caux`` int32: the same map by coordinate, CSR
   coordinate -> (hash or bin, position or offset), for sparse vectors (and dense ``minhash``, which only
   visits its top-k coordinates); ``cptr`` all zeros and ``chash``/``caux`` empty for ``simhash``.
@@ -52,7 +53,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..method_registry import method_spec
-from ..settings import NJIT
+from ..settings import NJIT, SIMD_LANES
+from .intrinsics import vgather, vlane, vselect_gt, vsplat
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
 
@@ -154,27 +156,31 @@ def _simhash(proj, idx, val, dense, acc, codes):
 
 
 @numba.njit(**NJIT)
-def _gather(dcoord, x):
-    buf = np.empty(dcoord.shape, np.float32)
-    for o in range(dcoord.shape[0]):
-        for h in range(dcoord.shape[1]):
-            buf[o, h] = x[np.uint32(dcoord[o, h])]  # unsigned index: no negative-index wraparound code
-    return buf
-
-
-@numba.njit(**NJIT)
-def _argmax_dense(dcoord, x, skip_zeros, best, pos):
-    # position-major passes over all hashes vectorise; strict '>' keeps the lowest position on ties
-    buf = _gather(dcoord, x)
-    best[:] = -np.inf
-    pos[:] = -1 if skip_zeros else 0  # -1 marks an empty DWTA bin; a WTA hash is never empty
-    for o in range(buf.shape[0]):
-        row = buf[o]
-        for h in range(row.shape[0]):
-            v = row[h]
-            take = (v > best[h]) & ((v != 0) | (not skip_zeros))
-            best[h] = v if take else best[h]
-            pos[h] = o if take else pos[h]
+def _argmax_dense(dcoord, x, skip_zeros, pos):
+    # SIMD_LANES hashes side by side: each offset's coordinates are gathered into one vector and the
+    # running maximum and its offset stay in registers; strict '>' keeps the lowest offset on ties
+    W, n = dcoord.shape
+    zero = vsplat(np.float32(0))
+    ninf = vsplat(np.float32(-np.inf))
+    empty = vsplat(np.float32(-1 if skip_zeros else 0))  # -1 marks an empty DWTA bin; a WTA hash never is
+    wide = n - n % SIMD_LANES
+    for h0 in range(0, wide, SIMD_LANES):
+        best, at = ninf, empty
+        for o in range(W):
+            v = vgather(x, dcoord, o * n + h0)
+            if skip_zeros:  # a zero coordinate never wins: make it -inf
+                v = vselect_gt(v, zero, v, vselect_gt(zero, v, v, ninf))
+            at = vselect_gt(v, best, vsplat(np.float32(o)), at)
+            best = vselect_gt(v, best, v, best)
+        for i in range(SIMD_LANES):
+            pos[h0 + i] = np.int64(vlane(at, i))
+    for h in range(wide, n):
+        best1, at1 = -np.inf, -1 if skip_zeros else 0
+        for o in range(W):
+            v = x[np.uint32(dcoord[o, h])]  # unsigned index: no negative-index wraparound code
+            if v > best1 and (v != 0 or not skip_zeros):
+                best1, at1 = v, o
+        pos[h] = at1
 
 
 @numba.njit(**NJIT)
@@ -310,14 +316,14 @@ def hash_into(arrays, idx, val, dense, codes, fbuf, ibuf):
         _simhash(proj, idx, val, dense, fbuf, codes)
     elif kind == KIND_WTA:
         if dense:
-            _argmax_dense(dcoord, val, False, fbuf, codes)
+            _argmax_dense(dcoord, val, False, codes)
         else:
             _wta_sparse(cptr, chash, caux, bin_size, idx, val, fbuf, ibuf, codes)
     else:
         if kind == KIND_MINHASH:
             _minhash(cptr, chash, caux, idx, val, dense, meta[M_TOPK], ibuf)
         elif dense:
-            _argmax_dense(dcoord, val, True, fbuf, ibuf)
+            _argmax_dense(dcoord, val, True, ibuf)
         else:
             _dwta_sparse(cptr, chash, caux, idx, val, fbuf, ibuf)
         _densify(ibuf, bin_size, meta[M_SEED], codes)

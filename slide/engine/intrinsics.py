@@ -102,6 +102,41 @@ def vfma(typingctx, a, b, c):
 
 
 @intrinsic
+def vgather(typingctx, x, idx, offset):
+    """Lanes ``x[idx.flat[offset]], x[idx.flat[offset + 1]], ...``: a C-contiguous float32 ``x`` (flat
+    index) gathered through a C-contiguous int32 ``idx`` of non-negative entries (unchecked). Scalar
+    loads into the lanes: on AMD CPUs they beat the AVX2 gather instruction."""
+    if not (_is_f32_c_array(x) and isinstance(idx, types.Array) and idx.dtype == types.int32
+            and idx.layout == "C" and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        offset = context.cast(builder, args[2], sig.args[2], types.intp)
+        lanes = builder.load(_element_pointer(context, builder, sig.args[1], args[1], offset),
+                             typ=ir.VectorType(ir.IntType(32), SIMD_LANES), align=4)
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        out = ir.Constant(_VEC, ir.Undefined)
+        for i in range(SIMD_LANES):
+            j = builder.zext(builder.extract_element(lanes, ir.IntType(32)(i)), ir.IntType(64))
+            out = builder.insert_element(out, builder.load(builder.gep(data, [j])), ir.IntType(32)(i))
+        return out
+
+    return f32v(x, idx, offset), codegen
+
+
+@intrinsic
+def vselect_gt(typingctx, a, b, x, y):
+    """Lane by lane ``x if a > b else y`` (``y`` where either of ``a``, ``b`` is NaN)."""
+    if not (a == b == x == y == f32v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[2], args[3])
+
+    return f32v(a, b, x, y), codegen
+
+
+@intrinsic
 def vgt_mask(typingctx, a, b):
     """Bit ``i`` set where lane ``i`` of ``a`` is greater than lane ``i`` of ``b`` (False for NaN)."""
     if not (a == b == f32v):
