@@ -172,7 +172,8 @@ def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
     phase, the gradient stays in a thread's buffer), ``b2, m, v`` read and written and its ``gb2``
     entry written, read and cleared, and no flag; the flag scan that collects the touched rows (every
     flag read, the touched ones set and cleared, the row lists written and read); with ``optimizer:
-    dense`` the same Adam over every row of ``W0``, ``W2``, ``b2`` and every flag cleared; the small
+    dense`` the same Adam over every row of ``W0``, ``W2``, ``b2``, the untouched rows' gradient rows
+    neither read nor zeroed, every flag read and the touched ones set and cleared; the small
     dense parts (``b0`` and the further hidden layers ``Wh``, ``bh``: read once per batch in the
     forward pass, since every sample reads all of them they stay in cache, then their per-thread
     gradients summed and Adam).
@@ -186,20 +187,20 @@ def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
     adam2_fused = (_row(m.W2) + 2 * (_row(m.mW2) + _row(m.vW2)) + 2 * sum(_row(a) for a in (m.b2, m.mb2, m.vb2))
                    + 3 * _row(m.gb2))
     small = (m.b0, m.mb0, m.vb0, m.gb0, m.Wh, m.mWh, m.vWh, m.gWh, m.bh, m.mbh, m.vbh, m.gbh)
-    if dense:
-        flags = c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)                     # cleared
-    else:
-        flagged2 = n2 - fused
-        flags = (c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)                    # scanned
-                 + 2 * (n0 * _row(m.flag0) + flagged2 * _row(m.flag2))               # set, cleared
-                 + 2 * (n0 * _row(m.rows0) + flagged2 * _row(m.rows2)))              # listed, read
-    return {
-        "adam": n0 * adam0 + (n2 - fused) * adam2 + fused * adam2_fused,
-        # read in the forward pass; Adam (read and write W, m, v, g); per-thread gradients summed and zeroed
-        "dense_parts": c["batches"] * (m.b0.nbytes + m.Wh.nbytes + m.bh.nbytes + 2 * sum(a.nbytes for a in small)
-                                       + 2 * (m.gb0_t.nbytes + m.gWh_t.nbytes + m.gbh_t.nbytes)),
-        "flags": flags,
-    }
+    # read in the forward pass; Adam (read and write W, m, v, g); per-thread gradients summed and zeroed
+    dense_parts = c["batches"] * (m.b0.nbytes + m.Wh.nbytes + m.bh.nbytes + 2 * sum(a.nbytes for a in small)
+                                  + 2 * (m.gb0_t.nbytes + m.gWh_t.nbytes + m.gbh_t.nbytes))
+    scanned = c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)
+    if dense:  # the touched rows (rows0, rows2) as sparse; the others without their gradient rows
+        untouched = (n0 - c["rows0"]) * (adam0 - 2 * _row(m.gW0)) + (n2 - c["rows2"]) * (adam2 - 2 * _row(m.gW2))
+        return {"adam": c["rows0"] * adam0 + c["rows2"] * adam2 + untouched, "dense_parts": dense_parts,
+                "flags": scanned + 2 * (c["rows0"] * _row(m.flag0) + c["rows2"] * _row(m.flag2))}
+    flagged2 = n2 - fused
+    flags = (scanned
+             + 2 * (n0 * _row(m.flag0) + flagged2 * _row(m.flag2))               # set, cleared
+             + 2 * (n0 * _row(m.rows0) + flagged2 * _row(m.rows2)))              # listed, read
+    return {"adam": n0 * adam0 + (n2 - fused) * adam2 + fused * adam2_fused, "dense_parts": dense_parts,
+            "flags": flags}
 
 
 def _refresh_bytes(m) -> int:

@@ -98,12 +98,16 @@ def _twin_bytes(model, data, batches, distinct=False):
             total += len(f) * 8 + nlab * 4 + 8 + 2 * 8 + 2 * 8           # input
             feats.update(int(v) for v in f)
             labels += nlab
-        n0, n2 = (D, L) if model.config["optimizer"] == "dense" else (len(feats), L)
+        n0, n2 = len(feats), L  # rows touched: every label is active
         if distinct:
             total += len(feats) * (3 * H0 * f4 + 1) + L * (3 * (H * f4 + f4) + 1)
         total += n0 * 8 * H0 * f4 + n2 * (8 * (H * f4 + f4) + 2 * T * f4)  # Adam
         total += small * f4 * (1 + 8 + 2 * T)                              # b0, Wh, bh
-        total += D + L if model.config["optimizer"] == "dense" else D + L + 2 * (n0 + n2) + 16 * (n0 + n2)
+        if model.config["optimizer"] == "dense":
+            total += (D - n0) * 6 * H0 * f4                                # untouched: W, m, v only
+            total += D + L + 2 * (n0 + n2)                                 # flags read, set, cleared
+        else:
+            total += D + L + 2 * (n0 + n2) + 16 * (n0 + n2)
     return total
 
 

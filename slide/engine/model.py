@@ -438,8 +438,10 @@ class SlideMethod(PersistentMixin, Method):
                 self._traffic["rows0"] += int(n0)
                 self._traffic["rows2"] += int(n2) + updated2
             else:
-                net.adam_dense(*self._params, hyper)
+                n0, n2 = net.adam_dense(*self._params, hyper)
                 self.touched_sum += self.num_labels
+                self._traffic["rows0"] += int(n0)
+                self._traffic["rows2"] += int(n2)
 
     def _refresh_tables(self, what: str) -> None:
         t0 = time.perf_counter()

@@ -57,6 +57,8 @@ from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
 
 #: Rows ahead that the output-layer and Adam loops prefetch (the rows are scattered in memory).
 PREFETCH_AHEAD = 6
+#: Rows per task of the dense Adam step.
+DENSE_ROWS_PER_TASK = 128
 
 # The training kernels take their arrays grouped in these named tuples, which ``SlideMethod`` builds
 # in one place. A parallel loop cannot capture a tuple of tuples, so none of them nests another.
@@ -591,29 +593,51 @@ def adam_sparse(W0, b0, Wh, bh, W2, b2, h):
     return n0, n2
 
 
+@numba.njit(inline="always", **FAST)
+def _adam_rows_dense(w, m, v, g, flag, lo, hi, zero, h):
+    """Adam on rows ``lo..hi-1`` of a row parameter's arrays: a flagged row with its gradient (then
+    cleared, with the flag), any other with the one-row zero buffer ``zero`` (its gradient row is
+    zero, so it is neither read nor written). Returns the flagged rows."""
+    n = 0
+    for r in range(lo, hi):
+        if flag[r]:
+            adam_row(w, m, v, g, r, r, h)
+            flag[r] = 0
+            n += 1
+        else:
+            adam_row(w, m, v, zero, 0, r, h)
+    return n
+
+
 @numba.njit(**FAST_PARALLEL)
 def adam_dense(W0, b0, Wh, bh, W2, b2, h):
     """One Adam step over every parameter (the reference's dense update), one parallel region.
 
-    Arguments as :func:`adam_sparse`; the row lists are unused and the flags are cleared.
+    Arguments as :func:`adam_sparse`; the row lists are unused and the flags are cleared. Rows the
+    batch did not touch take the step with a zero gradient without reading their gradient rows.
+    Returns ``(n0, n2)``, the touched (flagged) rows of ``W0`` and ``W2``.
     """
-    W0.flag[:] = 0
-    W2.flag[:] = 0
     _adam_small(b0, Wh, bh, h)
-    w0, m0, v0, g0 = W0.w.reshape(-1), W0.m.reshape(-1), W0.v.reshape(-1), W0.g.reshape(-1)
-    w2, m2, v2, g2 = W2.w.reshape(-1), W2.m.reshape(-1), W2.v.reshape(-1), W2.g.reshape(-1)
-    chunk = 1 << 14
-    n0 = (w0.shape[0] + chunk - 1) // chunk
-    n2 = (w2.shape[0] + chunk - 1) // chunk
+    # plain arrays: a parallel loop may give each thread its own copy of an array reached through a
+    # named tuple's attribute, and a write into it (the flags) would be lost
+    w0, m0, v0, g0, flag0 = W0.w, W0.m, W0.v, W0.g, W0.flag
+    w2, m2, v2, g2, flag2 = W2.w, W2.m, W2.v, W2.g, W2.flag
+    rows = DENSE_ROWS_PER_TASK
+    n0 = (w0.shape[0] + rows - 1) // rows
+    n2 = (w2.shape[0] + rows - 1) // rows
+    width = max(w0.shape[1], w2.shape[1])
+    touched = np.zeros(n0 + n2 + 1, np.int64)  # per task: an inlined counter defeats Numba's reductions
     for c in prange(n0 + n2 + 1):
+        zero = np.zeros((1, width), np.float32)
         if c < n0:
-            adam_span(w0, m0, v0, g0, c * chunk, min(w0.shape[0], (c + 1) * chunk), h)
+            touched[c] = _adam_rows_dense(w0, m0, v0, g0, flag0, c * rows, min(w0.shape[0], (c + 1) * rows), zero, h)
         elif c < n0 + n2:
-            c2 = c - n0
-            adam_span(w2, m2, v2, g2, c2 * chunk, min(w2.shape[0], (c2 + 1) * chunk), h)
+            lo = (c - n0) * rows
+            touched[c] = _adam_rows_dense(w2, m2, v2, g2, flag2, lo, min(w2.shape[0], lo + rows), zero, h)
         else:
             _reduce_threads(b2.g, b2.g_t)
             adam_span(b2.w, b2.m, b2.v, b2.g, 0, b2.w.shape[0], h)
+    return touched[:n0].sum(), touched[n0:n0 + n2].sum()
 
 
 @numba.njit(**FAST)
