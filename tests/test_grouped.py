@@ -5,7 +5,7 @@ import pytest
 from test_network import L, Twin, close, make, toy_data
 
 from slide.engine import SlideMethod, grouped
-from slide.engine.model import memory_estimate_bytes
+from slide.engine.model import AUTO_ROW_SHARE, memory_estimate_bytes
 from slide.engine.precision import decoded
 from slide.engine.presets import validate
 from slide.errors import ConfigError
@@ -171,19 +171,21 @@ def test_memory_estimate_counts_the_row_buffers():
     assert held == grouped.grouped_bytes(model._grouped.ids.shape[0], model._grouped.ids.shape[1], L, [8], 1)
 
 
-def test_auto_takes_the_row_pass_once_labels_are_active_about_once_per_batch():
-    """``auto`` runs by sample until the mean active count times the batch reaches the label count; the
-    choice rests on saved counters, so a model restored from a checkpoint chooses as the original."""
+def test_auto_takes_the_row_pass_once_the_pairs_reach_an_eighth_of_the_labels():
+    """``auto`` runs by sample until the mean active count times the batch reaches AUTO_ROW_SHARE of the
+    label count; the choice rests on saved counters, so a model restored from a checkpoint chooses as
+    the original."""
     data = toy_data(24, seed=3)
     model = make(output_sparsity=0.5, K=2, L=3, correction="logq")
-    assert model.config["output_pass"] == "auto" and not model._row_pass(8)
+    assert model.config["output_pass"] == "auto" and not model._row_pass(8)  # nothing counted yet
     _, nactive = model._accumulate(data, np.arange(8))
     model._apply_adam()
     model.active_sum, model.active_count = float(nactive.sum()), 8
     mean = nactive.mean()
-    assert model._row_pass(8) == (8 * mean >= L) and model._row_pass(1) == (mean >= L)
-    assert mean < L <= 8 * mean  # the toy sits between the two
+    for nb in range(4):
+        assert model._row_pass(nb) == (nb * mean >= AUTO_ROW_SHARE * L), nb
+    assert not model._row_pass(0) and model._row_pass(3)  # the toy sits between the two
     restored = make(output_sparsity=0.5, K=2, L=3, correction="logq")
     restored.load_state_arrays(model.state_arrays())
-    assert restored._row_pass(8) and not restored._row_pass(1)
+    assert restored._row_pass(3) and not restored._row_pass(0)
     assert not make(output_sparsity=1.0)._row_pass(10**6)  # a full softmax always runs by sample

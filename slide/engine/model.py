@@ -74,10 +74,15 @@ SCORE_POINTS = 16384
 #: Samples a thread takes at a time from the batch (dynamic scheduling, so a thread delayed by
 #: another process does not hold up the step).
 SAMPLE_CHUNK = 2
+#: ``output_pass: auto`` runs the row pass once a batch's (sample, active neuron) pairs reach this share
+#: of the labels: at the Amazon-670K shape the row pass took 1.15x the sample pass's time at a share of
+#: 0.04, 0.90x at 0.115 and 0.72x at 0.19 (reports/benchmarks.md, "The row pass at the Amazon shape").
+AUTO_ROW_SHARE = 0.125
 #: The counts :meth:`SlideMethod.traffic` keeps: training steps, samples, non-zero features and true
 #: labels of those samples, active output neurons summed over the samples, rows of ``W0`` and ``W2``
-#: the sparse Adam updated (0 with ``optimizer: dense``), hash-table refreshes, and the steps that ran
-#: the row pass (:mod:`.grouped`) with their active neurons and their distinct output rows.
+#: that took Adam with a gradient (the touched rows, under either optimizer), hash-table refreshes,
+#: and the steps that ran the row pass (:mod:`.grouped`) with their active neurons and their distinct
+#: output rows.
 TRAFFIC_KEYS = ("batches", "samples", "features", "labels", "active", "rows0", "rows2", "refreshes", "row_batches",
                 "row_active", "row_rows2")
 
@@ -389,11 +394,12 @@ class SlideMethod(PersistentMixin, Method):
     def _row_pass(self, nb: int) -> bool:
         """Whether a batch of ``nb`` samples runs the row pass: as configured, or under ``auto`` once the
         mean active count so far (part of the saved state, so a resumed run chooses alike) times ``nb``
-        reaches the number of labels."""
+        reaches :data:`AUTO_ROW_SHARE` of the number of labels."""
         choice = self.config["output_pass"]
         if choice != "auto":
             return choice == "row"
-        return self.sampled and self.active_count > 0 and nb * self.active_sum >= self.num_labels * self.active_count
+        return (self.sampled and self.active_count > 0
+                and nb * self.active_sum >= AUTO_ROW_SHARE * self.num_labels * self.active_count)
 
     def _grouped_buffers(self, data, rows) -> grouped.Grouped:
         """The row pass's buffers, grown when this batch has more samples or could have more active
