@@ -2,9 +2,11 @@
 
 The vector type ``f32v`` holds :data:`slide.settings.SIMD_LANES` float32 lanes (one register:
 16 with AVX-512, 8 with AVX). Kernels keep such vectors in local variables, which LLVM keeps in
-registers; that is what lets :mod:`slide.engine.scoring` run a register-blocked product that
-Numba's loop vectoriser does not find on its own. On a CPU with narrower registers LLVM splits
-each vector, so the code stays correct everywhere.
+registers; that is what lets :mod:`slide.engine.scoring` run a register-blocked product, the row
+pass (:mod:`slide.engine.grouped`) keep a row's weights and gradient in registers, and the WTA / DWTA
+hashes (:mod:`slide.engine.hashing`) keep their running maxima there, which Numba's loop vectoriser
+does not find on its own. On a CPU with narrower registers LLVM splits each vector, so the code stays
+correct everywhere.
 """
 
 from __future__ import annotations
