@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from slide.engine.hashing import bin_layout, pack_key
+from slide.engine.hashing import bin_layout, hash_rows, pack_key
+from slide.engine.precision import from_bf16, to_bf16
 from slide.engine.tables import LSHIndex
+from slide.settings import SIMD_LANES
 
 from splitmix_twin import GOLDEN, M64, _mix64  # noqa: E402
 
@@ -97,6 +99,29 @@ def test_sparse_input_equals_dense_in_any_order(kind, K, L):
         with_zeros = np.concatenate([nz, np.flatnonzero(x == 0)[:3]])  # explicit zeros are absent ones
         for idx in (nz, with_zeros):
             np.testing.assert_array_equal(index.codes((idx, x[idx]))[0], index.codes(x)[0])
+
+
+@pytest.mark.parametrize("kind,K,L", KINDS)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_rows_hashed_together_get_the_keys_of_one_by_one(kind, K, L, precision):
+    """``hash_rows`` (the build's path: WTA / DWTA rows side by side in a transposed tile) gives each
+    row the keys of ``codes``, checked against the twin above, for a row count that fills no whole
+    tile, from an offset, with ties, zero rows (densified), NaN and inf, and bfloat16 rows (decoded)."""
+    rng = np.random.default_rng(4)
+    dim, m = 40, 2 * SIMD_LANES + 5
+    rows = np.concatenate([_vectors(rng, dim, m - 8), _vectors(rng, dim, 5, integer=True), np.zeros((3, dim))])
+    rows = rows.astype(np.float32)
+    rows[3, ::4], rows[4, 7] = np.nan, np.inf
+    weights = np.concatenate([np.ones((3, dim), np.float32), rows])  # rows 0-2 are skipped
+    if precision == "bf16":
+        weights = to_bf16(weights)
+        rows = from_bf16(weights[3:])
+    index = LSHIndex(kind, dim, 1, K, L, seed=3, bin_size=8, topk_minhash=6)
+    keys = np.full((L, m + 2), -7, np.int64)
+    hash_rows(index.arrays, weights, 3, 3 + m, keys, 2)
+    assert (keys[:, :2] == -7).all()
+    for i, x in enumerate(rows):
+        np.testing.assert_array_equal(keys[:, 2 + i], index.codes(x)[1], err_msg=f"row {i}")
 
 
 def test_parameter_layout():

@@ -54,7 +54,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..method_registry import method_spec
 from ..settings import NJIT, SIMD_LANES
-from .intrinsics import vgather, vlane, vselect_gt, vsplat
+from .intrinsics import vgather, vlane, vload, vselect_gt, vsplat, vstore
+from .precision import load, row_buffer, row_f32
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
 
@@ -155,10 +156,19 @@ def _simhash(proj, idx, val, dense, acc, codes):
         codes[h] = 1 if acc[h] >= 0 else 0
 
 
+@numba.njit(inline="always", **NJIT)
+def _max_step(v, best, at, o, skip_zeros, zero, ninf):
+    """One position ``o`` of SIMD_LANES running argmaxes: ``(best, at)`` after seeing the values ``v``
+    (strict '>' keeps the lowest position on ties; with ``skip_zeros`` a zero never wins)."""
+    if skip_zeros:
+        v = vselect_gt(v, zero, v, vselect_gt(zero, v, v, ninf))
+    return vselect_gt(v, best, v, best), vselect_gt(v, best, vsplat(np.float32(o)), at)
+
+
 @numba.njit(**NJIT)
 def _argmax_dense(dcoord, x, skip_zeros, pos):
     # SIMD_LANES hashes side by side: each offset's coordinates are gathered into one vector and the
-    # running maximum and its offset stay in registers; strict '>' keeps the lowest offset on ties
+    # running maximum and its offset stay in registers
     W, n = dcoord.shape
     zero = vsplat(np.float32(0))
     ninf = vsplat(np.float32(-np.inf))
@@ -167,11 +177,7 @@ def _argmax_dense(dcoord, x, skip_zeros, pos):
     for h0 in range(0, wide, SIMD_LANES):
         best, at = ninf, empty
         for o in range(W):
-            v = vgather(x, dcoord, o * n + h0)
-            if skip_zeros:  # a zero coordinate never wins: make it -inf
-                v = vselect_gt(v, zero, v, vselect_gt(zero, v, v, ninf))
-            at = vselect_gt(v, best, vsplat(np.float32(o)), at)
-            best = vselect_gt(v, best, v, best)
+            best, at = _max_step(vgather(x, dcoord, o * n + h0), best, at, o, skip_zeros, zero, ninf)
         for i in range(SIMD_LANES):
             pos[h0 + i] = np.int64(vlane(at, i))
     for h in range(wide, n):
@@ -181,6 +187,25 @@ def _argmax_dense(dcoord, x, skip_zeros, pos):
             if v > best1 and (v != 0 or not skip_zeros):
                 best1, at1 = v, o
         pos[h] = at1
+
+
+@numba.njit(**NJIT)
+def _argmax_tile(dcoord, tile, skip_zeros, out):
+    # SIMD_LANES vectors side by side, transposed (tile[c * SIMD_LANES + lane]): one contiguous load per
+    # (hash, position) and no gather; two hashes at a time, so that two compare chains overlap.
+    # out[h * SIMD_LANES + lane]: the offset (as float32) of hash h's maximum in vector ``lane``
+    W, n = dcoord.shape
+    zero = vsplat(np.float32(0))
+    ninf = vsplat(np.float32(-np.inf))
+    empty = vsplat(np.float32(-1 if skip_zeros else 0))
+    for h in range(0, n, 2):
+        h1 = min(h + 1, n - 1)  # an odd last hash is computed twice
+        best0, at0, best1, at1 = ninf, empty, ninf, empty
+        for o in range(W):
+            best0, at0 = _max_step(vload(tile, dcoord[o, h] * SIMD_LANES), best0, at0, o, skip_zeros, zero, ninf)
+            best1, at1 = _max_step(vload(tile, dcoord[o, h1] * SIMD_LANES), best1, at1, o, skip_zeros, zero, ninf)
+        vstore(out, h * SIMD_LANES, at0)
+        vstore(out, h1 * SIMD_LANES, at1)
 
 
 @numba.njit(**NJIT)
@@ -327,3 +352,52 @@ def hash_into(arrays, idx, val, dense, codes, fbuf, ibuf):
         else:
             _dwta_sparse(cptr, chash, caux, idx, val, fbuf, ibuf)
         _densify(ibuf, bin_size, meta[M_SEED], codes)
+
+
+@numba.njit(inline="always", **NJIT)
+def _transpose_rows(weights, r0, m, tile):
+    """Rows ``r0 .. r0+m-1`` of ``weights`` (float32 or bfloat16, decoded) into lanes ``0 .. m-1`` of
+    ``tile[c * SIMD_LANES + lane]``."""
+    for lane in range(m):
+        for c in range(weights.shape[1]):
+            tile[c * SIMD_LANES + lane] = load(weights, r0 + lane, c)
+
+
+@numba.njit(**NJIT)
+def hash_rows(arrays, weights, start, stop, keys, col):
+    """The ``L`` bucket keys of the dense rows ``start .. stop-1`` of ``weights``: row ``i``'s key of table
+    ``t`` goes to ``keys[t, col + i - start]``.
+
+    The same keys as :func:`hash_into` row by row (then :func:`pack_key`). WTA and DWTA hash
+    ``SIMD_LANES`` rows at once, transposed into a small tile (:func:`_argmax_tile`); the other families
+    go row by row. ``weights`` is float32, or uint16 holding bfloat16 patterns (decoded).
+    """
+    meta, dcoord = arrays[0], arrays[2]
+    kind, K, L, bits, bin_size = meta[M_KIND], meta[M_K], meta[M_L], meta[M_BITS], meta[M_BIN]
+    n = K * L
+    codes = np.empty(n, np.int64)
+    ibuf = np.empty(n, np.int64)
+    if kind == KIND_WTA or kind == KIND_DWTA:
+        tile = np.zeros(weights.shape[1] * SIMD_LANES, np.float32)
+        best = np.empty(n * SIMD_LANES, np.float32)
+        for r0 in range(start, stop, SIMD_LANES):
+            m = min(SIMD_LANES, stop - r0)
+            _transpose_rows(weights, r0, m, tile)
+            _argmax_tile(dcoord, tile, kind == KIND_DWTA, best)
+            for lane in range(m):
+                for h in range(n):
+                    ibuf[h] = np.int64(best[h * SIMD_LANES + lane])
+                if kind == KIND_DWTA:
+                    _densify(ibuf, bin_size, meta[M_SEED], codes)
+                else:
+                    codes[:] = ibuf
+                for t in range(L):
+                    keys[t, col + r0 - start + lane] = pack_key(codes, t, K, bits)
+        return
+    no_idx = np.empty(0, np.int32)
+    fbuf = np.empty(n, np.float32)
+    row = row_buffer(weights)  # bfloat16 rows are decoded into it, float32 ones hashed in place
+    for i in range(start, stop):
+        hash_into(arrays, no_idx, row_f32(weights, i, row), True, codes, fbuf, ibuf)
+        for t in range(L):
+            keys[t, col + i - start] = pack_key(codes, t, K, bits)

@@ -721,8 +721,9 @@ def _active_cap(config, num_labels: int, min_active: int, labels: int) -> int:
 
 def _index_bytes(config, n: int, dim: int) -> int:
     """Bytes of one :class:`slide.engine.tables.LSHIndex` over ``n`` vectors of ``dim`` plus the
-    temporary slot map a build allocates."""
+    temporary slot map and key buffer a build allocates."""
     from .hashing import code_bits
+    from .tables import chunk_rows
 
     c = config
     K, L = c["K"], c["L"]
@@ -732,7 +733,7 @@ def _index_bytes(config, n: int, dim: int) -> int:
     slots = (1 << (K * bits)) if direct else hashed
     tables = L * (4 * (slots + 1) + (0 if direct else 8 * slots) + 4 * min(n, slots * c["bucket_size"]))
     params = dim * K * L * (1 if c["hash"] == "simhash" else 0) + 8 * (dim + 1) + 8 * K * L * c["bin_size"]
-    return int(tables + params + 4 * L * n)
+    return int(tables + params + 4 * L * n + 8 * L * chunk_rows(n, L))
 
 
 def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, threads: int) -> int:

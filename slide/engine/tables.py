@@ -52,17 +52,21 @@ from .hashing import (
     code_bits,
     draw_params,
     hash_into,
+    hash_rows,
     kind_code,
     pack_key,
 )
-from .precision import BF16, row_buffer, row_f32
+from .precision import BF16
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
 
 #: The ``insertion`` enum of slide/engine/config.schema.json; a code (saved in ``meta``) is its index there.
 INSERTIONS = method_spec("slide").choices("insertion")
-#: Items hashed per parallel pass of ``build`` (bounds the temporary key buffer to L x CHUNK int64).
-CHUNK = 8192
+#: Bytes of the temporary key buffer of ``build`` (L x :func:`chunk_rows` int64). Each pass of the build
+#: counts its keys into every table's bucket offsets (L x slots x 4 bytes, 52 MB at the Amazon-670K shape),
+#: which fall out of the cache between passes: few large passes, not many small ones.
+KEY_BUFFER_BYTES = 1 << 26
+#: Rows per parallel task of the hashing.
 _BLOCK = 64
 _STATE_NAMES = ("meta", "proj", "dcoord", "cptr", "chash", "caux", "keys", "ptr", "items")
 
@@ -161,30 +165,29 @@ def _fill_table(ptr, items, slot_of, t, cap, reservoir, seed):
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _build(arrays, weights, slot_of):
+def _build(arrays, weights, slot_of, chunk):
     meta, keys, ptr, items = arrays[0], arrays[6], arrays[7], arrays[8]
-    K, L, bits, n_slots, direct = meta[M_K], meta[M_L], meta[M_BITS], meta[M_SLOTS], meta[M_DIRECT] != 0
+    L, n_slots, direct = meta[M_L], meta[M_SLOTS], meta[M_DIRECT] != 0
     n = weights.shape[0]
     ptr[:, :] = 0
     keys[:, :] = 0  # unused slots too, so that the arrays depend only on the weights and the seed
-    no_idx = np.empty(0, np.int32)
-    chunk_keys = np.empty((L, min(CHUNK, n)), np.int64)
-    for start in range(0, n, CHUNK):
-        m = min(CHUNK, n - start)
+    chunk_keys = np.empty((L, min(chunk, n)), np.int64)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
         for blk in numba.prange((m + _BLOCK - 1) // _BLOCK):
-            codes = np.empty(K * L, np.int64)
-            fbuf = np.empty(K * L, np.float32)
-            ibuf = np.empty(K * L, np.int64)
-            row = row_buffer(weights)  # bfloat16 rows are decoded into it, float32 ones hashed in place
-            for i in range(blk * _BLOCK, min(m, (blk + 1) * _BLOCK)):
-                hash_into(arrays, no_idx, row_f32(weights, start + i, row), True, codes, fbuf, ibuf)
-                for t in range(L):
-                    chunk_keys[t, i] = pack_key(codes, t, K, bits)
+            hash_rows(arrays, weights, start + blk * _BLOCK, start + min(m, (blk + 1) * _BLOCK), chunk_keys,
+                      blk * _BLOCK)
         for t in numba.prange(L):
             for i in range(m):
                 slot_of[t, start + i] = _count_insert(keys, ptr, t, chunk_keys[t, i], direct, n_slots)
     for t in numba.prange(L):
         _fill_table(ptr, items, slot_of, t, meta[M_BUCKET], meta[M_INSERT] != 0, meta[M_SEED])
+
+
+def chunk_rows(num_items: int, L: int) -> int:
+    """Rows hashed per parallel pass of a build: as many as :data:`KEY_BUFFER_BYTES` of keys hold
+    (at least one block), at most all of them."""
+    return int(min(num_items, max(_BLOCK, KEY_BUFFER_BYTES // (8 * L))))
 
 
 @numba.njit(**NJIT)
@@ -296,7 +299,7 @@ class LSHIndex:
         """Clear the tables and insert every row of ``weights`` (num_items, dim) with the current hashes;
         a uint16 ``weights`` holds bfloat16 patterns (:mod:`slide.engine.precision`), decoded a row at a time."""
         weights = self._weights(weights)
-        _build(self._arrays, weights, np.empty((self.L, self.num_items), np.int32))
+        _build(self._arrays, weights, np.empty((self.L, self.num_items), np.int32), chunk_rows(self.num_items, self.L))
 
     def rebuild(self, weights: np.ndarray, seed: int) -> None:
         """Draw new hash functions from ``seed``, then :meth:`build`."""
