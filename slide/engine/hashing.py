@@ -54,7 +54,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..method_registry import method_spec
 from ..settings import NJIT, SIMD_LANES
-from .intrinsics import vgather, vlane, vload, vselect_gt, vsplat, vstore
+from .intrinsics import vfma, vgather, vgt_mask, vlane, vload, vselect_gt, vsplat, vstore
 from .precision import load, row_buffer, row_f32
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
@@ -194,10 +194,12 @@ def _argmax_tile(dcoord, tile, skip_zeros, out):
     # SIMD_LANES vectors side by side, transposed (tile[c * SIMD_LANES + lane]): one contiguous load per
     # (hash, position) and no gather; two hashes at a time, so that two compare chains overlap.
     # out[h * SIMD_LANES + lane]: the offset (as float32) of hash h's maximum in vector ``lane``
+    # Returns whether some lane of some hash is an empty DWTA bin (-1).
     W, n = dcoord.shape
     zero = vsplat(np.float32(0))
     ninf = vsplat(np.float32(-np.inf))
     empty = vsplat(np.float32(-1 if skip_zeros else 0))
+    low = zero
     for h in range(0, n, 2):
         h1 = min(h + 1, n - 1)  # an odd last hash is computed twice
         best0, at0, best1, at1 = ninf, empty, ninf, empty
@@ -206,6 +208,23 @@ def _argmax_tile(dcoord, tile, skip_zeros, out):
             best1, at1 = _max_step(vload(tile, dcoord[o, h1] * SIMD_LANES), best1, at1, o, skip_zeros, zero, ninf)
         vstore(out, h * SIMD_LANES, at0)
         vstore(out, h1 * SIMD_LANES, at1)
+        low = vselect_gt(low, at0, at0, low)
+        low = vselect_gt(low, at1, at1, low)
+    return vgt_mask(zero, low) != 0
+
+
+@numba.njit(inline="always", **NJIT)
+def _tile_keys(best, K, L, bits, kbuf, keys, col, m):
+    """The keys of lanes ``0 .. m-1`` of :func:`_argmax_tile`'s codes ``best`` (no empty bin, codes
+    below ``2**bits``) into ``keys[t, col + lane]``, summed as float32 vectors (exact: ``K * bits <= 24``)."""
+    for t in range(L):
+        key = vsplat(np.float32(0))
+        for j in range(K):
+            key = vfma(vload(best, (t * K + j) * SIMD_LANES), vsplat(np.float32(1 << (j * bits))), key)
+        vstore(kbuf, t * SIMD_LANES, key)
+    for t in range(L):
+        for lane in range(m):
+            keys[t, col + lane] = np.int64(kbuf[t * SIMD_LANES + lane])
 
 
 @numba.njit(**NJIT)
@@ -380,10 +399,14 @@ def hash_rows(arrays, weights, start, stop, keys, col):
     if kind == KIND_WTA or kind == KIND_DWTA:
         tile = np.zeros(weights.shape[1] * SIMD_LANES, np.float32)
         best = np.empty(n * SIMD_LANES, np.float32)
+        kbuf = np.empty(L * SIMD_LANES, np.float32)
+        as_float = dcoord.shape[0] == bin_size and K * bits <= 24  # codes are the offsets; keys fit a float32
         for r0 in range(start, stop, SIMD_LANES):
             m = min(SIMD_LANES, stop - r0)
             _transpose_rows(weights, r0, m, tile)
-            _argmax_tile(dcoord, tile, kind == KIND_DWTA, best)
+            if not _argmax_tile(dcoord, tile, kind == KIND_DWTA, best) and as_float:
+                _tile_keys(best, K, L, bits, kbuf, keys, col + r0 - start, m)
+                continue
             for lane in range(m):
                 for h in range(n):
                     ibuf[h] = np.int64(best[h * SIMD_LANES + lane])
