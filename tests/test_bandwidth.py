@@ -178,6 +178,15 @@ def test_measurement_is_positive_and_read_back_from_the_cache(cache, monkeypatch
     assert bandwidth.stream_gbps(1, array_bytes=2**20) == 12.5 and calls == [1, 1]
 
 
+def test_an_older_triads_figure_is_not_read_back(cache, monkeypatch):
+    old_key = bandwidth.machine_key(1, 2**20).replace(f"triad={bandwidth.TRIAD_VERSION}", "triad=1")
+    assert old_key != bandwidth.machine_key(1, 2**20)
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({old_key: {"gbps": 3.0}}))
+    calls = _count_measurements(monkeypatch)
+    assert bandwidth.stream_gbps(1, array_bytes=2**20) == 12.5 and calls == [1]
+
+
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"KEY": {"gbps": -3}}', '{"KEY": {"gbps": "fast"}}'])
 def test_a_corrupt_cache_is_ignored_and_rewritten(cache, monkeypatch, text):
     key = bandwidth.machine_key(1, 2**20)
