@@ -53,8 +53,6 @@ _BLOCK = 4 * SIMD_LANES
 _L1, _L2, _L3 = SIMD_LANES, 2 * SIMD_LANES, 3 * SIMD_LANES
 #: Output neurons per task of the row phases.
 ROWS_PER_TASK = 256
-#: Rows with pairs whose weights and moments the gradient phase keeps in flight ahead of the row it sums.
-PREFETCH_ROWS = 8
 #: At most this many chunks of samples in the counting sort (each holds a count per label).
 SORT_CHUNKS = 8
 #: Labels per block of the sort's prefix sum.
@@ -223,9 +221,9 @@ def _row_gradient(W2, r, top, grads, rptr, ent, da, acc, wbuf):
 
 
 @numba.njit(inline="always", **FAST)
-def _prefetch_next(W2, mW2, vW2, r, rptr):
-    """Prefetch the weights and moments of the first output row after ``r`` that has pairs; return
-    that row (the number of rows when none has)."""
+def _prefetch_next_row(W2, mW2, vW2, r, rptr):
+    """Prefetch the weights and moments of the next output row after ``r`` that has pairs, so that
+    they arrive while row ``r``'s gradient is summed."""
     num_rows = rptr.shape[0] - 1
     r += 1
     while r < num_rows and rptr[r + 1] == rptr[r]:
@@ -234,7 +232,6 @@ def _prefetch_next(W2, mW2, vW2, r, rptr):
         prefetch_row(W2, r)
         prefetch_row(mW2, r)
         prefetch_row(vW2, r)
-    return r
 
 
 @numba.njit(**FAST_PARALLEL)
@@ -248,15 +245,12 @@ def _grads_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, gW2, gb2_t, flag2, top, grads
         t = numba.get_thread_id()
         acc = np.zeros((1, top.shape[1]), np.float32)
         wbuf = row_buffer(W2)
-        ahead = k * ROWS_PER_TASK - 1  # the last row prefetched: PREFETCH_ROWS rows with pairs ahead
-        for _ in range(PREFETCH_ROWS if adam else 0):
-            ahead = _prefetch_next(W2, mW2, vW2, ahead, rptr)
         for r in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
             if rptr[r + 1] == rptr[r]:
                 continue
             n += 1
             if adam:
-                ahead = _prefetch_next(W2, mW2, vW2, ahead, rptr)
+                _prefetch_next_row(W2, mW2, vW2, r, rptr)
                 gb2[r] = _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc, wbuf)
                 adam_row(W2, mW2, vW2, acc, 0, r, h)
                 adam_span(b2, mb2, vb2, gb2, r, r + 1, h)
