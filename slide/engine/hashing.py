@@ -40,6 +40,10 @@ Parameter layout (inside the ``arrays`` tuple of :class:`slide.engine.tables.LSH
   coordinate -> (hash or bin, position or offset), for sparse vectors (and dense ``minhash``, which only
   visits its top-k coordinates); ``cptr`` all zeros and ``chash``/``caux`` empty for ``simhash``.
 
+Many dense rows (a table build, :func:`hash_rows`) are hashed ``SIMD_LANES`` rows at a time from a
+transposed tile, so that a coordinate's values for all of them are one vector load; the codes and keys
+are those of the one-vector pass (:func:`hash_into`), to the bit.
+
 Only nonzero coordinates of a sparse vector are visited (an explicit zero is the same as an absent one),
 and a sparse vector gets exactly the codes of its dense twin.
 """
@@ -376,10 +380,52 @@ def hash_into(arrays, idx, val, dense, codes, fbuf, ibuf):
 @numba.njit(inline="always", **NJIT)
 def _transpose_rows(weights, r0, m, tile):
     """Rows ``r0 .. r0+m-1`` of ``weights`` (float32 or bfloat16, decoded) into lanes ``0 .. m-1`` of
-    ``tile[c * SIMD_LANES + lane]``."""
+    ``tile[c * SIMD_LANES + lane]``; return whether every value is finite."""
+    finite = True
     for lane in range(m):
         for c in range(weights.shape[1]):
-            tile[c * SIMD_LANES + lane] = load(weights, r0 + lane, c)
+            x = load(weights, r0 + lane, c)
+            tile[c * SIMD_LANES + lane] = x
+            finite &= np.isfinite(x)
+    return finite
+
+
+@numba.njit(**NJIT)
+def _simhash_lists(proj):
+    """SimHash projection ``h``'s coordinates, by hash: ``coord[h]`` (increasing) and ``sign[h]``
+    (float32 +-1); every projection has the same number of them."""
+    dim, n = proj.shape
+    width = 0
+    for d in range(dim):
+        width += proj[d, 0] != 0
+    coord = np.empty((n, width), np.int32)
+    sign = np.empty((n, width), np.float32)
+    for h in range(n):
+        k = 0
+        for d in range(dim):
+            if proj[d, h] != 0:
+                coord[h, k] = d
+                sign[h, k] = proj[d, h]
+                k += 1
+    return coord, sign
+
+
+@numba.njit(**NJIT)
+def _simhash_tile(coord, sign, tile, out):
+    # SIMD_LANES finite vectors side by side (tile as in _argmax_tile): each projection's signed sum
+    # over its coordinates in increasing order, as the one-vector pass adds them (its other terms are
+    # zeros), two projections at a time; out[h * SIMD_LANES + lane]: code 1.0 where the sum is >= 0
+    n, width = coord.shape
+    zero = vsplat(np.float32(0))
+    one = vsplat(np.float32(1))
+    for h in range(0, n, 2):
+        h1 = min(h + 1, n - 1)
+        acc0, acc1 = zero, zero
+        for k in range(width):
+            acc0 = vfma(vsplat(sign[h, k]), vload(tile, coord[h, k] * SIMD_LANES), acc0)
+            acc1 = vfma(vsplat(sign[h1, k]), vload(tile, coord[h1, k] * SIMD_LANES), acc1)
+        vstore(out, h * SIMD_LANES, vselect_gt(zero, acc0, zero, one))
+        vstore(out, h1 * SIMD_LANES, vselect_gt(zero, acc1, zero, one))
 
 
 @numba.njit(**NJIT)
@@ -387,40 +433,40 @@ def hash_rows(arrays, weights, start, stop, keys, col):
     """The ``L`` bucket keys of the dense rows ``start .. stop-1`` of ``weights``: row ``i``'s key of table
     ``t`` goes to ``keys[t, col + i - start]``.
 
-    The same keys as :func:`hash_into` row by row (then :func:`pack_key`). WTA and DWTA hash
-    ``SIMD_LANES`` rows at once, transposed into a small tile (:func:`_argmax_tile`); the other families
-    go row by row. ``weights`` is float32, or uint16 holding bfloat16 patterns (decoded).
+    The same keys as :func:`hash_into` row by row (then :func:`pack_key`). SimHash, WTA and DWTA hash
+    ``SIMD_LANES`` rows at once, transposed into a small tile (:func:`_simhash_tile`,
+    :func:`_argmax_tile`), and a tile whose codes need no densifying gets its keys as vectors
+    (:func:`_tile_keys`); other tiles and MinHash go row by row. ``weights`` is float32, or uint16
+    holding bfloat16 patterns (decoded).
     """
-    meta, dcoord = arrays[0], arrays[2]
+    meta, proj, dcoord = arrays[0], arrays[1], arrays[2]
     kind, K, L, bits, bin_size = meta[M_KIND], meta[M_K], meta[M_L], meta[M_BITS], meta[M_BIN]
     n = K * L
     codes = np.empty(n, np.int64)
     ibuf = np.empty(n, np.int64)
-    if kind == KIND_WTA or kind == KIND_DWTA:
-        tile = np.zeros(weights.shape[1] * SIMD_LANES, np.float32)
-        best = np.empty(n * SIMD_LANES, np.float32)
-        kbuf = np.empty(L * SIMD_LANES, np.float32)
-        as_float = dcoord.shape[0] == bin_size and K * bits <= 24  # codes are the offsets; keys fit a float32
-        for r0 in range(start, stop, SIMD_LANES):
-            m = min(SIMD_LANES, stop - r0)
-            _transpose_rows(weights, r0, m, tile)
-            if not _argmax_tile(dcoord, tile, kind == KIND_DWTA, best) and as_float:
+    fbuf = np.empty(n, np.float32)
+    no_idx = np.empty(0, np.int32)
+    row = row_buffer(weights)  # bfloat16 rows are decoded into it, float32 ones hashed in place
+    tile = np.zeros(weights.shape[1] * SIMD_LANES, np.float32)
+    best = np.empty(n * SIMD_LANES, np.float32)
+    kbuf = np.empty(L * SIMD_LANES, np.float32)
+    simhash = kind == KIND_SIMHASH
+    argmax = kind == KIND_WTA or kind == KIND_DWTA
+    # float keys: the codes are the offsets (DWTA bins as wide as bin_size) and a key fits a float32
+    as_float = (simhash or (argmax and dcoord.shape[0] == bin_size)) and K * bits <= 24
+    coord, sign = _simhash_lists(proj if simhash else np.zeros((1, 1), np.int8))
+    for r0 in range(start, stop, SIMD_LANES):
+        m = min(SIMD_LANES, stop - r0)
+        if simhash or argmax:
+            finite = _transpose_rows(weights, r0, m, tile)
+            if simhash and finite and as_float:
+                _simhash_tile(coord, sign, tile, best)
                 _tile_keys(best, K, L, bits, kbuf, keys, col + r0 - start, m)
                 continue
-            for lane in range(m):
-                for h in range(n):
-                    ibuf[h] = np.int64(best[h * SIMD_LANES + lane])
-                if kind == KIND_DWTA:
-                    _densify(ibuf, bin_size, meta[M_SEED], codes)
-                else:
-                    codes[:] = ibuf
-                for t in range(L):
-                    keys[t, col + r0 - start + lane] = pack_key(codes, t, K, bits)
-        return
-    no_idx = np.empty(0, np.int32)
-    fbuf = np.empty(n, np.float32)
-    row = row_buffer(weights)  # bfloat16 rows are decoded into it, float32 ones hashed in place
-    for i in range(start, stop):
-        hash_into(arrays, no_idx, row_f32(weights, i, row), True, codes, fbuf, ibuf)
-        for t in range(L):
-            keys[t, col + i - start] = pack_key(codes, t, K, bits)
+            if argmax and not _argmax_tile(dcoord, tile, kind == KIND_DWTA, best) and as_float:
+                _tile_keys(best, K, L, bits, kbuf, keys, col + r0 - start, m)
+                continue
+        for i in range(r0, r0 + m):
+            hash_into(arrays, no_idx, row_f32(weights, i, row), True, codes, fbuf, ibuf)
+            for t in range(L):
+                keys[t, col + i - start] = pack_key(codes, t, K, bits)

@@ -66,8 +66,9 @@ INSERTIONS = method_spec("slide").choices("insertion")
 #: counts its keys into every table's bucket offsets (L x slots x 4 bytes, 52 MB at the Amazon-670K shape),
 #: which fall out of the cache between passes: few large passes, not many small ones.
 KEY_BUFFER_BYTES = 1 << 26
-#: Rows per parallel task of the hashing.
-_BLOCK = 64
+#: Rows per parallel task of the hashing (each task first lays out the hash parameters it needs:
+#: SimHash's per-projection lists, ~57,000 reads at 128 x 450, are worth it over 512 rows, not 64).
+_BLOCK = 512
 _STATE_NAMES = ("meta", "proj", "dcoord", "cptr", "chash", "caux", "keys", "ptr", "items")
 
 
