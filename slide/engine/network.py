@@ -97,8 +97,6 @@ def prefetch_row(arr, r):
         prefetch(arr, r, c)
 
 
-
-
 @numba.njit(**NJIT)
 def sample_seed(seed, step, index):
     """A non-negative 63-bit seed for sample ``index`` of step ``step`` (splitmix64 of the triple)."""
