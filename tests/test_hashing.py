@@ -124,6 +124,20 @@ def test_rows_hashed_together_get_the_keys_of_one_by_one(kind, K, L, precision):
         np.testing.assert_array_equal(keys[:, 2 + i], index.codes(x)[1], err_msg=f"row {i}")
 
 
+def test_rows_hashed_together_allow_simhash_projections_of_unequal_length():
+    """Projections drawn by ``draw_params`` all have ceil(dim/3) coordinates; two edited to have fewer
+    (a padded list in the tile pass) still gets the one-by-one keys."""
+    index = LSHIndex("simhash", 40, 1, 5, 6, seed=3)
+    proj = index.arrays[1]
+    for h, drop in ((0, 4), (7, 2)):
+        proj[np.flatnonzero(proj[:, h])[:drop], h] = 0
+    rows = np.random.default_rng(5).standard_normal((SIMD_LANES + 3, 40)).astype(np.float32)
+    keys = np.empty((6, len(rows)), np.int64)
+    hash_rows(index.arrays, rows, 0, len(rows), keys, 0)
+    for i, x in enumerate(rows):
+        np.testing.assert_array_equal(keys[:, i], index.codes(x)[1], err_msg=f"row {i}")
+
+
 def test_parameter_layout():
     dim, K, L = 50, 4, 7
     proj = LSHIndex("simhash", dim, 1, K, L).arrays[1]

@@ -219,8 +219,9 @@ def _argmax_tile(dcoord, tile, skip_zeros, out):
 
 @numba.njit(inline="always", **NJIT)
 def _tile_keys(best, K, L, bits, kbuf, keys, col, m):
-    """The keys of lanes ``0 .. m-1`` of :func:`_argmax_tile`'s codes ``best`` (no empty bin, codes
-    below ``2**bits``) into ``keys[t, col + lane]``, summed as float32 vectors (exact: ``K * bits <= 24``)."""
+    """The keys of lanes ``0 .. m-1`` of a tile's codes ``best`` (:func:`_argmax_tile` without an empty
+    bin, or :func:`_simhash_tile`; codes below ``2**bits``) into ``keys[t, col + lane]``, summed as
+    float32 vectors (exact: ``K * bits <= 24``)."""
     for t in range(L):
         key = vsplat(np.float32(0))
         for j in range(K):
@@ -393,20 +394,22 @@ def _transpose_rows(weights, r0, m, tile):
 @numba.njit(**NJIT)
 def _simhash_lists(proj):
     """SimHash projection ``h``'s coordinates, by hash: ``coord[h]`` (increasing) and ``sign[h]``
-    (float32 +-1); every projection has the same number of them."""
+    (float32 +-1), a projection with fewer than the most padded with sign 0 (``draw_params`` gives
+    them all ``ceil(dim / 3)``)."""
     dim, n = proj.shape
-    width = 0
+    counts = np.zeros(n, np.int64)
     for d in range(dim):
-        width += proj[d, 0] != 0
-    coord = np.empty((n, width), np.int32)
-    sign = np.empty((n, width), np.float32)
-    for h in range(n):
-        k = 0
-        for d in range(dim):
+        for h in range(n):
+            counts[h] += proj[d, h] != 0
+    coord = np.zeros((n, counts.max()), np.int32)
+    sign = np.zeros((n, counts.max()), np.float32)
+    counts[:] = 0
+    for d in range(dim):
+        for h in range(n):
             if proj[d, h] != 0:
-                coord[h, k] = d
-                sign[h, k] = proj[d, h]
-                k += 1
+                coord[h, counts[h]] = d
+                sign[h, counts[h]] = proj[d, h]
+                counts[h] += 1
     return coord, sign
 
 
