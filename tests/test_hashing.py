@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from slide.engine.hashing import bin_layout, hash_rows, pack_key
+from slide.engine.hashing import bin_layout, hash_rows, pack_key, simhash_lists
 from slide.engine.precision import from_bf16, to_bf16
 from slide.engine.tables import LSHIndex
 from slide.settings import SIMD_LANES
@@ -104,7 +104,7 @@ def test_sparse_input_equals_dense_in_any_order(kind, K, L):
 @pytest.mark.parametrize("kind,K,L", KINDS)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_rows_hashed_together_get_the_keys_of_one_by_one(kind, K, L, precision):
-    """``hash_rows`` (the build's path: WTA / DWTA rows side by side in a transposed tile) gives each
+    """``hash_rows`` (the build's path: SimHash / WTA / DWTA rows side by side in a transposed tile) gives each
     row the keys of ``codes``, checked against the twin above, for a row count that fills no whole
     tile, from an offset, with ties, zero rows (densified), NaN and inf, and bfloat16 rows (decoded)."""
     rng = np.random.default_rng(4)
@@ -118,7 +118,7 @@ def test_rows_hashed_together_get_the_keys_of_one_by_one(kind, K, L, precision):
         rows = from_bf16(weights[3:])
     index = LSHIndex(kind, dim, 1, K, L, seed=3, bin_size=8, topk_minhash=6)
     keys = np.full((L, m + 2), -7, np.int64)
-    hash_rows(index.arrays, weights, 3, 3 + m, keys, 2)
+    hash_rows(index.arrays, weights, 3, 3 + m, keys, 2, simhash_lists(index.arrays))
     assert (keys[:, :2] == -7).all()
     for i, x in enumerate(rows):
         np.testing.assert_array_equal(keys[:, 2 + i], index.codes(x)[1], err_msg=f"row {i}")
@@ -126,14 +126,14 @@ def test_rows_hashed_together_get_the_keys_of_one_by_one(kind, K, L, precision):
 
 def test_rows_hashed_together_allow_simhash_projections_of_unequal_length():
     """Projections drawn by ``draw_params`` all have ceil(dim/3) coordinates; two edited to have fewer
-    (a padded list in the tile pass) still gets the one-by-one keys."""
+    (padded lists in the tile pass) still get the one-by-one keys."""
     index = LSHIndex("simhash", 40, 1, 5, 6, seed=3)
     proj = index.arrays[1]
     for h, drop in ((0, 4), (7, 2)):
         proj[np.flatnonzero(proj[:, h])[:drop], h] = 0
     rows = np.random.default_rng(5).standard_normal((SIMD_LANES + 3, 40)).astype(np.float32)
     keys = np.empty((6, len(rows)), np.int64)
-    hash_rows(index.arrays, rows, 0, len(rows), keys, 0)
+    hash_rows(index.arrays, rows, 0, len(rows), keys, 0, simhash_lists(index.arrays))
     for i, x in enumerate(rows):
         np.testing.assert_array_equal(keys[:, i], index.codes(x)[1], err_msg=f"row {i}")
 

@@ -392,10 +392,13 @@ def _transpose_rows(weights, r0, m, tile):
 
 
 @numba.njit(**NJIT)
-def _simhash_lists(proj):
-    """SimHash projection ``h``'s coordinates, by hash: ``coord[h]`` (increasing) and ``sign[h]``
-    (float32 +-1), a projection with fewer than the most padded with sign 0 (``draw_params`` gives
-    them all ``ceil(dim / 3)``)."""
+def simhash_lists(arrays):
+    """SimHash projection ``h``'s coordinates, by hash, for :func:`hash_rows`: ``coord[h]`` (increasing)
+    and ``sign[h]`` (float32 +-1), a projection with fewer than the most padded with sign 0
+    (``draw_params`` gives them all ``ceil(dim / 3)``); (0, 0) arrays for the other families."""
+    meta, proj = arrays[0], arrays[1]
+    if meta[M_KIND] != KIND_SIMHASH:
+        return np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
     dim, n = proj.shape
     counts = np.zeros(n, np.int64)
     for d in range(dim):
@@ -432,9 +435,9 @@ def _simhash_tile(coord, sign, tile, out):
 
 
 @numba.njit(**NJIT)
-def hash_rows(arrays, weights, start, stop, keys, col):
+def hash_rows(arrays, weights, start, stop, keys, col, lists):
     """The ``L`` bucket keys of the dense rows ``start .. stop-1`` of ``weights``: row ``i``'s key of table
-    ``t`` goes to ``keys[t, col + i - start]``.
+    ``t`` goes to ``keys[t, col + i - start]``; ``lists`` is :func:`simhash_lists` of ``arrays``.
 
     The same keys as :func:`hash_into` row by row (then :func:`pack_key`). SimHash, WTA and DWTA hash
     ``SIMD_LANES`` rows at once, transposed into a small tile (:func:`_simhash_tile`,
@@ -442,7 +445,7 @@ def hash_rows(arrays, weights, start, stop, keys, col):
     (:func:`_tile_keys`); other tiles and MinHash go row by row. ``weights`` is float32, or uint16
     holding bfloat16 patterns (decoded).
     """
-    meta, proj, dcoord = arrays[0], arrays[1], arrays[2]
+    meta, dcoord = arrays[0], arrays[2]
     kind, K, L, bits, bin_size = meta[M_KIND], meta[M_K], meta[M_L], meta[M_BITS], meta[M_BIN]
     n = K * L
     codes = np.empty(n, np.int64)
@@ -457,7 +460,7 @@ def hash_rows(arrays, weights, start, stop, keys, col):
     argmax = kind == KIND_WTA or kind == KIND_DWTA
     # float keys: the codes are the offsets (DWTA bins as wide as bin_size) and a key fits a float32
     as_float = (simhash or (argmax and dcoord.shape[0] == bin_size)) and K * bits <= 24
-    coord, sign = _simhash_lists(proj if simhash else np.zeros((1, 1), np.int8))
+    coord, sign = lists
     for r0 in range(start, stop, SIMD_LANES):
         m = min(SIMD_LANES, stop - r0)
         if simhash or argmax:

@@ -55,6 +55,7 @@ from .hashing import (
     hash_rows,
     kind_code,
     pack_key,
+    simhash_lists,
 )
 from .precision import BF16
 from .rng import GOLDEN as _GOLDEN
@@ -66,9 +67,8 @@ INSERTIONS = method_spec("slide").choices("insertion")
 #: counts its keys into every table's bucket offsets (L x slots x 4 bytes, 52 MB at the Amazon-670K shape),
 #: which fall out of the cache between passes: few large passes, not many small ones.
 KEY_BUFFER_BYTES = 1 << 26
-#: Rows per parallel task of the hashing (each task first lays out the hash parameters it needs:
-#: SimHash's per-projection lists, ~57,000 reads at 128 x 450, are worth it over 512 rows, not 64).
-_BLOCK = 512
+#: Rows per parallel task of the hashing.
+_BLOCK = 64
 _STATE_NAMES = ("meta", "proj", "dcoord", "cptr", "chash", "caux", "keys", "ptr", "items")
 
 
@@ -173,11 +173,12 @@ def _build(arrays, weights, slot_of, chunk):
     ptr[:, :] = 0
     keys[:, :] = 0  # unused slots too, so that the arrays depend only on the weights and the seed
     chunk_keys = np.empty((L, min(chunk, n)), np.int64)
+    lists = simhash_lists(arrays)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         for blk in numba.prange((m + _BLOCK - 1) // _BLOCK):
             hash_rows(arrays, weights, start + blk * _BLOCK, start + min(m, (blk + 1) * _BLOCK), chunk_keys,
-                      blk * _BLOCK)
+                      blk * _BLOCK, lists)
         for t in numba.prange(L):
             for i in range(m):
                 slot_of[t, start + i] = _count_insert(keys, ptr, t, chunk_keys[t, i], direct, n_slots)
