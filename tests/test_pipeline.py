@@ -193,3 +193,31 @@ def test_snakemake_report_zip(tiny_pipeline):
         names = z.namelist()
     assert any(n.endswith("/report.html") for n in names)
     assert sum(n.endswith(".png") for n in names) >= 7  # every figure, with its caption
+
+
+@pytest.mark.slow
+def test_a_gpu_run_copied_in_from_another_machine_is_reported_not_rerun(tiny_pipeline):
+    """A torch-full-gpu run made on a GPU box (gpu_bench.sh) and copied into results/ on a machine
+    without a GPU: the pipeline reads it into the tables and the report, and plans no job for it."""
+    workdir, _ = tiny_pipeline
+    ds = workdir / "results" / "amazon-670k-synth0.005"
+    made = ds / "torch-full-gpu" / "seed0"
+    made.mkdir(parents=True)
+    (made / "curve.csv").write_bytes((ds / "tf-full-cpu" / "seed0" / "curve.csv").read_bytes())
+    rec = json.loads((ds / "tf-full-cpu" / "seed0" / "run.json").read_text())
+    rec.update(method="torch-full-gpu", machine=dict(rec["machine"], cpu="Box CPU", cores=96),
+               method_stats={"device": "cuda:0 Box GPU 80 GiB"})
+    (made / "run.json").write_text(json.dumps(rec))
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+           "--config", "preset=tiny", "methods={torch-full-gpu: {enabled: true}}"]
+    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "importing 1 run(s)" in res.stderr
+    assert not (workdir / "logs" / "train" / "amazon-670k-synth0.005" / "torch-full-gpu").exists()
+    assert not (workdir / "benchmarks" / "amazon-670k-synth0.005" / "torch-full-gpu").exists()
+    summary = pd.read_csv(workdir / "results" / "tiny" / "summary.csv").set_index("method")
+    assert summary.loc["torch-full-gpu", "gpu"] == "cuda:0 Box GPU 80 GiB"
+    plan = json.loads((workdir / "results" / "tiny" / "skipped.json").read_text())
+    assert [i["method"] for i in plan["imported"]] == ["torch-full-gpu"]
+    html = (workdir / "reports" / "tiny" / "report.html").read_text()
+    assert "made on another machine" in html and "cuda:0 Box GPU 80 GiB (CPU Box CPU, 96 cores)" in html

@@ -148,6 +148,23 @@ def test_torch_runs_need_torch_and_gpu_ones_a_gpu():
     assert plan.skipped == []
 
 
+def test_a_run_that_cannot_run_here_but_was_made_elsewhere_is_imported(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = plan_for("default")
+    left = next(s for s in plan.skipped if s["method"] == "tf-full-gpu")
+    assert plan.imported == [] and not any("importing" in n for n in plan.notes)
+    made = tmp_path / run_dir(**left) / "run.json"
+    made.parent.mkdir(parents=True)
+    made.write_text("{}")  # its content is the aggregate's business, not the plan's
+    plan = plan_for("default")
+    assert [dict(i, reason=None) for i in plan.imported] == [dict(left, reason=None)]
+    assert plan.imported[0]["reason"] == NO_GPU[1]  # why it could not be made here
+    assert left not in plan.skipped and not any(r["method"] == "tf-full-gpu" for r in plan.runs)
+    assert plan.imported_jsons == [str(made.relative_to(tmp_path))]
+    assert plan.imported_jsons[0] not in plan.run_jsons + plan.job_benchmarks  # no job makes it here
+    assert any(n.startswith("importing 1 run(s)") and plan.imported_jsons[0] in n for n in plan.notes)
+
+
 def test_torch_methods_join_experiments_when_asked():
     plan = plan_for("tiny", methods=TORCH_ON, torch=(True, "PyTorch installed"),
                     experiments={"sampled_softmax": {"methods": ["tf-sampled-cpu", "torch-sampled-cpu"]},

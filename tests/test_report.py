@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from slide.report.aggregate import (CURVES_COLUMNS, SPEEDUP_COLUMNS, SUMMARY_COLUMNS, TABLE_COLUMNS,
-                                    aggregate, end_of_run, parse_run_path, time_to_reach)
+                                    aggregate, end_of_run, machine_label, parse_run_path, time_to_reach)
 from slide.contention import DISTURBED_NOTE
 from slide.report import figures as figures_mod
 from slide.report.figures import FIGURES, load_tables, make_figure
@@ -536,3 +536,39 @@ def test_a_pytorch_gpu_run_fills_the_papers_gpu_claim_and_says_which_framework(t
     assert "2x on" in gpu_row and "PyTorch full softmax (GPU)" in gpu_row
     assert "not measured" not in gpu_row
     assert _first_sentence(text).startswith("Verdict: SLIDE beat")
+
+
+def _made_elsewhere(run_json, device="cuda:0 Test GPU 80 GiB, torch 9.9", cpu="Other CPU", cores=64):
+    """Rewrite a run.json as if made on another machine (a GPU box) and copied in."""
+    rec = json.loads(run_json.read_text())
+    rec["machine"] = dict(rec["machine"], cpu=cpu, cores=cores)
+    rec["method_stats"] = {"device": device}
+    run_json.write_text(json.dumps(rec))
+    return run_json
+
+
+def test_a_gpu_run_from_another_machine_is_named_and_does_not_decide_the_verdict(tmp_path):
+    runs = [_write_run(tmp_path, "slide", [(1, 0.3), (2, 0.6)], **QUIET),
+            _write_run(tmp_path, "tf-full-cpu", [(2, 0.3), (4, 0.55)], **QUIET),  # SLIDE 2x faster here
+            _made_elsewhere(_write_run(tmp_path, "torch-full-gpu", [(0.5, 0.3), (1, 0.55)], **QUIET))]
+    plan = dict(PLAN, imported=[{"dataset": DID, "method": "torch-full-gpu", "variant": None, "seed": 0,
+                                 "reason": GPU_REASON}])
+    _, out = _aggregate(tmp_path, runs, [], [])
+    tables = load_tables(out)
+    text = build_report(tables, plan, PAPER, {}, tmp_path / "report.html", "t")
+    summary = tables["summary"].set_index("method")
+    assert summary.loc["torch-full-gpu", "gpu"] == "cuda:0 Test GPU 80 GiB, torch 9.9"
+    assert pd.isna(summary.loc["tf-full-cpu", "gpu"])  # a CPU run names no GPU ("" in the CSV)
+    sp = tables["speedups"].set_index("baseline")
+    elsewhere = "cuda:0 Test GPU 80 GiB, torch 9.9 (CPU Other CPU, 64 cores)"
+    assert sp.loc["torch-full-gpu", "other_machine"] == elsewhere and pd.isna(sp.loc["tf-full-cpu", "other_machine"])
+    assert sp.loc["torch-full-gpu", "speedup"] == pytest.approx(0.5)  # the GPU box reached 0.55 in 1 s, SLIDE in 2
+    # the verdict is decided on SLIDE's machine only; the GPU comparison is reported, with its machine
+    assert _first_sentence(text).startswith("Verdict: SLIDE beat TensorFlow's full softmax in every comparison")
+    plain = re.sub(r"<[^>]+>", "", text)
+    assert f"SLIDE vs PyTorch full softmax (GPU) (its runs were made on another machine, {elsewhere}" in plain
+    assert "GPUs recorded in run.json" in plain and "CPUs recorded in run.json" in plain
+    assert "1 run(s) made on another machine" in plain
+    assert f"results/{DID}/torch-full-gpu/seed0: {elsewhere}" in plain
+    cpu_run = tables["summary"].set_index("method").loc["tf-full-cpu"]  # as read back from the CSV
+    assert machine_label(cpu_run) == f"{cpu_run['cpu']}, {int(cpu_run['cores'])} cores"

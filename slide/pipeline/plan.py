@@ -168,6 +168,7 @@ class Plan:
     datasets: dict = field(default_factory=dict)  # dataset id -> description
     fetch_names: set = field(default_factory=set)  # real datasets whose fetch job may be in the DAG
     skipped: list = field(default_factory=list)  # dict(dataset, method, variant, seed, reason)
+    imported: list = field(default_factory=list)  # runs that cannot run here, made on another machine
     runs: list = field(default_factory=list)
     bench: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # messages for the user
@@ -187,6 +188,11 @@ class Plan:
     @property
     def run_jsons(self) -> list[str]:
         return [os.path.join(run_dir(**r), "run.json") for r in self.runs]
+
+    @property
+    def imported_jsons(self) -> list[str]:
+        """run.json files of :attr:`imported` runs: read by the report, never (re)made by a job here."""
+        return [os.path.join(run_dir(**r), "run.json") for r in self.imported]
 
     @property
     def bench_jsons(self) -> list[str]:
@@ -221,12 +227,18 @@ class Plan:
         return [m for m in exp_cfg["methods"] if m in self.enabled_methods]
 
     def _add(self, target, did, method, variant, seed, **extra):
+        """Plan a run or benchmark; one that cannot run here (no GPU, no PyTorch) is left out with the
+        reason, unless it is a training run whose run.json is already there: made on another machine
+        (say a GPU one, by ``workflow/scripts/gpu_bench.sh``) and copied in, it is imported as it is."""
         reason = self.datasets[did]["skip"] or self.method_skip(method)
         entry = dict(dataset=did, method=method, variant=variant, seed=seed, **extra)
-        if reason:
-            self.skipped.append(dict(entry, reason=reason))
-        else:
+        if not reason:
             target.append(entry)
+        elif (target is self.runs and not self.datasets[did]["skip"]
+              and os.path.isfile(os.path.join(run_dir(**entry), "run.json"))):
+            self.imported.append(dict(entry, reason=reason))
+        else:
+            self.skipped.append(dict(entry, reason=reason))
 
     def plan_runs(self) -> None:
         """Every training run (headline and variants) and benchmark, or why it is left out."""
@@ -288,6 +300,9 @@ def make_plan(config: dict, cores: int, gpu=None, torch=None, registry=None, dat
     if any(m in GPU_METHODS for m in enabled) and not gpu[0]:
         plan.notes.append(f"leaving out GPU runs: {gpu[1]}")
     plan.plan_runs()
+    if plan.imported:
+        plan.notes.append(f"importing {len(plan.imported)} run(s) that cannot run here but whose run.json is "
+                          f"there (made on another machine): {', '.join(plan.imported_jsons)}")
     if plan.skipped:
         plan.notes.append(f"{len(plan.skipped)} run(s) left out of the DAG; listed in "
                           f"results/{config['preset']}/skipped.json and the report")

@@ -47,7 +47,7 @@ SUMMARY_COLUMNS = [
     "eval_seconds", "steps", "epochs", "samples", "batch_size", "threads", "median_batch_seconds",
     "samples_per_second", "peak_rss_mb", "active_per_sample_mean", "num_labels", "active_fraction",
     "target_p_at_1", "time_to_target_seconds", "popularity_p_at_1", "learned", "best_epoch", "best_step",
-    "max_train_seconds_cut", "stopped_early", *CONTENTION_COLUMNS, "cpu", "cores", "memory_gb", "run_dir",
+    "max_train_seconds_cut", "stopped_early", *CONTENTION_COLUMNS, "cpu", "cores", "memory_gb", "gpu", "run_dir",
 ]
 CURVES_COLUMNS = ["dataset", "method", "variant", "seed", "status", "disturbed", *CURVE_COLUMNS, "full_eval"]
 THREADS_COLUMNS = [
@@ -61,7 +61,7 @@ POPULARITY_MARGIN = 0.01
 SPEEDUP_COLUMNS = [
     "dataset", "baseline", "seeds", "target_p_at_1", "slide_seconds", "baseline_seconds", "speedup",
     "slide_best_p_at_1", "baseline_best_p_at_1", "slide_final_p_at_1", "baseline_final_p_at_1",
-    "popularity_p_at_1", "disturbed", "reason",
+    "popularity_p_at_1", "disturbed", "reason", "other_machine",
 ]
 TABLE_COLUMNS = [
     "dataset", "method", "runs", "completed", "failed", "median_batch_seconds", "samples_per_second",
@@ -227,6 +227,7 @@ def _summary_row(rec: dict, key: dict, curve, info: dict, run_dir: Path) -> dict
         best_step=best_step, max_train_seconds_cut=bool(rec.get("max_train_seconds_cut")),
         stopped_early=bool(rec.get("stopped_early")), **contention(rec),
         cpu=machine.get("cpu", ""), cores=machine.get("cores"), memory_gb=machine.get("memory_gb"),
+        gpu=str((rec.get("method_stats") or {}).get("device", "")) if rec["method"].endswith("-gpu") else "",
         run_dir=str(run_dir),
     )
 
@@ -318,7 +319,23 @@ def _speedup_row(did, base, seeds, pairs, slide, other) -> dict:
                 slide_final_p_at_1=float(slide.loc[seeds, "p_at_1"].mean()),
                 baseline_final_p_at_1=float(other.loc[seeds, "p_at_1"].mean()),
                 popularity_p_at_1=mean[4], disturbed="; ".join(p[1] for p in pairs if p[1]),
-                reason="; ".join(reasons))
+                reason="; ".join(reasons), other_machine=other_machine(slide.loc[seeds], other.loc[seeds]))
+
+
+def machine_label(row) -> str:
+    """A run's machine in words: its GPU (if it ran on one) and its CPU with the core count."""
+    text = {k: row[k] if isinstance(row[k], str) else "" for k in ("cpu", "gpu")}  # read back from CSV: NaN
+    cores = f"{int(row['cores'])} cores" if pd.notna(row["cores"]) else "cores unknown"
+    cpu = f"{text['cpu'] or 'unknown CPU'}, {cores}"
+    return f"{text['gpu']} (CPU {cpu})" if text["gpu"] else cpu
+
+
+def other_machine(slide: pd.DataFrame, other: pd.DataFrame) -> str:
+    """"" when the baseline's runs were made on SLIDE's machine (same CPU and cores), else the
+    baseline's machine(s): a speedup across machines compares the machines as well as the methods."""
+    here = {(r.cpu, r.cores) for r in slide.itertuples()}
+    elsewhere = [machine_label(r) for _, r in other.iterrows() if (r["cpu"], r["cores"]) not in here]
+    return "; ".join(dict.fromkeys(elsewhere))
 
 
 def _reasons(values) -> str:

@@ -16,8 +16,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from slide.contention import DISTURBED_NOTE
+from slide.pipeline.plan import run_dir
 
-from .aggregate import POPULARITY_MARGIN
+from .aggregate import POPULARITY_MARGIN, machine_label
 from .figures import FIGURES
 from .io import atomic_write_text, plan_path, tables_path
 from .style import method_color, method_label, method_order
@@ -105,7 +106,9 @@ def overall_verdict(sp, summary, plan) -> Markup:
     busy = busy_sentence(sp, summary, plan)
     if busy:
         return busy
-    full = sp[sp["baseline"].isin(FULL_SOFTMAX)] if len(sp) else sp
+    # the paper's claim is about one machine's CPU against its GPU or CPU: comparisons with runs made on
+    # another machine are reported per baseline, but do not decide the verdict
+    full = sp[sp["baseline"].isin(FULL_SOFTMAX) & (_other_machine(sp) == "")] if len(sp) else sp
     rows = full[full["speedup"] > 0] if len(full) else full
     lost = [r for r in full.itertuples() if _slide_did_not_learn(r)]
     if not len(rows) and not lost:
@@ -113,6 +116,12 @@ def overall_verdict(sp, summary, plan) -> Markup:
                                     for r in full.itertuples() if r.reason])
     median = float(rows["speedup"].median()) if len(rows) else None
     return SENTENCES.overall(list(rows.itertuples()), lost, int((rows["speedup"] > 1).sum()), median)
+
+
+def _other_machine(sp) -> pd.Series:
+    """The speedup table's ``other_machine`` as text ("" for SLIDE's machine; read back from CSV it is NaN)."""
+    col = sp["other_machine"] if "other_machine" in sp else pd.Series("", index=sp.index)
+    return col.astype(object).where(col.notna(), "")
 
 
 def _slide_did_not_learn(r) -> bool:
@@ -167,8 +176,9 @@ def verdict(tables, plan, paper) -> list[Markup]:
     for baseline in method_order(set(sp["baseline"]) if len(sp) else []):
         rows = sp[sp["baseline"] == baseline]
         n_fast, n_cmp = int((rows["speedup"] > 1).sum()), int((rows["speedup"] > 0).sum())
+        elsewhere = "; ".join(dict.fromkeys(m for m in _other_machine(rows) if m))
         out.append(SENTENCES.baseline(method_label(baseline), n_fast, n_cmp,
-                                      [_comparison(r, plan, paper) for r in rows.itertuples()]))
+                                      [_comparison(r, plan, paper) for r in rows.itertuples()], elsewhere))
     measured = set(sp["baseline"]) if len(sp) else set()
     if not any(m.endswith("-gpu") for m in measured):
         claims = [s for s in (paper or {}).get("speedups", []) if s["baseline"] == "tf-full-gpu"]
@@ -327,6 +337,18 @@ def _skipped_note(plan) -> Markup | None:
     return NOTES.skipped(len(skipped), plan_path((plan or {}).get("preset", "?")), list(by_reason.items()))
 
 
+def _imported_note(plan, summary) -> Markup | None:
+    """The runs made on another machine and copied in (plan ``imported``), with that machine."""
+    imported = (plan or {}).get("imported") or []
+    if not imported:
+        return None
+    def key(r):
+        return r["dataset"], r["method"], r["variant"] if isinstance(r["variant"], str) else "", int(r["seed"])
+
+    where = {key(r): machine_label(r) for _, r in summary.iterrows()} if len(summary) else {}
+    return NOTES.imported([(run_dir(**r), where.get(key(r), "not read: see the aggregate log")) for r in imported])
+
+
 def notes(tables, plan, paper, experiments) -> list[Markup]:
     """What could not run, and why (HTML list items)."""
     out = []
@@ -335,6 +357,7 @@ def notes(tables, plan, paper, experiments) -> list[Markup]:
         reason = str(gpu.get("reason", "not available"))
         out.append(NOTES.no_gpu(reason.removeprefix("no GPU: ")))
     out.append(_skipped_note(plan))
+    out.append(_imported_note(plan, tables["summary"]))
     if {d.get("source") for d in ((plan or {}).get("datasets") or {}).values()} == {"synth"}:
         out.append(NOTES.synthetic())
     summary = tables["summary"]
@@ -411,6 +434,9 @@ def _machine_table(summary, plan, machine_info, version_info) -> Markup:
             ["Cores given to the pipeline", (plan or {}).get("cores", "?")]]
     if run_cpus and run_cpus != [machine_info.get("cpu")]:
         rows.append(["CPUs recorded in run.json", "; ".join(run_cpus)])
+    run_gpus = sorted({g for g in summary.get("gpu", pd.Series(dtype=str)).dropna() if g}) if len(summary) else []
+    if run_gpus:
+        rows.append(["GPUs recorded in run.json", "; ".join(run_gpus)])
     rows += [[f"{k} version", v] for k, v in version_info.items()]
     return CELLS.table(None, rows)
 

@@ -71,6 +71,9 @@ DATASET_INFO = PLAN.dataset_info
 GPU_AVAILABLE, GPU_REASON = PLAN.gpu
 RUNS, BENCH = PLAN.runs, PLAN.bench
 RUN_JSONS, BENCH_JSONS = PLAN.run_jsons, PLAN.bench_jsons
+# runs that cannot run here whose run.json was made on another machine: read, never a job's output
+IMPORTED = PLAN.imported
+IMPORTED_JSONS = PLAN.imported_jsons
 JOB_BENCHMARKS = PLAN.job_benchmarks  # the `benchmark:` record of every timed job
 
 # Every run's --set overrides, checked now with the trainers' own rules: a bad value in a preset

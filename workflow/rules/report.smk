@@ -46,6 +46,7 @@ rule skipped:
         runtime=rule_runtime("report"),
     params:
         skipped=json.dumps(SKIPPED, sort_keys=True),
+        imported=json.dumps(IMPORTED, sort_keys=True),
         datasets=json.dumps(DATASET_INFO, sort_keys=True),
         gpu=json.dumps(dict(available=GPU_AVAILABLE, reason=GPU_REASON)),
         preset=PRESET,
@@ -72,6 +73,9 @@ rule aggregate:
     resources:
         mem_mb=config["resources"]["report"]["mem_mb"],
         runtime=rule_runtime("report"),
+    params:
+        # not inputs: rule train would claim them and rerun them here
+        imported=IMPORTED_JSONS,
     script:
         "../scripts/aggregate.py"
 

@@ -13,7 +13,8 @@ def main(snakemake):
         names = ("summary", "curves", "threads", "speedups", "table", "jobs", "manifest")
         out = {k: snakemake.output[k] for k in names}
         notes = []
-        tables = aggregate(snakemake.input.runs, snakemake.input.bench, snakemake.input.job_benchmarks, plan, out,
+        runs = list(snakemake.input.runs) + list(snakemake.params.imported)
+        tables = aggregate(runs, snakemake.input.bench, snakemake.input.job_benchmarks, plan, out,
                            notes=notes)
         for name, df in tables.items():
             print(f"{name}: {len(df)} row(s)", file=log)

@@ -35,6 +35,7 @@ def build_plan(params) -> dict:
         "gpu": json.loads(params.gpu),
         "datasets": datasets,
         "skipped": json.loads(params.skipped),
+        "imported": json.loads(params.imported),
     }
 
 
