@@ -16,6 +16,12 @@
 # Needs: python with numpy, numba, PyTorch and this package importable (`pip install -e . --no-deps`
 # plus those, or the venv); set PYTHON to choose the interpreter. --device cpu runs the same steps on
 # the CPU (how it is tested where there is no GPU). Exits non-zero on the first failed step.
+# Copy <results>/<like>-synth<scale>/torch-*-gpu/ back to a CPU machine's results/ and its pipeline
+# reports those runs (named with the GPU machine, outside the verdict) when the preset's datasets
+# match and the methods are enabled; for the default preset's stand-ins, e.g.
+#   gpu_bench.sh --datasets amazon-670k --scale 0.075 --epochs 12 --set lr=0.001
+#   gpu_bench.sh --datasets delicious-200k --scale 0.25 --epochs 4 --set lr=0.003
+# (the default preset adds --set num_true=64 for sampled softmax on Delicious).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -35,7 +41,7 @@ while [ $# -gt 0 ]; do
     --data-root) data_root=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
     --set) sets+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_bench.sh: error: unknown argument $1" >&2; exit 2 ;;
   esac
 done
