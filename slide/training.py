@@ -26,6 +26,12 @@ OUTPUT_NAMES = ("model.npz", "curve.csv", "run.json")
 PHASE_KEYS = ("forward_backward_seconds", "adam_seconds", "rehash_seconds")
 
 
+def _phase_keys(stats: dict) -> list[str]:
+    """:data:`PHASE_KEYS`, then the parts of forward_backward that SLIDE's row pass times
+    (``row_<phase>_seconds``, zero under the sample pass)."""
+    return [*PHASE_KEYS, *(k for k in stats if k.startswith("row_") and k.endswith("_seconds"))]
+
+
 def eval_sample(n_test: int, eval_points: int, seed: int) -> np.ndarray:
     """The fixed random sample of test points evaluated during training.
 
@@ -539,7 +545,8 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
 
     A method whose :meth:`Method.stats` keeps running totals of :data:`PHASE_KEYS` also gets
     ``phase_seconds_per_batch``: each phase's seconds over the timed window per timed batch (the
-    rehash one included), so that runs at different thread counts show which phase scales.
+    rehash one included), so that runs at different thread counts show which phase scales; SLIDE's
+    ``row_*`` entries split its forward_backward by the row pass's phases.
 
     Returns the keys every method's ``bench`` command prints.
     """
@@ -582,7 +589,7 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     if refreshes0 is not None:
         out.update(rehashes_in_window=method.table_refreshes() - refreshes0, rehash_seconds=stats["rehash_seconds"])
     phases = {k[:-len("_seconds")]: (stats[k] - stats0[k]) / len(times)
-              for k in PHASE_KEYS if stats.get(k) is not None and stats0.get(k) is not None}
+              for k in _phase_keys(stats) if stats.get(k) is not None and stats0.get(k) is not None}
     if phases:
         out["phase_seconds_per_batch"] = phases
     out.update(meter.figures())

@@ -24,6 +24,7 @@ of a batch of 128) and costs when they share few (the Amazon-670K shape: ~1,000 
 
 from __future__ import annotations
 
+import time
 from collections import namedtuple
 
 import numba
@@ -281,8 +282,12 @@ def _backward_all(batch, dims, W0, b0, Wh, bh, acts, dacts, n, da_t):
         backward_hidden(rows[s], t, batch, dims, W0, b0, Wh, bh, acts[s], dacts[s])
 
 
+#: The phases of :func:`train_grouped` as its ``clock`` names them (module docstring, steps 1-6).
+ROW_PHASES = ("select", "sort", "logits", "softmax", "grads", "backward")
+
+
 def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3, seed, step,
-                  losses, nactive, gr, hyper=None) -> int:
+                  losses, nactive, gr, hyper=None, clock=None) -> int:
     """:func:`slide.engine.network.train_kernel` in the phases of the module docstring (``lsh`` must not
     be None); ``gr`` is a :data:`Grouped` for at least ``len(batch.rows)`` samples. Same arguments,
     outputs and gradient buffers otherwise; returns the number of output rows the batch touched.
@@ -296,18 +301,41 @@ def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl
 
     The phases take plain arrays: inside a parallel loop Numba may give each thread its own copy of an
     array reached through a tuple's attribute, and the writes would be lost.
+
+    ``clock``, a dict, gets each phase's wall seconds added under its :data:`ROW_PHASES` name (how
+    ``slide bench`` shows which phase stops scaling with the threads).
     """
     nb = batch.rows.shape[0]
+    tick = _Ticker(clock)
     _select_all(batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3, seed, step, nactive,
                 gr.acts, gr.top, gr.ids, gr.n)
+    tick("select")
     old = numba.set_parallel_chunksize(0)  # one chunk of the sort per thread, whatever the caller's setting
     try:
         _group_by_row(gr.ids[:nb], gr.n[:nb], gr.rptr, gr.ent, gr.cursor, gr.blocks)
     finally:
         numba.set_parallel_chunksize(old)
+    tick("sort")
     _logits_by_row(W2.w, b2.w, gr.top, gr.logits, gr.rptr, gr.ent)
+    tick("logits")
     _softmax_all(batch, sel, scratch.tgt, gr.ids, gr.logits, gr.n, gr.da_t, losses)
+    tick("softmax")
     rows = _grads_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, b2.g, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.rptr,
                          gr.ent, gr.da_t, _NO_STEP if hyper is None else hyper, hyper is not None)
+    tick("grads")
     _backward_all(batch, dims, W0, b0, Wh, bh, gr.acts, gr.dacts, gr.n, gr.da_t)
+    tick("backward")
     return int(rows)
+
+
+class _Ticker:
+    """Adds the seconds since its last call to ``clock[name]`` (nothing when ``clock`` is None)."""
+
+    def __init__(self, clock):
+        self.clock, self.last = clock, time.perf_counter()
+
+    def __call__(self, name):
+        if self.clock is not None:
+            now = time.perf_counter()
+            self.clock[name] = self.clock.get(name, 0.0) + now - self.last
+            self.last = now

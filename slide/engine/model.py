@@ -148,6 +148,8 @@ class SlideMethod(PersistentMixin, Method):
         #: Seconds in the forward-backward kernel and in Adam (not saved), for ``slide bench``'s phases (a
         #: row-pass step under the sparse optimizer updates the output layer in its forward-backward).
         self.phase_seconds = {"forward_backward": 0.0, "adam": 0.0}
+        #: The forward-backward seconds of row-pass steps, by phase (:data:`~slide.engine.grouped.ROW_PHASES`).
+        self.row_phase_seconds = dict.fromkeys(grouped.ROW_PHASES, 0.0)
         self.rehash_count = 0
         self.rebuild_count = 0
         self.build_seconds = 0.0
@@ -384,7 +386,8 @@ class SlideMethod(PersistentMixin, Method):
                 args = (batch, self.dims, *self._params, self._lsh, self._selection, self._scratch, self._hs,
                         *self._hlsh, self.seed, self.step, losses, nactive)
                 if self._row_pass(nb):
-                    by_row = grouped.train_grouped(*args, self._grouped_buffers(data, rows), hyper)
+                    by_row = grouped.train_grouped(*args, self._grouped_buffers(data, rows), hyper,
+                                                   clock=self.row_phase_seconds)
                 else:
                     net.train_kernel(*args)
             finally:
@@ -630,6 +633,7 @@ class SlideMethod(PersistentMixin, Method):
             "rehash_seconds": round(self.rehash_seconds, 4),
             "forward_backward_seconds": round(self.phase_seconds["forward_backward"], 4),
             "adam_seconds": round(self.phase_seconds["adam"], 4),
+            **{f"row_{k}_seconds": round(v, 4) for k, v in self.row_phase_seconds.items()},
             "rehash_count": int(self.rehash_count),
             "rebuild_count": int(self.rebuild_count),
             "initial_build_seconds": round(self.build_seconds, 4),
