@@ -142,7 +142,7 @@ def test_pairs_grouped_by_neuron_match_a_stable_sort(chunks, labels):
     n = rng.integers(0, 31, 7).astype(np.int64)
     rptr, ent = np.full(labels + 1, -1, np.int64), np.full(7 * 30, -1, np.int64)
     blocks = np.full((labels + grouped.SORT_BLOCK - 1) // grouped.SORT_BLOCK + 1, -1, np.int64)
-    grouped._group_by_row(ids, n, rptr, ent, np.full((chunks, labels), -1, np.int64), blocks)
+    grouped._group_by_row(ids, n, rptr, ent, np.full((chunks, labels), -1, np.int32), blocks)
     want_ptr, want_ent = _group_twin(ids, n)
     np.testing.assert_array_equal(rptr[:want_ptr.shape[0]], want_ptr)
     assert (rptr[want_ptr.shape[0]:] == want_ptr[-1]).all()

@@ -43,8 +43,8 @@ from .precision import load, row_buffer, row_f32
 #: ``ids`` (labels first) and their ``logits``, then gradients (B, cap); the number ``n`` (B,) of each
 #: sample's pairs (0 for a sample without labels); the pairs grouped by neuron: ``rptr``
 #: (labels + 1,) offsets into ``ent`` (B * cap,) of ``sample << 32 | position``, the sort's per-chunk
-#: counts and cursors ``cursor`` (chunks, labels) and per-block sums ``blocks``; per-thread partial
-#: gradients of the last hidden layer ``da_t`` (threads, B, H).
+#: counts and cursors ``cursor`` (chunks, labels; int32: it is zeroed and swept whole every batch) and
+#: per-block sums ``blocks``; per-thread partial gradients of the last hidden layer ``da_t`` (threads, B, H).
 Grouped = namedtuple("Grouped", "acts dacts top ids logits n rptr ent cursor blocks da_t")
 
 #: The Adam constants passed to the gradient phase when it takes no Adam step.
@@ -67,13 +67,13 @@ def _layout(batch, cap, num_labels, dims, threads):
     chunks = max(1, min(threads, SORT_CHUNKS))
     return Grouped(acts=((batch, total), f32), dacts=((batch, total), f32), top=((batch, hl), f32),
                    ids=((batch, cap), i32), logits=((batch, cap), f32), n=((batch,), i64),
-                   rptr=((num_labels + 1,), i64), ent=((batch * cap,), i64), cursor=((chunks, num_labels), i64),
+                   rptr=((num_labels + 1,), i64), ent=((batch * cap,), i64), cursor=((chunks, num_labels), i32),
                    blocks=(((num_labels + SORT_BLOCK - 1) // SORT_BLOCK + 1,), i64),
                    da_t=((threads, batch, hl), f32))
 
 
 def grouped_buffers(batch: int, cap: int, num_labels: int, dims, threads: int) -> Grouped:
-    """Fresh :data:`Grouped` buffers (float32 activations, int32 ids, int64 offsets)."""
+    """Fresh :data:`Grouped` buffers (float32 activations, int32 ids and sort cursors, int64 offsets)."""
     return Grouped(*(np.zeros(shape, dtype) for shape, dtype in _layout(batch, cap, num_labels, dims, threads)))
 
 
