@@ -72,6 +72,7 @@ def test_defaults_and_presets_are_complete_and_valid():
     amazon = SlideMethod.resolve_config("amazon-670k")
     assert (amazon["hash"], amazon["K"], amazon["L"], amazon["batch_size"], amazon["lr"]) == ("dwta", 6, 50, 128, 1e-4)
     assert (amazon["rehash_every"], amazon["rebuild_every"]) == (6400, 128000)
+    assert (amazon["precision"], SlideMethod.resolve_config("delicious-200k")["precision"]) == ("bf16", "fp32")
     delicious = SlideMethod.resolve_config("delicious-200k")
     assert (delicious["hash"], delicious["K"], delicious["L"], delicious["hidden"]) == ("simhash", 9, 50, [128])
 
@@ -103,8 +104,12 @@ def test_memory_limit(monkeypatch):
 
 
 def test_amazon_shape_estimate_fits_3_gb():
-    cfg = validate(SlideMethod.resolve_config("amazon-670k"))
-    assert 1.5 * 2**30 < memory_estimate_bytes(135_909, 670_091, cfg, threads=2) < 2.6 * 2**30
+    cfg = validate(SlideMethod.resolve_config("amazon-670k"))  # bfloat16 storage
+    fp32 = memory_estimate_bytes(135_909, 670_091, dict(cfg, precision="fp32"), threads=2)
+    assert 1.5 * 2**30 < fp32 < 2.6 * 2**30
+    # bfloat16 saves 2 bytes of each weight and both Adam moments of W0 and W2, nothing else
+    saved = 3 * 2 * 128 * (135_909 + 670_091)
+    assert memory_estimate_bytes(135_909, 670_091, cfg, threads=2) == pytest.approx(fp32 - saved, abs=2**20)
 
 
 # ---------------------------------------------------------------- schedules
