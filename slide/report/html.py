@@ -342,6 +342,7 @@ def _imported_note(plan, summary) -> Markup | None:
     imported = (plan or {}).get("imported") or []
     if not imported:
         return None
+
     def key(r):
         return r["dataset"], r["method"], r["variant"] if isinstance(r["variant"], str) else "", int(r["seed"])
 
