@@ -496,7 +496,7 @@ def test_a_state_of_the_other_precision_is_refused(saved, loading):
 
 
 def test_memory_estimate_counts_two_bytes_per_bfloat16_entry():
-    fp32 = validate(SlideMethod.resolve_config("amazon-670k"))
+    fp32 = validate(dict(SlideMethod.resolve_config("amazon-670k"), precision="fp32"))
     bf16 = dict(fp32, precision="bf16")
     d, labels, h = 135_909, 670_091, 128
     saved = memory_estimate_bytes(d, labels, fp32, 2) - memory_estimate_bytes(d, labels, bf16, 2)
