@@ -117,6 +117,21 @@ def test_memory_grows_linearly_in_tables_times_items():
     assert LSHIndex("dwta", 16, 10**6, 6, 2).arrays[7].shape == (2, 2**18 + 1)
 
 
+def test_a_build_keeps_its_slot_map_and_key_buffer_for_the_next():
+    """The first build adds its slot map (L x n int32) and key buffer (L x chunk_rows int64) to the
+    memory held; later builds allocate nothing more."""
+    from slide.engine.tables import chunk_rows
+
+    n, L = 3000, 4
+    index = LSHIndex("dwta", 16, n, 3, L)
+    tables = index.memory_bytes()
+    weights = np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
+    index.build(weights)
+    assert index.memory_bytes() == tables + 4 * L * n + 8 * L * chunk_rows(n, L)
+    index.build(weights)
+    assert index.memory_bytes() == tables + 4 * L * n + 8 * L * chunk_rows(n, L)
+
+
 def test_same_seed_same_tables_and_thread_count_does_not_matter():
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((3000, 32)).astype(np.float32)

@@ -725,7 +725,7 @@ def _active_cap(config, num_labels: int, min_active: int, labels: int) -> int:
 
 def _index_bytes(config, n: int, dim: int) -> int:
     """Bytes of one :class:`slide.engine.tables.LSHIndex` over ``n`` vectors of ``dim`` plus the
-    temporary slot map and key buffer a build allocates."""
+    slot map and key buffer its first build allocates and keeps."""
     from .hashing import code_bits
     from .tables import chunk_rows
 

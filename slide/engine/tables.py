@@ -63,7 +63,7 @@ from .rng import mix64
 
 #: The ``insertion`` enum of slide/engine/config.schema.json; a code (saved in ``meta``) is its index there.
 INSERTIONS = method_spec("slide").choices("insertion")
-#: Bytes of the temporary key buffer of ``build`` (L x :func:`chunk_rows` int64). Each pass of the build
+#: Bytes of the key buffer of ``build`` (L x :func:`chunk_rows` int64). Each pass of the build
 #: counts its keys into every table's bucket offsets (L x slots x 4 bytes, 52 MB at the Amazon-670K shape),
 #: which fall out of the cache between passes: few large passes, not many small ones.
 KEY_BUFFER_BYTES = 1 << 26
@@ -166,13 +166,13 @@ def _fill_table(ptr, items, slot_of, t, cap, reservoir, seed):
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _build(arrays, weights, slot_of, chunk):
+def _build(arrays, weights, slot_of, chunk_keys):
     meta, keys, ptr, items = arrays[0], arrays[6], arrays[7], arrays[8]
     L, n_slots, direct = meta[M_L], meta[M_SLOTS], meta[M_DIRECT] != 0
     n = weights.shape[0]
+    chunk = chunk_keys.shape[1]
     ptr[:, :] = 0
     keys[:, :] = 0  # unused slots too, so that the arrays depend only on the weights and the seed
-    chunk_keys = np.empty((L, min(chunk, n)), np.int64)
     lists = simhash_lists(arrays)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
@@ -273,6 +273,7 @@ class LSHIndex:
         ptr = np.zeros((L, n_slots + 1), np.int32)
         items = np.full((L, min(num_items, n_slots * bucket_size)), -1, np.int32)
         self._arrays = (meta, *draw_params(kind, dim, K, L, bin_size, seed), keys, ptr, items)
+        self._work = None
 
     @staticmethod
     def _check_seed(seed):
@@ -301,7 +302,12 @@ class LSHIndex:
         """Clear the tables and insert every row of ``weights`` (num_items, dim) with the current hashes;
         a uint16 ``weights`` holds bfloat16 patterns (:mod:`slide.engine.precision`), decoded a row at a time."""
         weights = self._weights(weights)
-        _build(self._arrays, weights, np.empty((self.L, self.num_items), np.int32), chunk_rows(self.num_items, self.L))
+        if self._work is None:
+            # kept from build to build: fresh pages of this size cost a fault each, and with
+            # transparent huge pages a compaction stall, 0.05-0.4 s of a 0.26 s build at the Amazon shape
+            self._work = (np.empty((self.L, self.num_items), np.int32),
+                          np.empty((self.L, chunk_rows(self.num_items, self.L)), np.int64))
+        _build(self._arrays, weights, *self._work)
 
     def rebuild(self, weights: np.ndarray, seed: int) -> None:
         """Draw new hash functions from ``seed``, then :meth:`build`."""
@@ -339,8 +345,9 @@ class LSHIndex:
         return np.sort(out[:m])
 
     def memory_bytes(self) -> int:
-        """Bytes held by the hash functions and the tables."""
-        return int(sum(a.nbytes for a in self._arrays))
+        """Bytes held by the hash functions and the tables, and after the first build its slot map
+        and key buffer (kept for the next)."""
+        return int(sum(a.nbytes for a in self._arrays + (self._work or ())))
 
     def state_arrays(self) -> dict:
         """Copies of every array (hash functions, seed and tables), for a checkpoint."""
