@@ -15,8 +15,10 @@ NJIT = dict(cache=True, nogil=True, fastmath=False)
 NJIT_PARALLEL = dict(NJIT, parallel=True)
 #: The network kernels reassociate float sums (vectorised dot products) but keep NaN/inf
 #: semantics, so a diverging run still reports a NaN loss. Results stay bit-identical run to run
-#: on one thread.
-FAST = dict(NJIT, fastmath={"reassoc", "contract", "nsz"})
+#: on one thread. A float division by zero gives inf or NaN, as in NumPy, instead of raising: the
+#: raise is an exit from the loop at every division, and LLVM vectorises no loop with such an exit
+#: (Adam's rows were scalar, one ``sqrtss`` / ``divss`` per entry).
+FAST = dict(NJIT, fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
 FAST_PARALLEL = dict(FAST, parallel=True)
 #: Memory-allocator settings of every training or benchmark process the suite starts, the same for
 #: every method. TensorFlow's Keras Adam creates full-size temporaries at each step; with TF's default
