@@ -126,27 +126,35 @@ def test_row_buffers_grow_with_the_batch():
 
 
 def _group_twin(ids, n):
-    """(rptr, ent) by a stable sort of the pairs on their neuron id."""
+    """(touched, tptr, ent) by a stable sort of the pairs on their neuron id: the neurons with pairs in
+    order, the offsets of their pairs, the pairs."""
     pairs = [(ids[s, i], s, i) for s in range(len(n)) for i in range(n[s])]
     pairs.sort(key=lambda p: p[0])  # stable: samples in order within a row
-    counts = np.bincount([p[0] for p in pairs], minlength=ids.max() + 1) if pairs else np.zeros(1, int)
-    return np.concatenate([[0], np.cumsum(counts)]), np.array([(s << 32) | i for _, s, i in pairs], np.int64)
+    touched, counts = np.unique(np.array([p[0] for p in pairs], np.int64), return_counts=True)
+    return (touched, np.concatenate([[0], np.cumsum(counts)]),
+            np.array([(s << 32) | i for _, s, i in pairs], np.int64))
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 7])
-@pytest.mark.parametrize("labels", [50, 2 * grouped.SORT_BLOCK + 77])
+@pytest.mark.parametrize("labels", [1, 2, 50, 70_001])
 def test_pairs_grouped_by_neuron_match_a_stable_sort(chunks, labels):
     rng = np.random.default_rng(labels + chunks)
-    ids = np.stack([rng.permutation(labels)[:30] for _ in range(7)]).astype(np.int32)
+    ids = np.stack([rng.permutation(max(labels, 30))[:30] % labels for _ in range(7)]).astype(np.int32)
     ids[:, :5] = ids[0, :5]  # some neurons shared by every sample
+    if labels > 1000:
+        ids[:, 5:8] = labels - 1 - np.arange(3)  # the top ids: every bit of both digits
     n = rng.integers(0, 31, 7).astype(np.int64)
-    rptr, ent = np.full(labels + 1, -1, np.int64), np.full(7 * 30, -1, np.int64)
-    blocks = np.full((labels + grouped.SORT_BLOCK - 1) // grouped.SORT_BLOCK + 1, -1, np.int64)
-    grouped._group_by_row(ids, n, rptr, ent, np.full((chunks, labels), -1, np.int32), blocks)
-    want_ptr, want_ent = _group_twin(ids, n)
-    np.testing.assert_array_equal(rptr[:want_ptr.shape[0]], want_ptr)
-    assert (rptr[want_ptr.shape[0]:] == want_ptr[-1]).all()
-    np.testing.assert_array_equal(ent[:n.sum()], want_ent)
+    n[3] = 0
+    gr = grouped.grouped_buffers(7, 30, labels, np.array([4]), chunks)
+    gr = gr._replace(**{f: np.full_like(getattr(gr, f), -1) for f in ("touched", "tptr", "ent", "key", "tmp", "hist")})
+    rows = grouped._group_by_row(ids, n, grouped.sort_digits(labels)[0], gr.touched, gr.tptr, gr.ent, gr.key, gr.tmp,
+                                 gr.hist, gr.part)
+    want_touched, want_ptr, want_ent = _group_twin(ids, n)
+    assert gr.hist.shape[0] == min(chunks, grouped.SORT_CHUNKS)
+    assert rows == want_touched.shape[0]
+    np.testing.assert_array_equal(gr.touched[:rows], want_touched)
+    np.testing.assert_array_equal(gr.tptr[:rows + 1], want_ptr)
+    np.testing.assert_array_equal(gr.ent[:n.sum()], want_ent)
 
 
 def test_row_pass_needs_a_sampled_output_layer():

@@ -8,8 +8,8 @@ in phases, each a parallel loop:
 
 1. by sample: hidden layers and active set (:func:`~slide.engine.network.forward_select`), kept per
    sample;
-2. the batch's (sample, position) pairs grouped by output neuron (a counting sort, by chunks of
-   samples in parallel);
+2. the batch's (sample, position) pairs grouped by output neuron (a two-pass radix sort, by chunks
+   in parallel), and the list of the neurons that have pairs;
 3. by row: the logits of every sample that selected the row, from one read of it;
 4. by sample: softmax, loss and the logits' gradients (:func:`~slide.engine.network.softmax_loss`);
 5. by row: the row's gradient, summed over its samples and added once (or, under the sparse
@@ -32,8 +32,8 @@ import numpy as np
 from numba import prange
 
 from ..settings import FAST, FAST_PARALLEL, SIMD_LANES
-from .intrinsics import vfma, vload, vsplat, vstore
-from .network import (Hyper, adam_row, adam_span, backward_hidden, forward_select, logit_grad, prefetch_row,
+from .intrinsics import prefetch1, vfma, vload, vsplat, vstore
+from .network import (Hyper, adam_entry, adam_row, backward_hidden, forward_select, logit_grad, prefetch_row,
                       sample_seed, softmax_loss)
 from .precision import load, row_buffer, row_f32
 
@@ -41,11 +41,14 @@ from .precision import load, row_buffer, row_f32
 #: active neurons each: hidden activations ``acts`` and their gradients ``dacts`` (B, sum(dims)), the last
 #: layer's activations again in ``top`` (B, H) (indexed from 0, so the row loops vectorise); active ids
 #: ``ids`` (labels first) and their ``logits``, then gradients (B, cap); the number ``n`` (B,) of each
-#: sample's pairs (0 for a sample without labels); the pairs grouped by neuron: ``rptr``
-#: (labels + 1,) offsets into ``ent`` (B * cap,) of ``sample << 32 | position``, the sort's per-chunk
-#: counts and cursors ``cursor`` (chunks, labels; int32: it is zeroed and swept whole every batch) and
-#: per-block sums ``blocks``; per-thread partial gradients of the last hidden layer ``da_t`` (threads, B, H).
-Grouped = namedtuple("Grouped", "acts dacts top ids logits n rptr ent cursor blocks da_t")
+#: sample's pairs (0 for a sample without labels); the pairs grouped by neuron: the neurons with pairs
+#: in ascending order ``touched`` (P = B * cap,), neuron ``touched[j]``'s pairs at ``tptr[j]:tptr[j + 1]``
+#: (P + 1,) in ``ent`` (P,) as ``sample << 32 | position`` (so the row phases loop over the touched
+#: rows only, without a branch per label); the radix sort's ids after each pass ``key`` (2, P), pairs
+#: after the first ``tmp`` (P,), per-chunk digit counts ``hist`` (chunks, 2**high digit bits) and
+#: per-chunk run counts ``part`` (chunks + 1,); per-thread partial gradients of the last hidden layer
+#: ``da_t`` (threads, B, H).
+Grouped = namedtuple("Grouped", "acts dacts top ids logits n touched tptr ent key tmp hist part da_t")
 
 #: The Adam constants passed to the gradient phase when it takes no Adam step.
 _NO_STEP = Hyper(np.float32(0), np.float32(0), np.float32(0), np.float32(0), np.uint64(0))
@@ -54,10 +57,13 @@ _BLOCK = 4 * SIMD_LANES
 _L1, _L2, _L3 = SIMD_LANES, 2 * SIMD_LANES, 3 * SIMD_LANES
 #: Output neurons per task of the row phases.
 ROWS_PER_TASK = 256
-#: At most this many chunks of samples in the counting sort (each holds a count per label).
+#: How many places ahead in the list of touched rows the logits phase (which reads a row) and the
+#: gradient phase (which reads and writes a row's weights and moments) prefetch: the best of 1-16 at
+#: the Amazon-670K shape (reports/benchmarks.md).
+LOGITS_AHEAD = 8
+GRADS_AHEAD = 2
+#: At most this many chunks (one per thread) in each pass of the sort.
 SORT_CHUNKS = 8
-#: Labels per block of the sort's prefix sum.
-SORT_BLOCK = 1024
 
 
 def _layout(batch, cap, num_labels, dims, threads):
@@ -65,15 +71,16 @@ def _layout(batch, cap, num_labels, dims, threads):
     total, hl = int(np.sum(dims)), int(dims[-1])
     f32, i32, i64 = np.float32, np.int32, np.int64
     chunks = max(1, min(threads, SORT_CHUNKS))
+    pairs = batch * cap
     return Grouped(acts=((batch, total), f32), dacts=((batch, total), f32), top=((batch, hl), f32),
                    ids=((batch, cap), i32), logits=((batch, cap), f32), n=((batch,), i64),
-                   rptr=((num_labels + 1,), i64), ent=((batch * cap,), i64), cursor=((chunks, num_labels), i32),
-                   blocks=(((num_labels + SORT_BLOCK - 1) // SORT_BLOCK + 1,), i64),
+                   touched=((pairs,), i32), tptr=((pairs + 1,), i64), ent=((pairs,), i64), key=((2, pairs), i32),
+                   tmp=((pairs,), i64), hist=((chunks, 1 << sort_digits(num_labels)[1]), i64), part=((chunks + 1,), i64),
                    da_t=((threads, batch, hl), f32))
 
 
 def grouped_buffers(batch: int, cap: int, num_labels: int, dims, threads: int) -> Grouped:
-    """Fresh :data:`Grouped` buffers (float32 activations, int32 ids and sort cursors, int64 offsets)."""
+    """Fresh :data:`Grouped` buffers (float32 activations, int32 ids, int64 offsets and pairs)."""
     return Grouped(*(np.zeros(shape, dtype) for shape, dtype in _layout(batch, cap, num_labels, dims, threads)))
 
 
@@ -83,43 +90,78 @@ def grouped_bytes(batch: int, cap: int, num_labels: int, dims, threads: int) -> 
                for shape, dtype in _layout(batch, cap, num_labels, dims, threads))
 
 
+def sort_digits(num_labels: int) -> tuple[int, int]:
+    """Bits of the low and the high digit of the row pass's two-pass radix sort of neuron ids."""
+    bits = max(1, (int(num_labels) - 1).bit_length())
+    return bits // 2, bits - bits // 2
+
+
+@numba.njit(**FAST)
+def _digit_offsets(hist, width):
+    # per-(chunk, digit) counts -> where each chunk's pairs of each digit start, digits in order and
+    # within a digit the chunks in order (what keeps the sort stable); returns the total
+    total = 0
+    for d in range(width):
+        for p in range(hist.shape[0]):
+            count = hist[p, d]
+            hist[p, d] = total
+            total += count
+    return total
+
+
 @numba.njit(**FAST_PARALLEL)
-def _group_by_row(ids, n, rptr, ent, cursor, blocks):
-    # counting sort of the pairs (s, i) by ids[s, i], within a row the samples in batch order: each
-    # chunk of samples counts its pairs per label, a blocked prefix sum over (label, chunk) turns the
-    # counts into each chunk's cursor per label, each chunk writes its pairs at its cursors
-    chunks, num_labels = cursor.shape
+def _group_by_row(ids, n, lo_bits, touched, tptr, ent, key, tmp, hist, part):
+    # stable LSD radix sort of the pairs (s, i) by ids[s, i], two digits (~1,000 buckets each at the
+    # Amazon shape, so the counts stay in the first-level cache and the work is O(pairs), not
+    # O(labels)): each chunk of samples counts and scatters its pairs by the low digit, each chunk of
+    # that order by the high digit; then the runs of equal ids give the touched rows and their offsets.
+    # Returns the number of touched rows.
+    chunks = hist.shape[0]
     nb = n.shape[0]
+    mask = (1 << lo_bits) - 1
     for p in prange(chunks):
-        cursor[p, :] = 0
+        hist[p, :] = 0
         for s in range(p * nb // chunks, (p + 1) * nb // chunks):
             for i in range(n[s]):
-                cursor[p, ids[s, i]] += 1
-    num_blocks = blocks.shape[0] - 1
-    for b in prange(num_blocks):
-        total = 0
-        for r in range(b * SORT_BLOCK, min(num_labels, (b + 1) * SORT_BLOCK)):
-            for p in range(chunks):
-                total += cursor[p, r]
-        blocks[b + 1] = total
-    blocks[0] = 0
-    for b in range(num_blocks):
-        blocks[b + 1] += blocks[b]
-    for b in prange(num_blocks):
-        offset = blocks[b]
-        for r in range(b * SORT_BLOCK, min(num_labels, (b + 1) * SORT_BLOCK)):
-            rptr[r] = offset
-            for p in range(chunks):
-                count = cursor[p, r]
-                cursor[p, r] = offset
-                offset += count
-    rptr[num_labels] = blocks[num_blocks]
+                hist[p, ids[s, i] & mask] += 1
+    total = _digit_offsets(hist, 1 << lo_bits)
     for p in prange(chunks):
         for s in range(p * nb // chunks, (p + 1) * nb // chunks):
             for i in range(n[s]):
                 r = ids[s, i]
-                ent[cursor[p, r]] = (np.int64(s) << 32) | i
-                cursor[p, r] += 1
+                e = hist[p, r & mask]
+                hist[p, r & mask] = e + 1
+                key[0, e] = r
+                tmp[e] = (np.int64(s) << 32) | i
+    for p in prange(chunks):
+        hist[p, :] = 0
+        for e in range(p * total // chunks, (p + 1) * total // chunks):
+            hist[p, key[0, e] >> lo_bits] += 1
+    _digit_offsets(hist, hist.shape[1])
+    for p in prange(chunks):
+        for e in range(p * total // chunks, (p + 1) * total // chunks):
+            r = key[0, e]
+            o = hist[p, r >> lo_bits]
+            hist[p, r >> lo_bits] = o + 1
+            key[1, o] = r
+            ent[o] = tmp[e]
+    for p in prange(chunks):
+        runs = 0
+        for e in range(p * total // chunks, (p + 1) * total // chunks):
+            runs += e == 0 or key[1, e] != key[1, e - 1]
+        part[p + 1] = runs
+    part[0] = 0
+    for p in range(chunks):
+        part[p + 1] += part[p]
+    for p in prange(chunks):
+        j = part[p]
+        for e in range(p * total // chunks, (p + 1) * total // chunks):
+            if e == 0 or key[1, e] != key[1, e - 1]:
+                touched[j] = key[1, e]
+                tptr[j] = e
+                j += 1
+    tptr[part[chunks]] = total
+    return part[chunks]
 
 
 @numba.njit(**FAST_PARALLEL)
@@ -143,12 +185,15 @@ def _select_all(batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hl0, hl1
 
 
 @numba.njit(**FAST_PARALLEL)
-def _logits_by_row(W2, b2, top, logits, rptr, ent):
-    num_rows = rptr.shape[0] - 1
+def _logits_by_row(W2, b2, top, logits, touched, tptr, ent, num_rows):
     hl = top.shape[1]
     for k in prange((num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        for r in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
-            for e in range(rptr[r], rptr[r + 1]):
+        for j in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
+            ahead = touched[min(j + LOGITS_AHEAD, num_rows - 1)]
+            prefetch_row(W2, ahead)
+            prefetch1(b2, ahead)
+            r = touched[j]
+            for e in range(tptr[j], tptr[j + 1]):
                 s = ent[e] >> 32
                 z = b2[r]
                 for q in range(hl):
@@ -180,16 +225,15 @@ def _softmax_all(batch, sel, tgt_t, ids, logits, n, da_t, losses):
 
 
 @numba.njit(inline="always", **FAST)
-def _row_gradient(W2, r, top, grads, rptr, ent, da, acc, wbuf):
-    """Add row ``r``'s ``W2`` gradient, summed over the samples that selected it, into ``acc[0]`` and
-    each sample's share of the last hidden layer's gradient into its row of ``da``; return the ``b2``
-    gradient. ``wbuf`` is :func:`~slide.engine.precision.row_buffer` of ``W2``.
+def _row_gradient(W2, r, top, grads, e0, e1, ent, da, acc, wbuf):
+    """Add row ``r``'s ``W2`` gradient, summed over the samples of its pairs ``ent[e0:e1]``, into
+    ``acc[0]`` and each sample's share of the last hidden layer's gradient into its row of ``da``;
+    return the ``b2`` gradient. ``wbuf`` is :func:`~slide.engine.precision.row_buffer` of ``W2``.
 
     Each block of ``4 * SIMD_LANES`` hidden units keeps its part of the row's weights and gradient in
     vector registers while it walks the row's pairs (LLVM's loop vectoriser would load and store the
     gradient at every pair); the units past the last whole block are summed one by one.
     """
-    e0, e1 = rptr[r], rptr[r + 1]
     hl = top.shape[1]
     w = row_f32(W2, r, wbuf)
     gb = np.float32(0)
@@ -221,48 +265,35 @@ def _row_gradient(W2, r, top, grads, rptr, ent, da, acc, wbuf):
     return gb
 
 
-@numba.njit(inline="always", **FAST)
-def _prefetch_next_row(W2, mW2, vW2, r, rptr):
-    """Prefetch the weights and moments of the next output row after ``r`` that has pairs, so that
-    they arrive while row ``r``'s gradient is summed."""
-    num_rows = rptr.shape[0] - 1
-    r += 1
-    while r < num_rows and rptr[r + 1] == rptr[r]:
-        r += 1
-    if r < num_rows:
-        prefetch_row(W2, r)
-        prefetch_row(mW2, r)
-        prefetch_row(vW2, r)
-
-
 @numba.njit(**FAST_PARALLEL)
-def _grads_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, gW2, gb2_t, flag2, top, grads, rptr, ent, da_t, h, adam):
+def _grads_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, gW2, gb2_t, flag2, top, grads, touched, tptr, ent, num_rows, da_t,
+                  h, adam):
     # each row's gradient summed over its pairs, then with ``adam`` the row's Adam step ``h`` taken at
     # once (the gradient never reaches gW2), else the gradient added into the shared buffers and the
-    # row flagged for the optimizer; returns the rows
-    num_rows = rptr.shape[0] - 1
-    n = 0
+    # row flagged for the optimizer
     for k in prange((num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         t = numba.get_thread_id()
         acc = np.zeros((1, top.shape[1]), np.float32)
         wbuf = row_buffer(W2)
-        for r in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
-            if rptr[r + 1] == rptr[r]:
-                continue
-            n += 1
+        for j in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
+            r = touched[j]
             if adam:
-                _prefetch_next_row(W2, mW2, vW2, r, rptr)
-                gb2[r] = _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc, wbuf)
+                ahead = touched[min(j + GRADS_AHEAD, num_rows - 1)]
+                prefetch_row(W2, ahead)
+                prefetch_row(mW2, ahead)
+                prefetch_row(vW2, ahead)
+                for a in (b2, mb2, vb2):
+                    prefetch1(a, ahead)
+                gb = _row_gradient(W2, r, top, grads, tptr[j], tptr[j + 1], ent, da_t[t], acc, wbuf)
                 adam_row(W2, mW2, vW2, acc, 0, r, h)
-                adam_span(b2, mb2, vb2, gb2, r, r + 1, h)
+                adam_entry(b2, mb2, vb2, r, gb, h)
             else:
-                gb2_t[t, r] += _row_gradient(W2, r, top, grads, rptr, ent, da_t[t], acc, wbuf)
+                gb2_t[t, r] += _row_gradient(W2, r, top, grads, tptr[j], tptr[j + 1], ent, da_t[t], acc, wbuf)
                 for q in range(top.shape[1]):
                     gW2[r, q] += acc[0, q]
                     acc[0, q] = 0
                 if flag2[r] == 0:
                     flag2[r] = 1
-    return n
 
 
 @numba.njit(**FAST_PARALLEL)
@@ -312,20 +343,21 @@ def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl
     tick("select")
     old = numba.set_parallel_chunksize(0)  # one chunk of the sort per thread, whatever the caller's setting
     try:
-        _group_by_row(gr.ids[:nb], gr.n[:nb], gr.rptr, gr.ent, gr.cursor, gr.blocks)
+        rows = int(_group_by_row(gr.ids[:nb], gr.n[:nb], sort_digits(W2.w.shape[0])[0], gr.touched, gr.tptr, gr.ent,
+                                 gr.key, gr.tmp, gr.hist, gr.part))
     finally:
         numba.set_parallel_chunksize(old)
     tick("sort")
-    _logits_by_row(W2.w, b2.w, gr.top, gr.logits, gr.rptr, gr.ent)
+    _logits_by_row(W2.w, b2.w, gr.top, gr.logits, gr.touched, gr.tptr, gr.ent, rows)
     tick("logits")
     _softmax_all(batch, sel, scratch.tgt, gr.ids, gr.logits, gr.n, gr.da_t, losses)
     tick("softmax")
-    rows = _grads_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, b2.g, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.rptr,
-                         gr.ent, gr.da_t, _NO_STEP if hyper is None else hyper, hyper is not None)
+    _grads_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, b2.g, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.touched,
+                  gr.tptr, gr.ent, rows, gr.da_t, _NO_STEP if hyper is None else hyper, hyper is not None)
     tick("grads")
     _backward_all(batch, dims, W0, b0, Wh, bh, gr.acts, gr.dacts, gr.n, gr.da_t)
     tick("backward")
-    return int(rows)
+    return rows
 
 
 class _Ticker:

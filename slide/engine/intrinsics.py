@@ -163,27 +163,35 @@ def vlane(typingctx, v, i):
     return types.float32(v, i), codegen
 
 
+def _prefetch_codegen(context, builder, signature, args):
+    # llvm.prefetch(address of arr[indices], read, high locality, data cache)
+    aryty = signature.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
+    ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+    i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+    name = "llvm.prefetch.p0" if str(i8p.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque pointers
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    builder.call(fn, [i8p, i32(0), i32(3), i32(1)])
+    return context.get_dummy_value()
+
+
 @intrinsic
 def prefetch(typingctx, arr, r, c):
     """Hint the CPU to fetch the cache line holding ``arr[r, c]`` (LLVM ``prefetch``, read, L1)."""
     if not (isinstance(arr, types.Array) and arr.ndim == 2):
         return None
-    sig = types.void(arr, r, c)
+    return types.void(arr, r, c), _prefetch_codegen
 
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
-        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
-        name = "llvm.prefetch.p0" if str(i8p.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque pointers
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        builder.call(fn, [i8p, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
 
-    return sig, codegen
+@intrinsic
+def prefetch1(typingctx, arr, i):
+    """:func:`prefetch` of ``arr[i]`` of a 1-d array."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        return None
+    return types.void(arr, i), _prefetch_codegen
 
 
 @intrinsic

@@ -490,22 +490,25 @@ def train_kernel(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0
 
 
 @numba.njit(inline="always", **FAST)
-def adam_span(w, m, v, g, lo, hi, h):
-    """Adam on entries lo..hi-1 of flat parameters; clears their gradient. (Inlined: a call per
-    row would cost atomic reference-count updates on the shared arrays.) ``w``, ``m``, ``v`` may be
+def adam_entry(w, m, v, r, gc, h):
+    """Adam on entry ``r`` of flat parameters with the gradient ``gc``. ``w``, ``m``, ``v`` may be
     bfloat16: the step uses the float32 ``m``, ``v`` it computed, each store rounds stochastically
     (one :func:`~.precision.noise` per entry, a 16-bit lane each for m, v, w)."""
     lr_t, beta1, beta2, eps_t, key = h
-    c1 = np.float32(1) - beta1
-    c2 = np.float32(1) - beta2
+    u = noise(w, key, r)
+    mc = beta1 * load1(m, r) + (np.float32(1) - beta1) * gc
+    vc = beta2 * load1(v, r) + (np.float32(1) - beta2) * gc * gc
+    store1_sr(m, r, mc, u)
+    store1_sr(v, r, vc, u >> np.uint64(16))
+    store1_sr(w, r, load1(w, r) - lr_t * mc / (np.sqrt(vc) + eps_t), u >> np.uint64(32))
+
+
+@numba.njit(inline="always", **FAST)
+def adam_span(w, m, v, g, lo, hi, h):
+    """:func:`adam_entry` on entries lo..hi-1 with their gradients in ``g``, which it clears. (Inlined:
+    a call per row would cost atomic reference-count updates on the shared arrays.)"""
     for r in range(lo, hi):
-        u = noise(w, key, r)
-        gc = g[r]
-        mc = beta1 * load1(m, r) + c1 * gc
-        vc = beta2 * load1(v, r) + c2 * gc * gc
-        store1_sr(m, r, mc, u)
-        store1_sr(v, r, vc, u >> np.uint64(16))
-        store1_sr(w, r, load1(w, r) - lr_t * mc / (np.sqrt(vc) + eps_t), u >> np.uint64(32))
+        adam_entry(w, m, v, r, g[r], h)
         g[r] = 0
 
 
