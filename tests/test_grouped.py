@@ -1,5 +1,6 @@
 """The row pass (``output_pass: row``, slide/engine/grouped.py) against the float64 twin and the sample pass."""
 
+import numba
 import numpy as np
 import pytest
 from test_network import L, Twin, close, make, toy_data
@@ -135,26 +136,37 @@ def _group_twin(ids, n):
             np.array([(s << 32) | i for _, s, i in pairs], np.int64))
 
 
+def _sort(kind, ids, n, labels, gr):
+    if kind == "count":
+        return grouped._count_sort(ids, n, labels, gr.touched, gr.tptr, gr.ent, gr.hist, gr.blocks)
+    return grouped._radix_sort(ids, n, grouped.sort_digits(labels)[0], gr.touched, gr.tptr, gr.ent, gr.key, gr.tmp,
+                               gr.hist, gr.part)
+
+
+@pytest.mark.parametrize("kind", ["count", "radix"])
 @pytest.mark.parametrize("chunks", [1, 3, 7])
-@pytest.mark.parametrize("labels", [1, 2, 50, 70_001])
-def test_pairs_grouped_by_neuron_match_a_stable_sort(chunks, labels):
+@pytest.mark.parametrize("labels", [1, 2, 50, 129, 2 * grouped.SORT_BLOCK + 77, 70_001])
+def test_pairs_grouped_by_neuron_match_a_stable_sort(kind, chunks, labels):
+    """Both sorts (and group_by_row, which picks the counting sort when the labels are no more than the
+    pairs) list the touched neurons in order with their offsets and each neuron's pairs in sample order."""
     rng = np.random.default_rng(labels + chunks)
     ids = np.stack([rng.permutation(max(labels, 30))[:30] % labels for _ in range(7)]).astype(np.int32)
     ids[:, :5] = ids[0, :5]  # some neurons shared by every sample
     if labels > 1000:
-        ids[:, 5:8] = labels - 1 - np.arange(3)  # the top ids: every bit of both digits
+        ids[:, 5:8] = labels - 1 - np.arange(3)  # the top ids: every bit of both digits, the last block
     n = rng.integers(0, 31, 7).astype(np.int64)
     n[3] = 0
-    gr = grouped.grouped_buffers(7, 30, labels, np.array([4]), chunks)
-    gr = gr._replace(**{f: np.full_like(getattr(gr, f), -1) for f in ("touched", "tptr", "ent", "key", "tmp", "hist")})
-    rows = grouped._group_by_row(ids, n, grouped.sort_digits(labels)[0], gr.touched, gr.tptr, gr.ent, gr.key, gr.tmp,
-                                 gr.hist, gr.part)
     want_touched, want_ptr, want_ent = _group_twin(ids, n)
-    assert gr.hist.shape[0] == min(chunks, grouped.SORT_CHUNKS)
-    assert rows == want_touched.shape[0]
-    np.testing.assert_array_equal(gr.touched[:rows], want_touched)
-    np.testing.assert_array_equal(gr.tptr[:rows + 1], want_ptr)
-    np.testing.assert_array_equal(gr.ent[:n.sum()], want_ent)
+    with numba.parallel_chunksize(0):
+        for sort in (kind, "auto"):
+            gr = grouped.grouped_buffers(7, 30, labels, np.array([4]), chunks)
+            gr = gr._replace(**{f: np.full_like(getattr(gr, f), -1)
+                                for f in ("touched", "tptr", "ent", "key", "tmp", "hist", "blocks")})
+            rows = grouped.group_by_row(ids, n, labels, gr) if sort == "auto" else _sort(kind, ids, n, labels, gr)
+            assert rows == want_touched.shape[0]
+            np.testing.assert_array_equal(gr.touched[:rows], want_touched)
+            np.testing.assert_array_equal(gr.tptr[:rows + 1], want_ptr)
+            np.testing.assert_array_equal(gr.ent[:n.sum()], want_ent)
 
 
 def test_row_pass_needs_a_sampled_output_layer():

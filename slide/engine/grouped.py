@@ -44,11 +44,12 @@ from .precision import load, row_buffer, row_f32
 #: sample's pairs (0 for a sample without labels); the pairs grouped by neuron: the neurons with pairs
 #: in ascending order ``touched`` (P = B * cap,), neuron ``touched[j]``'s pairs at ``tptr[j]:tptr[j + 1]``
 #: (P + 1,) in ``ent`` (P,) as ``sample << 32 | position`` (so the row phases loop over the touched
-#: rows only, without a branch per label); the radix sort's ids after each pass ``key`` (2, P), pairs
-#: after the first ``tmp`` (P,), per-chunk digit counts ``hist`` (chunks, 2**high digit bits) and
-#: per-chunk run counts ``part`` (chunks + 1,); per-thread partial gradients of the last hidden layer
-#: ``da_t`` (threads, B, H).
-Grouped = namedtuple("Grouped", "acts dacts top ids logits n touched tptr ent key tmp hist part da_t")
+#: rows only, without a branch per label); for :func:`group_by_row`, the radix sort's ids after each
+#: pass ``key`` (2, P), pairs after the first ``tmp`` (P,), per-chunk digit counts ``hist`` (chunks,
+#: 2**bits of a label; int32; the counting sort's per-chunk cursors), per-chunk run counts ``part``
+#: (chunks + 1,) and the counting sort's per-block pair and row counts ``blocks``; per-thread partial
+#: gradients of the last hidden layer ``da_t`` (threads, B, H).
+Grouped = namedtuple("Grouped", "acts dacts top ids logits n touched tptr ent key tmp hist part blocks da_t")
 
 #: The Adam constants passed to the gradient phase when it takes no Adam step.
 _NO_STEP = Hyper(np.float32(0), np.float32(0), np.float32(0), np.float32(0), np.uint64(0))
@@ -64,6 +65,8 @@ LOGITS_AHEAD = 8
 GRADS_AHEAD = 2
 #: At most this many chunks (one per thread) in each pass of the sort.
 SORT_CHUNKS = 8
+#: Labels per block of the counting sort's prefix sum.
+SORT_BLOCK = 1024
 
 
 def _layout(batch, cap, num_labels, dims, threads):
@@ -75,7 +78,8 @@ def _layout(batch, cap, num_labels, dims, threads):
     return Grouped(acts=((batch, total), f32), dacts=((batch, total), f32), top=((batch, hl), f32),
                    ids=((batch, cap), i32), logits=((batch, cap), f32), n=((batch,), i64),
                    touched=((pairs,), i32), tptr=((pairs + 1,), i64), ent=((pairs,), i64), key=((2, pairs), i32),
-                   tmp=((pairs,), i64), hist=((chunks, 1 << sort_digits(num_labels)[1]), i64), part=((chunks + 1,), i64),
+                   tmp=((pairs,), i64), hist=((chunks, 1 << max(1, (num_labels - 1).bit_length())), i32), part=((chunks + 1,), i64),
+                   blocks=(((num_labels + SORT_BLOCK - 1) // SORT_BLOCK + 1, 2), i64),
                    da_t=((threads, batch, hl), f32))
 
 
@@ -91,7 +95,7 @@ def grouped_bytes(batch: int, cap: int, num_labels: int, dims, threads: int) -> 
 
 
 def sort_digits(num_labels: int) -> tuple[int, int]:
-    """Bits of the low and the high digit of the row pass's two-pass radix sort of neuron ids."""
+    """Bits of the low and the high digit of the row pass's radix sort of neuron ids below ``num_labels``."""
     bits = max(1, (int(num_labels) - 1).bit_length())
     return bits // 2, bits - bits // 2
 
@@ -110,12 +114,10 @@ def _digit_offsets(hist, width):
 
 
 @numba.njit(**FAST_PARALLEL)
-def _group_by_row(ids, n, lo_bits, touched, tptr, ent, key, tmp, hist, part):
-    # stable LSD radix sort of the pairs (s, i) by ids[s, i], two digits (~1,000 buckets each at the
-    # Amazon shape, so the counts stay in the first-level cache and the work is O(pairs), not
-    # O(labels)): each chunk of samples counts and scatters its pairs by the low digit, each chunk of
-    # that order by the high digit; then the runs of equal ids give the touched rows and their offsets.
-    # Returns the number of touched rows.
+def _radix_sort(ids, n, lo_bits, touched, tptr, ent, key, tmp, hist, part):
+    # stable LSD radix sort of the pairs (s, i) by ids[s, i], two digits (sort_digits): each chunk of
+    # samples counts and scatters its pairs by the low digit, each chunk of that order by the high
+    # digit; then the runs of equal ids give the touched rows and their offsets. Returns their number.
     chunks = hist.shape[0]
     nb = n.shape[0]
     mask = (1 << lo_bits) - 1
@@ -137,7 +139,7 @@ def _group_by_row(ids, n, lo_bits, touched, tptr, ent, key, tmp, hist, part):
         hist[p, :] = 0
         for e in range(p * total // chunks, (p + 1) * total // chunks):
             hist[p, key[0, e] >> lo_bits] += 1
-    _digit_offsets(hist, hist.shape[1])
+    _digit_offsets(hist, hist.shape[1] >> lo_bits)
     for p in prange(chunks):
         for e in range(p * total // chunks, (p + 1) * total // chunks):
             r = key[0, e]
@@ -162,6 +164,72 @@ def _group_by_row(ids, n, lo_bits, touched, tptr, ent, key, tmp, hist, part):
                 j += 1
     tptr[part[chunks]] = total
     return part[chunks]
+
+
+@numba.njit(**FAST_PARALLEL)
+def _count_sort(ids, n, num_labels, touched, tptr, ent, cursor, blocks):
+    # the same result by a counting sort over the labels, cheaper when they are no more than the pairs:
+    # each chunk of samples counts its pairs per label (cursor[p, :num_labels]), a blocked prefix sum
+    # over (label, chunk) turns the counts into each chunk's cursor per label and lists the labels with
+    # pairs, each chunk writes its pairs at its cursors
+    chunks = cursor.shape[0]
+    nb = n.shape[0]
+    for p in prange(chunks):
+        cursor[p, :num_labels] = 0
+        for s in range(p * nb // chunks, (p + 1) * nb // chunks):
+            for i in range(n[s]):
+                cursor[p, ids[s, i]] += 1
+    num_blocks = (num_labels + SORT_BLOCK - 1) // SORT_BLOCK
+    for b in prange(num_blocks):
+        total = rows = 0
+        for r in range(b * SORT_BLOCK, min(num_labels, (b + 1) * SORT_BLOCK)):
+            count = 0
+            for p in range(chunks):
+                count += cursor[p, r]
+            total += count
+            rows += count > 0
+        blocks[b + 1, 0] = total
+        blocks[b + 1, 1] = rows
+    blocks[0, :] = 0
+    for b in range(num_blocks):
+        blocks[b + 1, 0] += blocks[b, 0]
+        blocks[b + 1, 1] += blocks[b, 1]
+    for b in prange(num_blocks):
+        offset, j = blocks[b, 0], blocks[b, 1]
+        for r in range(b * SORT_BLOCK, min(num_labels, (b + 1) * SORT_BLOCK)):
+            start = offset
+            for p in range(chunks):
+                count = cursor[p, r]
+                cursor[p, r] = offset
+                offset += count
+            if offset > start:
+                touched[j] = r
+                tptr[j] = start
+                j += 1
+    tptr[blocks[num_blocks, 1]] = blocks[num_blocks, 0]
+    for p in prange(chunks):
+        for s in range(p * nb // chunks, (p + 1) * nb // chunks):
+            for i in range(n[s]):
+                r = ids[s, i]
+                ent[cursor[p, r]] = (np.int64(s) << 32) | i
+                cursor[p, r] += 1
+    return blocks[num_blocks, 1]
+
+
+def group_by_row(ids, n, num_labels: int, gr: "Grouped") -> int:
+    """Group the pairs ``(s, i)`` of ``ids[s, :n[s]]`` by neuron into ``gr.touched``, ``gr.tptr`` and
+    ``gr.ent`` (see :data:`Grouped`; within a neuron the samples in order); return the number of
+    neurons with pairs. A counting sort when the labels are no more than the pairs (the Delicious-200K
+    shape), else a two-digit radix sort, whose cost follows the pairs (the Amazon-670K shape: 670,091
+    labels, ~128,000 pairs)."""
+    old = numba.set_parallel_chunksize(0)  # one chunk of each pass per thread, whatever the caller's setting
+    try:
+        if num_labels <= int(n.sum()):
+            return int(_count_sort(ids, n, num_labels, gr.touched, gr.tptr, gr.ent, gr.hist, gr.blocks))
+        return int(_radix_sort(ids, n, sort_digits(num_labels)[0], gr.touched, gr.tptr, gr.ent, gr.key, gr.tmp,
+                               gr.hist, gr.part))
+    finally:
+        numba.set_parallel_chunksize(old)
 
 
 @numba.njit(**FAST_PARALLEL)
@@ -341,12 +409,7 @@ def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl
     _select_all(batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3, seed, step, nactive,
                 gr.acts, gr.top, gr.ids, gr.n)
     tick("select")
-    old = numba.set_parallel_chunksize(0)  # one chunk of the sort per thread, whatever the caller's setting
-    try:
-        rows = int(_group_by_row(gr.ids[:nb], gr.n[:nb], sort_digits(W2.w.shape[0])[0], gr.touched, gr.tptr, gr.ent,
-                                 gr.key, gr.tmp, gr.hist, gr.part))
-    finally:
-        numba.set_parallel_chunksize(old)
+    rows = group_by_row(gr.ids[:nb], gr.n[:nb], W2.w.shape[0], gr)
     tick("sort")
     _logits_by_row(W2.w, b2.w, gr.top, gr.logits, gr.touched, gr.tptr, gr.ent, rows)
     tick("logits")
