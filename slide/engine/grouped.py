@@ -46,9 +46,9 @@ from .precision import load, row_buffer, row_f32
 #: (P + 1,) in ``ent`` (P,) as ``sample << 32 | position`` (so the row phases loop over the touched
 #: rows only, without a branch per label); for :func:`group_by_row`, the radix sort's ids after each
 #: pass ``key`` (2, P), pairs after the first ``tmp`` (P,), per-chunk digit counts ``hist`` (chunks,
-#: 2**bits of a label; int32; the counting sort's per-chunk cursors), per-chunk run counts ``part``
-#: (chunks + 1,) and the counting sort's per-block pair and row counts ``blocks``; per-thread partial
-#: gradients of the last hidden layer ``da_t`` (threads, B, H).
+#: 2**high digit bits, or labels if fewer than P; int32; the counting sort's per-chunk cursors),
+#: per-chunk run counts ``part`` (chunks + 1,) and the counting sort's per-block pair and row counts
+#: ``blocks``; per-thread partial gradients of the last hidden layer ``da_t`` (threads, B, H).
 Grouped = namedtuple("Grouped", "acts dacts top ids logits n touched tptr ent key tmp hist part blocks da_t")
 
 #: The Adam constants passed to the gradient phase when it takes no Adam step.
@@ -69,6 +69,12 @@ SORT_CHUNKS = 8
 SORT_BLOCK = 1024
 
 
+def _hist_width(num_labels, pairs):
+    # a count per value of the radix sort's high digit, or per label for the counting sort, which
+    # runs only when the labels are no more than the batch's pairs
+    return max(1 << sort_digits(num_labels)[1], min(num_labels, pairs))
+
+
 def _layout(batch, cap, num_labels, dims, threads):
     """Shape and dtype of every :data:`Grouped` field."""
     total, hl = int(np.sum(dims)), int(dims[-1])
@@ -78,7 +84,7 @@ def _layout(batch, cap, num_labels, dims, threads):
     return Grouped(acts=((batch, total), f32), dacts=((batch, total), f32), top=((batch, hl), f32),
                    ids=((batch, cap), i32), logits=((batch, cap), f32), n=((batch,), i64),
                    touched=((pairs,), i32), tptr=((pairs + 1,), i64), ent=((pairs,), i64), key=((2, pairs), i32),
-                   tmp=((pairs,), i64), hist=((chunks, 1 << max(1, (num_labels - 1).bit_length())), i32), part=((chunks + 1,), i64),
+                   tmp=((pairs,), i64), hist=((chunks, _hist_width(num_labels, pairs)), i32), part=((chunks + 1,), i64),
                    blocks=(((num_labels + SORT_BLOCK - 1) // SORT_BLOCK + 1, 2), i64),
                    da_t=((threads, batch, hl), f32))
 
@@ -114,7 +120,7 @@ def _digit_offsets(hist, width):
 
 
 @numba.njit(**FAST_PARALLEL)
-def _radix_sort(ids, n, lo_bits, touched, tptr, ent, key, tmp, hist, part):
+def _radix_sort(ids, n, lo_bits, hi_bits, touched, tptr, ent, key, tmp, hist, part):
     # stable LSD radix sort of the pairs (s, i) by ids[s, i], two digits (sort_digits): each chunk of
     # samples counts and scatters its pairs by the low digit, each chunk of that order by the high
     # digit; then the runs of equal ids give the touched rows and their offsets. Returns their number.
@@ -139,7 +145,7 @@ def _radix_sort(ids, n, lo_bits, touched, tptr, ent, key, tmp, hist, part):
         hist[p, :] = 0
         for e in range(p * total // chunks, (p + 1) * total // chunks):
             hist[p, key[0, e] >> lo_bits] += 1
-    _digit_offsets(hist, hist.shape[1] >> lo_bits)
+    _digit_offsets(hist, 1 << hi_bits)
     for p in prange(chunks):
         for e in range(p * total // chunks, (p + 1) * total // chunks):
             r = key[0, e]
@@ -226,8 +232,8 @@ def group_by_row(ids, n, num_labels: int, gr: "Grouped") -> int:
     try:
         if num_labels <= int(n.sum()):
             return int(_count_sort(ids, n, num_labels, gr.touched, gr.tptr, gr.ent, gr.hist, gr.blocks))
-        return int(_radix_sort(ids, n, sort_digits(num_labels)[0], gr.touched, gr.tptr, gr.ent, gr.key, gr.tmp,
-                               gr.hist, gr.part))
+        return int(_radix_sort(ids, n, *sort_digits(num_labels), gr.touched, gr.tptr, gr.ent, gr.key, gr.tmp, gr.hist,
+                               gr.part))
     finally:
         numba.set_parallel_chunksize(old)
 
