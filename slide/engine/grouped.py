@@ -128,7 +128,7 @@ def _radix_sort(ids, n, lo_bits, hi_bits, touched, tptr, ent, key, tmp, hist, pa
     nb = n.shape[0]
     mask = (1 << lo_bits) - 1
     for p in prange(chunks):
-        hist[p, :] = 0
+        hist[p, :1 << lo_bits] = 0
         for s in range(p * nb // chunks, (p + 1) * nb // chunks):
             for i in range(n[s]):
                 hist[p, ids[s, i] & mask] += 1
@@ -142,7 +142,7 @@ def _radix_sort(ids, n, lo_bits, hi_bits, touched, tptr, ent, key, tmp, hist, pa
                 key[0, e] = r
                 tmp[e] = (np.int64(s) << 32) | i
     for p in prange(chunks):
-        hist[p, :] = 0
+        hist[p, :1 << hi_bits] = 0
         for e in range(p * total // chunks, (p + 1) * total // chunks):
             hist[p, key[0, e] >> lo_bits] += 1
     _digit_offsets(hist, 1 << hi_bits)
