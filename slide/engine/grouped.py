@@ -8,8 +8,10 @@ in phases, each a parallel loop:
 
 1. by sample: hidden layers and active set (:func:`~slide.engine.network.forward_select`), kept per
    sample;
-2. the batch's (sample, position) pairs grouped by output neuron (a two-pass radix sort, by chunks
-   in parallel), and the list of the neurons that have pairs;
+2. the batch's (sample, position) pairs grouped by output neuron (:func:`group_by_row`: a counting
+   sort or a two-digit radix sort, by chunks in parallel), and the list of the neurons that have pairs,
+   over which the row phases loop (so they cost in proportion to the pairs, not the labels, and
+   prefetch the rows a few places ahead);
 3. by row: the logits of every sample that selected the row, from one read of it;
 4. by sample: softmax, loss and the logits' gradients (:func:`~slide.engine.network.softmax_loss`);
 5. by row: the row's gradient, summed over its samples and added once (or, under the sparse
@@ -17,9 +19,10 @@ in phases, each a parallel loop:
    layer's gradient (per-thread partial sums, so no update is lost);
 6. by sample: the sums of step 5, then the backward through the hidden and input layers.
 
-The result is the same step up to float rounding; it pays when the samples share many active neurons
-(the Delicious-200K shape: ~6,200 of 205,443 labels per sample, each active row selected by ~4 samples
-of a batch of 128) and costs when they share few (the Amazon-670K shape: ~1,000 of 670,091).
+The result is the same step up to float rounding; it pays most when the samples share many active
+neurons (the Delicious-200K shape: ~6,200 of 205,443 labels per sample, each active row selected by ~4
+samples of a batch of 128), and it pays at the Amazon-670K shape too (~1,000 of 670,091 per sample,
+~1.1 samples per row), where the per-sample step writes each row's gradient and reads it back in Adam.
 """
 
 from __future__ import annotations

@@ -630,10 +630,11 @@ class SlideMethod(PersistentMixin, Method):
         cnt = max(self.active_count, 1)
         return {
             "active_per_sample_mean": (self.active_sum / cnt) if self.active_count else None,
-            "rehash_seconds": round(self.rehash_seconds, 4),
-            "forward_backward_seconds": round(self.phase_seconds["forward_backward"], 4),
-            "adam_seconds": round(self.phase_seconds["adam"], 4),
-            **{f"row_{k}_seconds": round(v, 4) for k, v in self.row_phase_seconds.items()},
+            # to the microsecond: bench takes differences of these running totals over its window
+            "rehash_seconds": round(self.rehash_seconds, 6),
+            "forward_backward_seconds": round(self.phase_seconds["forward_backward"], 6),
+            "adam_seconds": round(self.phase_seconds["adam"], 6),
+            **{f"row_{k}_seconds": round(v, 6) for k, v in self.row_phase_seconds.items()},
             "rehash_count": int(self.rehash_count),
             "rebuild_count": int(self.rebuild_count),
             "initial_build_seconds": round(self.build_seconds, 4),
