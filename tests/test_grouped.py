@@ -193,7 +193,7 @@ def test_memory_estimate_counts_the_row_buffers():
     assert held == grouped.grouped_bytes(model._grouped.ids.shape[0], model._grouped.ids.shape[1], L, [8], 1)
 
 
-def test_auto_takes_the_row_pass_once_the_pairs_reach_an_eighth_of_the_labels():
+def test_auto_takes_the_row_pass_once_the_pairs_reach_its_share_of_the_labels():
     """``auto`` runs by sample until the mean active count times the batch reaches AUTO_ROW_SHARE of the
     label count; the choice rests on saved counters, so a model restored from a checkpoint chooses as
     the original."""

@@ -75,9 +75,11 @@ SCORE_POINTS = 16384
 #: another process does not hold up the step).
 SAMPLE_CHUNK = 2
 #: ``output_pass: auto`` runs the row pass once a batch's (sample, active neuron) pairs reach this share
-#: of the labels: at the Amazon-670K shape the row pass took 1.15x the sample pass's time at a share of
-#: 0.04, 0.90x at 0.115 and 0.72x at 0.19 (reports/benchmarks.md, "The row pass at the Amazon shape").
-AUTO_ROW_SHARE = 0.125
+#: of the labels: at the Amazon-670K shape, since the row phases loop over the touched rows only, the row
+#: pass takes 0.70-0.75x the sample pass's time at every share measured, 0.032 to 0.115
+#: (reports/benchmarks.md, "The row pass over its touched rows"; before, it lost below ~0.1). Below the
+#: smallest share measured the sample pass stays.
+AUTO_ROW_SHARE = 1 / 32
 #: The counts :meth:`SlideMethod.traffic` keeps: training steps, samples, non-zero features and true
 #: labels of those samples, active output neurons summed over the samples, rows of ``W0`` and ``W2``
 #: that took Adam with a gradient (the touched rows, under either optimizer), hash-table refreshes,
