@@ -343,8 +343,8 @@ def _row_gradient(W2, r, top, grads, e0, e1, ent, da, acc, wbuf):
 
 
 @numba.njit(**FAST_PARALLEL)
-def _grads_by_row(W2, mW2, vW2, b2, mb2, vb2, gb2, gW2, gb2_t, flag2, top, grads, touched, tptr, ent, num_rows, da_t,
-                  h, adam):
+def _grads_by_row(W2, mW2, vW2, b2, mb2, vb2, gW2, gb2_t, flag2, top, grads, touched, tptr, ent, num_rows, da_t, h,
+                  adam):
     # each row's gradient summed over its pairs, then with ``adam`` the row's Adam step ``h`` taken at
     # once (the gradient never reaches gW2), else the gradient added into the shared buffers and the
     # row flagged for the optimizer
@@ -424,8 +424,8 @@ def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl
     tick("logits")
     _softmax_all(batch, sel, scratch.tgt, gr.ids, gr.logits, gr.n, gr.da_t, losses)
     tick("softmax")
-    _grads_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, b2.g, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.touched,
-                  gr.tptr, gr.ent, rows, gr.da_t, _NO_STEP if hyper is None else hyper, hyper is not None)
+    _grads_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.touched, gr.tptr,
+                  gr.ent, rows, gr.da_t, _NO_STEP if hyper is None else hyper, hyper is not None)
     tick("grads")
     _backward_all(batch, dims, W0, b0, Wh, bh, gr.acts, gr.dacts, gr.n, gr.da_t)
     tick("backward")
