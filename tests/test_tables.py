@@ -117,19 +117,23 @@ def test_memory_grows_linearly_in_tables_times_items():
     assert LSHIndex("dwta", 16, 10**6, 6, 2).arrays[7].shape == (2, 2**18 + 1)
 
 
-def test_a_build_keeps_its_slot_map_and_key_buffer_for_the_next():
-    """The first build adds its slot map (L x n int32) and key buffer (L x chunk_rows int64) to the
-    memory held; later builds allocate nothing more."""
+@pytest.mark.parametrize("K, direct", [(3, True), (6, False)])
+def test_a_build_keeps_its_slot_map_and_key_buffer_for_the_next(K, direct):
+    """The first build adds its slot map (L x n int32) and, where keys need a hash map, its key buffer
+    (L x chunk_rows int64) to the memory held; later builds allocate nothing more."""
     from slide.engine.tables import chunk_rows
 
     n, L = 3000, 4
-    index = LSHIndex("dwta", 16, n, 3, L)
+    index = LSHIndex("dwta", 16, n, K, L)
+    assert bool(index.arrays[0][M_DIRECT]) == direct
     tables = index.memory_bytes()
     weights = np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
+    kept = 4 * L * n + 8 * L * chunk_rows(n, L, direct)
+    assert chunk_rows(n, L, direct) == (0 if direct else n)
     index.build(weights)
-    assert index.memory_bytes() == tables + 4 * L * n + 8 * L * chunk_rows(n, L)
+    assert index.memory_bytes() == tables + kept
     index.build(weights)
-    assert index.memory_bytes() == tables + 4 * L * n + 8 * L * chunk_rows(n, L)
+    assert index.memory_bytes() == tables + kept
 
 
 def test_same_seed_same_tables_and_thread_count_does_not_matter():

@@ -740,7 +740,7 @@ def _index_bytes(config, n: int, dim: int) -> int:
     slots = (1 << (K * bits)) if direct else hashed
     tables = L * (4 * (slots + 1) + (0 if direct else 8 * slots) + 4 * min(n, slots * c["bucket_size"]))
     params = dim * K * L * (1 if c["hash"] == "simhash" else 0) + 8 * (dim + 1) + 8 * K * L * c["bin_size"]
-    return int(tables + params + 4 * L * n + 8 * L * chunk_rows(n, L))
+    return int(tables + params + 4 * L * n + 8 * L * chunk_rows(n, L, direct))
 
 
 def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, threads: int) -> int:
