@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from ..method_registry import method_spec
 from ..settings import NJIT
 from .hashing import M_L
+from .intrinsics import prefetch1
 from .rng import GOLDEN as _GOLDEN
 from .rng import mix64
 from .tables import retrieve
@@ -47,6 +48,9 @@ from .tables import retrieve
 #: The ``sampling`` enum of slide/engine/config.schema.json; a code is its index there.
 MODES = method_spec("slide").choices("sampling")
 MODE_VANILLA, MODE_TOPK, MODE_THRESHOLD = 0, 1, 2
+#: How many draws ahead the random padding prefetches the stamp of an id (select phase at the
+#: Amazon-670K shape: 2.5 ms per batch at 0, 2.2 at 8, 1.9-2.0 at 32-128).
+PAD_AHEAD = 32
 
 
 def mode_code(name: str) -> int:
@@ -56,15 +60,24 @@ def mode_code(name: str) -> int:
     return MODES.index(name)
 
 
+@numba.njit(inline="always", **NJIT)
+def _draw(state, num_items):
+    # an id below num_items (< 2**31) from the top 32 bits of a SplitMix64 draw by a multiply and a
+    # shift (Lemire), not a 64-bit division; the bias is below num_items / 2**32
+    return np.int64(((mix64(state) >> np.uint64(32)) * np.uint64(num_items)) >> np.uint64(32))
+
+
 @numba.njit(**NJIT)
-def _pad(n, target, num_items, stamp, counts, stamp_value, rng_seed, out):
+def _pad(n, target, num_items, stamp, stamp_value, rng_seed, out):
+    # the stamps of the ids lie anywhere in (num_items,): each is prefetched PAD_AHEAD draws before
+    # it is tested (the stream is known in advance). Nothing reads ``counts`` after the padding.
     state = np.uint64(rng_seed)
     while n < target:
         state += _GOLDEN
-        c = np.int64(mix64(state) % np.uint64(num_items))
+        prefetch1(stamp, _draw(state + np.uint64(PAD_AHEAD) * _GOLDEN, num_items))
+        c = _draw(state, num_items)
         if stamp[c] != stamp_value:
             stamp[c] = stamp_value
-            counts[c] = 0
             out[n] = c
             n += 1
     return n
@@ -112,7 +125,7 @@ def _select(lsh_arrays, idx, val, dense, labels, mode, k_or_t, min_active, min_a
     if mode == MODE_THRESHOLD:
         return _keep_threshold(out, n_labels, n, counts, k_or_t)
     if n < min_active_trigger:
-        n = _pad(n, min(min_active, num_items), num_items, stamp, counts, stamp_value, rng_seed, out)
+        n = _pad(n, min(min_active, num_items), num_items, stamp, stamp_value, rng_seed, out)
     return n
 
 
