@@ -52,7 +52,7 @@ from ..settings import FAST, FAST_PARALLEL, NJIT
 from .intrinsics import prefetch
 from .precision import load, load1, noise, per_line, store1_sr, store_sr
 from .rng import GOLDEN, MIX1, MIX2, mix64
-from .sampling import MODE_TOPK, _pad, select_active, select_active_sparse
+from .sampling import MODE_TOPK, pad_random, select_active, select_active_sparse
 
 
 #: Rows ahead that the output-layer and Adam loops prefetch (the rows are scattered in memory).
@@ -200,7 +200,7 @@ def hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, hlsh, hslot, hk, 
         seed = _layer_seed(rng_seed, 0)
         n = select_active_sparse(hlsh[slot], xi, xv, empty, MODE_TOPK, k, k, k, h0, stamp, counts, sv, seed, act)
         if n < k:
-            n = _pad(n, k, h0, stamp, counts, sv, seed, act)
+            n = pad_random(n, k, h0, stamp, sv, seed, act)
         hn[0] = n
         for j in range(h0):
             acts[j] = 0
@@ -226,7 +226,7 @@ def hidden_forward_sampled(xi, xv, W0, b0, Wh, bh, dims, acts, hlsh, hslot, hk, 
             n = select_active(hlsh[slot], acts[off - n_in:off], empty, MODE_TOPK, k, k, k, n_out, stamp, counts,
                               sv, seed, act)
             if n < k:
-                n = _pad(n, k, n_out, stamp, counts, sv, seed, act)
+                n = pad_random(n, k, n_out, stamp, sv, seed, act)
             hn[layer] = n
             for j in range(n_out):
                 acts[off + j] = 0

@@ -68,9 +68,11 @@ def _draw(state, num_items):
 
 
 @numba.njit(**NJIT)
-def _pad(n, target, num_items, stamp, stamp_value, rng_seed, out):
+def pad_random(n, target, num_items, stamp, stamp_value, rng_seed, out):
+    """Add distinct random ids below ``num_items`` not yet stamped ``stamp_value`` to ``out[n:]`` (a
+    SplitMix64 stream seeded by ``rng_seed``) until there are ``target``; return ``target``."""
     # the stamps of the ids lie anywhere in (num_items,): each is prefetched PAD_AHEAD draws before
-    # it is tested (the stream is known in advance). Nothing reads ``counts`` after the padding.
+    # it is tested (the stream is known in advance)
     state = np.uint64(rng_seed)
     while n < target:
         state += _GOLDEN
@@ -125,7 +127,7 @@ def _select(lsh_arrays, idx, val, dense, labels, mode, k_or_t, min_active, min_a
     if mode == MODE_THRESHOLD:
         return _keep_threshold(out, n_labels, n, counts, k_or_t)
     if n < min_active_trigger:
-        n = _pad(n, min(min_active, num_items), num_items, stamp, stamp_value, rng_seed, out)
+        n = pad_random(n, min(min_active, num_items), num_items, stamp, stamp_value, rng_seed, out)
     return n
 
 
