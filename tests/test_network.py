@@ -233,3 +233,18 @@ def test_stamp_wrap_clears_the_scratch_and_changes_nothing():
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
     assert wrapped.stamp_values[0] == fresh.stamp_values[0] == len(rows)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 64, 1003])
+def test_collect_flags_lists_the_set_flags_in_order_and_clears_them(size):
+    """Against ``np.flatnonzero``, at lengths around the 8-flag words it tests at once, with runs,
+    isolated flags and none set."""
+    from slide.engine.network import collect_flags
+
+    rng = np.random.default_rng(size)
+    for density in (0.0, 0.02, 0.5, 1.0):
+        flag = (rng.random(size) < density).astype(np.uint8)
+        want = np.flatnonzero(flag)
+        out = np.full(size + 1, -1, np.int64)
+        n = collect_flags(flag, out)
+        assert n == want.size and out[:n].tolist() == want.tolist() and not flag.any()
