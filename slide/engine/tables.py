@@ -63,9 +63,10 @@ from .rng import mix64
 
 #: The ``insertion`` enum of slide/engine/config.schema.json; a code (saved in ``meta``) is its index there.
 INSERTIONS = method_spec("slide").choices("insertion")
-#: Bytes of the key buffer of ``build`` (L x :func:`chunk_rows` int64). Each pass of the build
-#: counts its keys into every table's bucket offsets (L x slots x 4 bytes, 52 MB at the Amazon-670K shape),
-#: which fall out of the cache between passes: few large passes, not many small ones.
+#: Bytes of the key buffer of ``build`` (L x :func:`chunk_rows` int64) for tables that are hash maps
+#: (with direct addressing a key is its slot and goes straight into the slot map). Each pass of the
+#: build counts its keys into every table's bucket offsets, which fall out of the cache between
+#: passes: few large passes, not many small ones.
 KEY_BUFFER_BYTES = 1 << 26
 #: Rows per parallel task of the hashing.
 _BLOCK = 64
@@ -371,7 +372,7 @@ class LSHIndex:
 
     def memory_bytes(self) -> int:
         """Bytes held by the hash functions and the tables, and after the first build its slot map
-        and key buffer (kept for the next)."""
+        and key buffer (kept for the next; no key buffer with direct addressing)."""
         return int(sum(a.nbytes for a in self._arrays + (self._work or ())))
 
     def state_arrays(self) -> dict:
