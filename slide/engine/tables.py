@@ -126,16 +126,14 @@ def retrieve(arrays, idx, val, dense, labels, stamp, counts, stamp_value, out):
 
 
 @numba.njit(**NJIT)
-def _count_insert(keys, ptr, t, key, direct, n_slots):
-    # while counting, ptr[t, s+1] holds the number of items of slot s
-    if direct:
-        s = key
-    else:
-        mask = n_slots - 1
-        s = np.int64(mix64(np.uint64(key)) & np.uint64(mask))
-        while ptr[t, s + 1] > 0 and keys[t, s] != key:
-            s = (s + 1) & mask
-        keys[t, s] = key
+def _count_insert(keys, ptr, t, key, n_slots):
+    # the slot of ``key`` in hash-map table t, claimed if new; while counting, ptr[t, s+1] holds the
+    # number of items of slot s (a direct-addressed build counts its keys itself)
+    mask = n_slots - 1
+    s = np.int64(mix64(np.uint64(key)) & np.uint64(mask))
+    while ptr[t, s + 1] > 0 and keys[t, s] != key:
+        s = (s + 1) & mask
+    keys[t, s] = key
     ptr[t, s + 1] += 1
     return s
 
@@ -203,7 +201,7 @@ def _build(arrays, weights, slot_of, chunk_keys):
                           blk * _BLOCK, lists)
             for t in numba.prange(L):
                 for i in range(m):
-                    slot_of[t, start + i] = _count_insert(keys, ptr, t, chunk_keys[t, i], direct, n_slots)
+                    slot_of[t, start + i] = _count_insert(keys, ptr, t, chunk_keys[t, i], n_slots)
     for t in numba.prange(L):
         _fill_table(ptr, items, slot_of, t, meta[M_BUCKET], meta[M_INSERT] != 0, meta[M_SEED])
 
