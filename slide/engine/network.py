@@ -490,17 +490,24 @@ def train_kernel(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0
 
 
 @numba.njit(inline="always", **FAST)
+def _adam_values(wv, mv, vv, gc, h):
+    """Adam's new ``m``, ``v`` and weight (float32) from their old values and the gradient ``gc``."""
+    lr_t, beta1, beta2, eps_t, _ = h
+    mc = beta1 * mv + (np.float32(1) - beta1) * gc
+    vc = beta2 * vv + (np.float32(1) - beta2) * gc * gc
+    return mc, vc, wv - lr_t * mc / (np.sqrt(vc) + eps_t)
+
+
+@numba.njit(inline="always", **FAST)
 def adam_entry(w, m, v, r, gc, h):
     """Adam on entry ``r`` of flat parameters with the gradient ``gc``. ``w``, ``m``, ``v`` may be
     bfloat16: the step uses the float32 ``m``, ``v`` it computed, each store rounds stochastically
     (one :func:`~.precision.noise` per entry, a 16-bit lane each for m, v, w)."""
-    lr_t, beta1, beta2, eps_t, key = h
-    u = noise(w, key, r)
-    mc = beta1 * load1(m, r) + (np.float32(1) - beta1) * gc
-    vc = beta2 * load1(v, r) + (np.float32(1) - beta2) * gc * gc
+    u = noise(w, h.key, r)
+    mc, vc, wc = _adam_values(load1(w, r), load1(m, r), load1(v, r), gc, h)
     store1_sr(m, r, mc, u)
     store1_sr(v, r, vc, u >> np.uint64(16))
-    store1_sr(w, r, load1(w, r) - lr_t * mc / (np.sqrt(vc) + eps_t), u >> np.uint64(32))
+    store1_sr(w, r, wc, u >> np.uint64(32))
 
 
 @numba.njit(inline="always", **FAST)
@@ -518,18 +525,13 @@ def adam_row(W, M, V, G, g_row, r, h):
     parameter's own gradient rows, ``g_row = r``, or a one-row buffer), which it clears. Storage as
     :func:`adam_span` (the noise of entry (r, c) is that of flat entry ``r * h + c``, as in the dense
     update)."""
-    lr_t, beta1, beta2, eps_t, key = h
-    c1 = np.float32(1) - beta1
-    c2 = np.float32(1) - beta2
     ncol = W.shape[1]
     for c in range(ncol):
-        u = noise(W, key, r * ncol + c)
-        gc = G[g_row, c]
-        mc = beta1 * load(M, r, c) + c1 * gc
-        vc = beta2 * load(V, r, c) + c2 * gc * gc
+        u = noise(W, h.key, r * ncol + c)
+        mc, vc, wc = _adam_values(load(W, r, c), load(M, r, c), load(V, r, c), G[g_row, c], h)
         store_sr(M, r, c, mc, u)
         store_sr(V, r, c, vc, u >> np.uint64(16))
-        store_sr(W, r, c, load(W, r, c) - lr_t * mc / (np.sqrt(vc) + eps_t), u >> np.uint64(32))
+        store_sr(W, r, c, wc, u >> np.uint64(32))
         G[g_row, c] = 0
 
 
