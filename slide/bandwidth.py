@@ -30,6 +30,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from .engine.grouped import SORT_CHUNKS
 from .settings import FAST_PARALLEL, numba_threads
 
 #: Environment variable naming the cache file (default ``<user cache>/bandwidth.json``).
@@ -61,10 +62,11 @@ def slide_bytes(model, data, counts) -> dict:
     features, ``labels`` true labels and ``active`` active output neurons in all, ``rows0`` /
     ``rows2`` rows of ``W0`` / ``W2`` updated by the sparse Adam (the ``n0, n2`` of
     :func:`slide.engine.network.adam_sparse`, with the rows the row pass updated itself),
-    ``refreshes`` hash-table refreshes, and ``row_batches`` steps that ran the output layer by row
+    ``refreshes`` hash-table refreshes, ``row_batches`` steps that ran the output layer by row
     (:mod:`slide.engine.grouped`) with ``row_active`` active neurons and ``row_rows2`` distinct output
-    rows. Row widths come from the model's arrays (shape and dtype) and the index widths from
-    ``data``'s.
+    rows, and of them the steps whose row pass updated the input layer too, with ``row_features``
+    features and ``row_rows0`` distinct ``W0`` rows. Row widths come from the model's arrays (shape and
+    dtype) and the index widths from ``data``'s.
 
     What each sample moves is in :func:`_per_sample_bytes`, what the row pass moves in
     :func:`_by_row_bytes`, what each step moves once in :func:`_per_batch_bytes`, a table refresh in
@@ -95,7 +97,7 @@ def slide_bytes(model, data, counts) -> dict:
     dense = model.config["optimizer"] == "dense"
     per_sample = _per_sample_bytes(model, data, c)
     parts = dict(per_sample)
-    parts["by_row"] = _by_row_bytes(model, c, fused=not dense)
+    parts["by_row"] = _by_row_bytes(model, data, c, fused=not dense)
     for key, value in _per_batch_bytes(model, c, dense).items():
         parts[key] = parts.get(key, 0) + value
     parts["refresh"] = c["refreshes"] * _refresh_bytes(model)
@@ -133,10 +135,11 @@ def _per_sample_bytes(m, data, c: dict) -> dict:
     """
     out_row, grad_row = _output_row_bytes(m)
     by_sample = c["active"] - c["row_active"]
+    features = c["features"] - c["row_features"]  # whose gW0 rows the samples add into
     parts = {
         "forward": c["features"] * _row(m.W0) + by_sample * out_row,
-        "backward": 2 * (c["features"] * _row(m.gW0) + by_sample * grad_row),
-        "flags": c["features"] * _row(m.flag0) + by_sample * _row(m.flag2),
+        "backward": 2 * (features * _row(m.gW0) + by_sample * grad_row),
+        "flags": features * _row(m.flag0) + by_sample * _row(m.flag2),
         "input": (c["features"] * (_row(data.x_indices) + _row(data.x_data)) + c["labels"] * _row(data.y_indices)
                   + c["samples"] * (8 + 2 * _row(data.x_indptr) + 2 * _row(data.y_indptr))),  # 8: the row id
     }
@@ -146,22 +149,45 @@ def _per_sample_bytes(m, data, c: dict) -> dict:
     return parts
 
 
-def _by_row_bytes(m, c: dict, fused: bool) -> int:
-    """The output layer of the steps that ran by row (:mod:`slide.engine.grouped`).
+def _by_row_bytes(m, data, c: dict, fused: bool) -> int:
+    """The output layer of the steps that ran by row (:mod:`slide.engine.grouped`), and their input
+    layer where the row pass updated it.
 
-    Each distinct row: its ``W2`` row read in the logits phase and again in the gradient phase (a
-    batch's rows are swept twice and do not stay in cache between the sweeps), its ``b2`` entry
+    Each distinct output row: its ``W2`` row read in the logits phase and again in the gradient phase
+    (a batch's rows are swept twice and do not stay in cache between the sweeps), its ``b2`` entry
     read; unless ``fused`` (the sparse optimizer, whose Adam step the row pass takes itself, counted
     in ``adam``) its ``gW2`` row and a thread's ``gb2`` entry read and written and its flag read and
-    set. The grouping: per step the ``L + 1`` row offsets zeroed, counted into, summed and copied to
-    the cursors, then read by both row phases; per active neuron its id read twice, its offset and
-    cursor read and written, its (sample, position) entry written and read by both row phases.
+    set. The grouping of the pairs by row (:func:`_grouping_bytes`), read by both row phases; for the
+    input layer read by its one phase, which also reads each pair's feature value.
     """
     out_row, grad_row = _output_row_bytes(m)
     per_row = _row(m.W2) + out_row + (0 if fused else 2 * grad_row + 2 * _row(m.flag2))
-    offsets = (m.num_labels + 1) * 8 * (1 + 2 + 2 + 2 + 2) + m.num_labels * 8  # zero, count, sum, copy, 2 reads
-    per_pair = 2 * 4 + 2 * 8 + 2 * 8 + 3 * 8
-    return c["row_rows2"] * per_row + c["row_batches"] * offsets + c["row_active"] * per_pair
+    return (c["row_rows2"] * per_row
+            + _grouping_bytes(m.num_labels, m.threads, c["row_batches"], c["row_active"], c["row_rows2"], 2)
+            + _grouping_bytes(m.num_features, m.threads, c["row_batches"], c["row_features"], c["row_rows0"], 1)
+            + c["row_features"] * _row(data.x_data))
+
+
+def _grouping_bytes(num_rows: int, threads: int, steps: int, pairs: int, rows: int, sweeps: int) -> int:
+    """Bytes of grouping ``pairs`` (sample, position) pairs of ``steps`` steps by their row id (below
+    ``num_rows``; ``rows`` distinct rows per step, summed) as
+    :func:`slide.engine.grouped.group_by_row` does, and of ``sweeps`` row phases reading the result.
+
+    The counting sort (when the rows are no more than a step's pairs; the mean step decides): per step
+    each chunk's int32 cursor per row zeroed, read by the prefix sum and read and written by it; per
+    pair its id read twice, its cursor read and written twice, its entry written. The radix sort:
+    per pair its id read twice, then its key (int32) and pair (int64) written by the first pass, read
+    and written again by the second, and the second's keys read twice for the runs (56 bytes). Either
+    way per distinct row its id and offset written, and per sweep read with each pair's entry.
+    """
+    if not steps or not pairs:
+        return 0
+    chunks = max(1, min(threads, SORT_CHUNKS))
+    if num_rows <= pairs / steps:
+        sort = steps * chunks * num_rows * 4 * 4 + pairs * (2 * 4 + 2 * 2 * 4 + 8)
+    else:
+        sort = pairs * 56
+    return sort + rows * (4 + 8) * (1 + sweeps) + pairs * 8 * sweeps
 
 
 def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
@@ -173,7 +199,8 @@ def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
     ``gb2`` entries of the row); for an output row the row pass updated itself (``row_rows2`` under
     the sparse optimizer) only ``m, v`` read and ``W, m, v`` written (``W`` was read in the gradient
     phase, the gradient stays in a thread's buffer), ``b2, m, v`` read and written and its ``gb2``
-    entry written, read and cleared, and no flag; the flag scan that collects the touched rows (every
+    entry written, read and cleared, and no flag; for an input row the row pass updated itself
+    (``row_rows0``) ``W, m, v`` read and written and no flag; the flag scan that collects the touched rows (every
     flag read, the touched ones set and cleared, the row lists written and read); with ``optimizer:
     dense`` the same Adam over every row of ``W0``, ``W2``, ``b2``, the untouched rows' gradient rows
     neither read nor zeroed, every flag read and the touched ones set and cleared; the small
@@ -185,8 +212,10 @@ def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
     # rows the optimizer updated in all: every row in every step (dense), the touched ones (sparse)
     n0, n2 = (c["batches"] * m.num_features, c["batches"] * m.num_labels) if dense else (c["rows0"], c["rows2"])
     fused = 0 if dense else c["row_rows2"]                         # of n2, updated by the row pass
+    fused0 = 0 if dense else c["row_rows0"]                        # of n0, updated by the row pass
     adam0 = 2 * sum(_row(a) for a in (m.W0, m.mW0, m.vW0, m.gW0))
     adam2 = 2 * sum(_row(a) for a in (m.W2, m.mW2, m.vW2, m.gW2, m.b2, m.mb2, m.vb2, m.gb2)) + 2 * T * m.gb2_t.itemsize
+    adam0_fused = 2 * sum(_row(a) for a in (m.W0, m.mW0, m.vW0))
     adam2_fused = (_row(m.W2) + 2 * (_row(m.mW2) + _row(m.vW2)) + 2 * sum(_row(a) for a in (m.b2, m.mb2, m.vb2))
                    + 3 * _row(m.gb2))
     small = (m.b0, m.mb0, m.vb0, m.gb0, m.Wh, m.mWh, m.vWh, m.gWh, m.bh, m.mbh, m.vbh, m.gbh)
@@ -198,12 +227,12 @@ def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
         untouched = (n0 - c["rows0"]) * (adam0 - 2 * _row(m.gW0)) + (n2 - c["rows2"]) * (adam2 - 2 * _row(m.gW2))
         return {"adam": c["rows0"] * adam0 + c["rows2"] * adam2 + untouched, "dense_parts": dense_parts,
                 "flags": scanned + 2 * (c["rows0"] * _row(m.flag0) + c["rows2"] * _row(m.flag2))}
-    flagged2 = n2 - fused
+    flagged0, flagged2 = n0 - fused0, n2 - fused
     flags = (scanned
-             + 2 * (n0 * _row(m.flag0) + flagged2 * _row(m.flag2))               # set, cleared
-             + 2 * (n0 * _row(m.rows0) + flagged2 * _row(m.rows2)))              # listed, read
-    return {"adam": n0 * adam0 + (n2 - fused) * adam2 + fused * adam2_fused, "dense_parts": dense_parts,
-            "flags": flags}
+             + 2 * (flagged0 * _row(m.flag0) + flagged2 * _row(m.flag2))               # set, cleared
+             + 2 * (flagged0 * _row(m.rows0) + flagged2 * _row(m.rows2)))              # listed, read
+    return {"adam": flagged0 * adam0 + fused0 * adam0_fused + flagged2 * adam2 + fused * adam2_fused,
+            "dense_parts": dense_parts, "flags": flags}
 
 
 def _refresh_bytes(m) -> int:
@@ -217,10 +246,10 @@ def _refresh_bytes(m) -> int:
 
 def _distinct_row_bytes(m, c: dict) -> int:
     """The per-sample gathers, gradient read-modify-writes and flag reads of ``c`` counted once per
-    distinct row of a batch (the ``rows0``/``rows2`` that the sparse Adam updated; of ``rows2`` those
-    of the steps that ran by sample)."""
+    distinct row of a batch (the ``rows0``/``rows2`` that the sparse Adam updated; of ``rows0`` those the
+    row pass did not update with only their read, of ``rows2`` those of the steps that ran by sample)."""
     out_row, grad_row = _output_row_bytes(m)
-    return int(c["rows0"] * (_row(m.W0) + 2 * _row(m.gW0) + _row(m.flag0))
+    return int(c["rows0"] * _row(m.W0) + (c["rows0"] - c["row_rows0"]) * (2 * _row(m.gW0) + _row(m.flag0))
                + (c["rows2"] - c["row_rows2"]) * (out_row + 2 * grad_row + _row(m.flag2)))
 
 

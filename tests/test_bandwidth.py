@@ -37,7 +37,7 @@ def test_bytes_of_one_tiny_step_match_a_hand_count():
     model = SlideMethod.from_config(6, 5, overrides=dict(hidden=[4], output_sparsity=1.0, batch_size=2), threads=1)
     counts, parts = _window(model, data, [[0, 1]])
     assert counts == dict(batches=1, samples=2, features=4, labels=2, active=10, rows0=3, rows2=5, refreshes=0,
-                          row_batches=0, row_active=0, row_rows2=0)
+                          row_batches=0, row_active=0, row_rows2=0, row_features=0, row_rows0=0)
     # per sample: 4 W0 rows, 10 (W2 row + b2) read; their gradients read and written
     assert parts["forward"] == 4 * 16 + 10 * (16 + 4)
     assert parts["backward"] == 2 * (4 * 16 + 10 * (16 + 4))
@@ -58,23 +58,44 @@ def test_bytes_of_one_tiny_step_match_a_hand_count():
 
 def test_bytes_of_one_tiny_row_pass_step_match_a_hand_count():
     """The same step with the output layer run by row (every label active by padding): each output
-    row is read twice and updated by the row pass's own Adam, once, whatever the samples sharing it."""
+    row is read twice and updated by the row pass's own Adam, once, whatever the samples sharing it;
+    so is each input feature's row (the sparse optimizer), with no gradient row or flag."""
     data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
     over = dict(hidden=[4], batch_size=2, output_sparsity=0.5, pad_cap=1.0, min_active=5, min_active_trigger=5,
                 output_pass="row", correction="none", rehash_every=0, rebuild_every=0)
     model = SlideMethod.from_config(6, 5, overrides=over, threads=1)
     counts, parts = _window(model, data, [[0, 1]])
     assert counts == dict(batches=1, samples=2, features=4, labels=2, active=10, rows0=3, rows2=5, refreshes=0,
-                          row_batches=1, row_active=10, row_rows2=5)
-    assert parts["forward"] == 4 * 16 and parts["backward"] == 2 * 4 * 16  # W0 rows only, per sample
-    # 5 rows: W2 read twice, b2 read; 6 offsets zeroed, counted, summed, copied, read twice, 5 cursors;
-    # 10 pairs: id read twice, offset and cursor read and written, entry written and read twice
-    assert parts["by_row"] == 5 * (16 + 16 + 4) + 6 * 8 * 9 + 5 * 8 + 10 * (8 + 16 + 16 + 24)
-    # W0 rows as before; each output row: m, v read, W, m, v written, b2 with m, v read and written, gb2 x 3
-    assert parts["adam"] == 3 * 2 * 4 * 16 + 5 * (5 * 16 + 2 * 3 * 4 + 3 * 4)
-    # per sample the 4 W0 flags; per batch 11 scanned, the 3 W0 rows set, cleared, listed and read
-    assert parts["flags"] == 4 + 11 + 2 * 3 + 2 * 3 * 8
-    assert parts["distinct_total"] == parts["total"] - 4 * 16 - 2 * 4 * 16 - 4 + 3 * (16 + 2 * 16 + 1)
+                          row_batches=1, row_active=10, row_rows2=5, row_features=4, row_rows0=3)
+    assert parts["forward"] == 4 * 16 and parts["backward"] == 0  # W0 rows read per sample, no gradient rows
+    # output rows: W2 read twice, b2 read; their 10 pairs grouped by the counting sort (5 labels <= 10
+    # pairs): 5 cursors zeroed, read, read and written; per pair its id read twice, its cursor read and
+    # written twice, its entry written; the 5 rows' ids and offsets written and read by 2 phases with
+    # the 10 entries. Input rows: the 4 pairs by the radix sort (6 features > 4 pairs, 56 bytes a pair),
+    # the 3 rows' ids and offsets written and read by 1 phase with the 4 entries and their 4 values.
+    outputs = 5 * (16 + 16 + 4) + 5 * 16 + 10 * (8 + 16 + 8) + 5 * 12 * 3 + 10 * 8 * 2
+    inputs = 4 * 56 + 3 * 12 * 2 + 4 * 8 + 4 * 4
+    assert parts["by_row"] == outputs + inputs
+    # each W0 row: W, m, v read and written; each output row: m, v read, W, m, v written, b2 with m, v
+    # read and written, gb2 x 3
+    assert parts["adam"] == 3 * 2 * 3 * 16 + 5 * (5 * 16 + 2 * 3 * 4 + 3 * 4)
+    # no row flagged: only the per-batch scan of the 11 flags
+    assert parts["flags"] == 11
+    assert parts["distinct_total"] == parts["total"] - 4 * 16 + 3 * 16
+
+
+def test_row_pass_of_the_dense_optimizer_leaves_the_input_rows_to_adam():
+    """Under the dense optimizer the row pass takes no Adam step: the W0 gradient rows are written by
+    each sample, flagged, and updated (with every other row) by Adam."""
+    data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
+    over = dict(hidden=[4], batch_size=2, output_sparsity=0.5, pad_cap=1.0, min_active=5, min_active_trigger=5,
+                output_pass="row", correction="none", rehash_every=0, rebuild_every=0, optimizer="dense")
+    model = SlideMethod.from_config(6, 5, overrides=over, threads=1)
+    counts, parts = _window(model, data, [[0, 1]])
+    assert counts["row_batches"] == 1 and counts["row_features"] == counts["row_rows0"] == 0
+    assert parts["backward"] == 2 * 4 * 16
+    outputs = 5 * (16 + 16 + 4 + 2 * 20 + 2) + 5 * 16 + 10 * (8 + 16 + 8) + 5 * 12 * 3 + 10 * 8 * 2
+    assert parts["by_row"] == outputs
 
 
 def _twin_bytes(model, data, batches, distinct=False):

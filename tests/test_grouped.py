@@ -92,10 +92,11 @@ def test_row_pass_with_two_threads_loses_no_output_update():
 @pytest.mark.parametrize("precision, threads", [("fp32", 1), ("bf16", 2)])
 def test_row_pass_takes_the_output_layers_adam_step_itself(precision, threads):
     """Under the sparse optimizer a training step's row pass updates each output row as soon as its
-    gradient is complete: the same output weights and moments, to the bit, as adding the gradients up
-    and running Adam after (the input layer too with one thread), nothing left in the output layer's
-    gradient buffers or flags, and each updated row counted once as touched."""
-    data = toy_data(24, seed=4)
+    gradient is complete, and each input feature's row once the batch's deltas are known: the same
+    weights and moments, to the bit, as adding the gradients up and running Adam after (the input layer
+    with one thread), nothing left in the gradient buffers or flags, and each updated row counted once
+    as touched."""
+    data = toy_data(24, seed=4, empty_label_row=2)  # its features take no step
     kw = dict(output_sparsity=0.5, K=2, L=3, correction="logq", output_pass="row", precision=precision,
               threads=threads)
     fused, apart = make(**kw), make(**kw)
@@ -112,6 +113,14 @@ def test_row_pass_takes_the_output_layers_adam_step_itself(precision, threads):
     assert 0 < flagged < L and fused.touched_sum == apart.touched_sum == flagged
     assert fused.traffic()["rows2"] == fused.traffic()["row_rows2"] == flagged
     assert not fused.gW2.any() and not fused.gb2.any() and not fused.gb2_t.any() and not fused.flag2.any()
+    # the input layer: each feature the batch has updated once by the row pass, nothing left flagged
+    features = np.unique(np.concatenate([data.x_indices[data.x_indptr[r]:data.x_indptr[r + 1]] for r in rows
+                                         if r != 2]))
+    assert fused.traffic()["rows0"] == fused.traffic()["row_rows0"] == apart.traffic()["rows0"] == features.size
+    assert fused.traffic()["row_features"] == data.x_indptr[8] - data.x_indptr[0]
+    assert not fused.gW0.any() and not fused.flag0.any()
+    changed = np.flatnonzero((decoded(fused.W0) != decoded(make(**kw).W0)).any(axis=1))
+    np.testing.assert_array_equal(changed, features)
 
 
 def test_row_buffers_grow_with_the_batch():
@@ -136,11 +145,11 @@ def _group_twin(ids, n):
             np.array([(s << 32) | i for _, s, i in pairs], np.int64))
 
 
-def _sort(kind, ids, n, labels, gr):
+def _sort(kind, ids, start, n, labels, pr):
     if kind == "count":
-        return grouped._count_sort(ids, n, labels, gr.touched, gr.tptr, gr.ent, gr.hist, gr.blocks)
-    return grouped._radix_sort(ids, n, *grouped.sort_digits(labels), gr.touched, gr.tptr, gr.ent, gr.key, gr.tmp,
-                               gr.hist, gr.part)
+        return grouped._count_sort(ids, start, n, labels, pr.touched, pr.tptr, pr.ent, pr.hist, pr.blocks)
+    return grouped._radix_sort(ids, start, n, *grouped.sort_digits(labels), pr.touched, pr.tptr, pr.ent, pr.key, pr.tmp,
+                               pr.hist, pr.part)
 
 
 @pytest.mark.parametrize("kind", ["count", "radix"])
@@ -148,7 +157,9 @@ def _sort(kind, ids, n, labels, gr):
 @pytest.mark.parametrize("labels", [1, 2, 50, 129, 2 * grouped.SORT_BLOCK + 77, 70_001])
 def test_pairs_grouped_by_neuron_match_a_stable_sort(kind, chunks, labels):
     """Both sorts (and group_by_row, which picks the counting sort when the labels are no more than the
-    pairs) list the touched neurons in order with their offsets and each neuron's pairs in sample order."""
+    pairs) list the touched neurons in order with their offsets and each neuron's pairs in sample order,
+    whether each sample's ids lie in a row of their own or at its start in one flat array (as the input
+    features do in the data's CSR)."""
     rng = np.random.default_rng(labels + chunks)
     ids = np.stack([rng.permutation(max(labels, 30))[:30] % labels for _ in range(7)]).astype(np.int32)
     ids[:, :5] = ids[0, :5]  # some neurons shared by every sample
@@ -157,18 +168,25 @@ def test_pairs_grouped_by_neuron_match_a_stable_sort(kind, chunks, labels):
     n = rng.integers(0, 31, 7).astype(np.int64)
     n[3] = 0
     want_touched, want_ptr, want_ent = _group_twin(ids, n)
+    # the same ids in one flat array, each sample's at its own offset (a gap of 3 between samples)
+    start = np.arange(7, dtype=np.int64) * 33
+    flat = np.full(7 * 33, -1, np.int32)
+    for s in range(7):
+        flat[start[s]:start[s] + 30] = ids[s]
     with numba.parallel_chunksize(0):
         for sort in (kind, "auto"):
-            # the counting sort's cursors hold a count per label, as many as the buffers' pairs hold at most
-            cap = max(30, -(-labels // 7)) if sort == "count" else 30
-            gr = grouped.grouped_buffers(7, cap, labels, np.array([4]), chunks)
-            gr = gr._replace(**{f: np.full_like(getattr(gr, f), -1)
-                                for f in ("touched", "tptr", "ent", "key", "tmp", "hist", "blocks")})
-            rows = grouped.group_by_row(ids, n, labels, gr) if sort == "auto" else _sort(kind, ids, n, labels, gr)
-            assert rows == want_touched.shape[0]
-            np.testing.assert_array_equal(gr.touched[:rows], want_touched)
-            np.testing.assert_array_equal(gr.tptr[:rows + 1], want_ptr)
-            np.testing.assert_array_equal(gr.ent[:n.sum()], want_ent)
+            for layout in ("rows", "flat"):
+                # the counting sort's cursors hold a count per label, as many as the buffers' pairs hold at most
+                cap = max(30, -(-labels // 7)) if sort == "count" else 30
+                pr = grouped.pairs_buffers(7 * cap, labels, chunks)
+                pr = pr._replace(**{f: np.full_like(a, -1) for f, a in pr._asdict().items() if f != "part"})
+                args = (ids.reshape(-1), np.arange(7, dtype=np.int64) * 30) if layout == "rows" else (flat, start)
+                rows = (grouped.group_by_row(*args, n, labels, pr) if sort == "auto"
+                        else _sort(kind, *args, n, labels, pr))
+                assert rows == want_touched.shape[0]
+                np.testing.assert_array_equal(pr.touched[:rows], want_touched)
+                np.testing.assert_array_equal(pr.tptr[:rows + 1], want_ptr)
+                np.testing.assert_array_equal(pr.ent[:n.sum()], want_ent)
 
 
 def test_row_pass_needs_a_sampled_output_layer():
@@ -179,18 +197,32 @@ def test_row_pass_needs_a_sampled_output_layer():
         make(output_pass="rows", output_sparsity=0.5)
 
 
+def _held(gr):
+    return sum(_held(a) if isinstance(a, grouped.Pairs) else a.nbytes for a in gr)
+
+
 def test_memory_estimate_counts_the_row_buffers():
+    """The estimate counts the row pass's buffers as allocated: the active neurons of 1,024 labels per
+    point, and under the sparse optimizer (whose row pass groups the input features too) 1,024 features
+    per point of a batch."""
     config = validate(SlideMethod.resolve_config("delicious-200k"))
     d, labels = 782_585, 205_443
-    extra = memory_estimate_bytes(d, labels, dict(config, output_pass="row"), 2) - memory_estimate_bytes(
-        d, labels, dict(config, output_pass="sample"), 2)
     cap = min(labels, 1024 + 50 * 128 + 1000)
-    assert extra == grouped.grouped_bytes(128, cap, labels, [128], 2)
+    for optimizer, features in (("sparse", 128 * 1024), ("dense", 0)):
+        over = dict(config, optimizer=optimizer)
+        extra = memory_estimate_bytes(d, labels, dict(over, output_pass="row"), 2) - memory_estimate_bytes(
+            d, labels, dict(over, output_pass="sample"), 2)
+        assert extra == grouped.grouped_bytes(128, cap, labels, [128], 2, d, features)
+    assert grouped.grouped_bytes(128, cap, labels, [128], 2, d, 128 * 1024) > grouped.grouped_bytes(
+        128, cap, labels, [128], 2) + 128 * 1024 * 36
     model = make(output_pass="row", output_sparsity=0.5, K=2, L=3)
     data = toy_data(8)
-    model._accumulate(data, np.arange(8))
-    held = sum(a.nbytes for a in model._grouped)
-    assert held == grouped.grouped_bytes(model._grouped.ids.shape[0], model._grouped.ids.shape[1], L, [8], 1)
+    model.train_batch(data, np.arange(8))
+    gr = model._grouped
+    features = int(data.x_indptr[8] - data.x_indptr[0])
+    assert gr.inp.ent.shape[0] == features
+    assert _held(gr) == grouped.grouped_bytes(gr.ids.shape[0], gr.ids.shape[1], L, [8], 1, model.num_features,
+                                              features)
 
 
 def test_auto_takes_the_row_pass_once_the_pairs_reach_its_share_of_the_labels():

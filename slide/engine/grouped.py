@@ -17,7 +17,12 @@ in phases, each a parallel loop:
 5. by row: the row's gradient, summed over its samples and added once (or, under the sparse
    optimizer, the row's Adam step taken right there), and each sample's share of the last hidden
    layer's gradient (per-thread partial sums, so no update is lost);
-6. by sample: the sums of step 5, then the backward through the hidden and input layers.
+6. by sample: the sums of step 5, then the backward through the hidden and input layers (under the
+   sparse optimizer only as far as the first layer's delta);
+7. under the sparse optimizer, by input feature: the batch's (sample, feature) pairs grouped by
+   feature as in step 2, then each feature's ``W0`` gradient summed over its samples and its Adam step
+   taken at once, as the output rows' in step 5 (the gradient row is never written, flagged or read
+   back).
 
 The result is the same step up to float rounding; it pays most when the samples share many active
 neurons (the Delicious-200K shape: ~6,200 of 205,443 labels per sample, each active row selected by ~4
@@ -40,19 +45,27 @@ from .network import (Hyper, adam_entry, adam_row, backward_hidden, forward_sele
                       sample_seed, softmax_loss)
 from .precision import load, row_buffer, row_f32
 
+#: The pairs of a batch grouped by row (an output neuron's, or under the sparse optimizer an input
+#: feature's): the rows with pairs in ascending order ``touched`` (P,), row ``touched[j]``'s pairs at
+#: ``tptr[j]:tptr[j + 1]`` (P + 1,) in ``ent`` (P,) as ``sample << 32 | position`` (so the row phases
+#: loop over the touched rows only, without a branch per pair); for :func:`group_by_row`, the radix
+#: sort's ids after each pass ``key`` (2, P), pairs after the first ``tmp`` (P,), per-chunk digit counts
+#: ``hist`` (chunks, 2**high digit bits, or rows if fewer than P; int32; the counting sort's per-chunk
+#: cursors), per-chunk run counts ``part`` (chunks + 1,) and the counting sort's per-block pair and row
+#: counts ``blocks``. P is the most pairs the buffers hold.
+Pairs = namedtuple("Pairs", "touched tptr ent key tmp hist part blocks")
+
 #: Per-batch buffers of :func:`train_grouped`, for a batch of up to ``B`` samples with up to ``cap``
 #: active neurons each: hidden activations ``acts`` and their gradients ``dacts`` (B, sum(dims)), the last
 #: layer's activations again in ``top`` (B, H) (indexed from 0, so the row loops vectorise); active ids
-#: ``ids`` (labels first) and their ``logits``, then gradients (B, cap); the number ``n`` (B,) of each
-#: sample's pairs (0 for a sample without labels); the pairs grouped by neuron: the neurons with pairs
-#: in ascending order ``touched`` (P = B * cap,), neuron ``touched[j]``'s pairs at ``tptr[j]:tptr[j + 1]``
-#: (P + 1,) in ``ent`` (P,) as ``sample << 32 | position`` (so the row phases loop over the touched
-#: rows only, without a branch per label); for :func:`group_by_row`, the radix sort's ids after each
-#: pass ``key`` (2, P), pairs after the first ``tmp`` (P,), per-chunk digit counts ``hist`` (chunks,
-#: 2**high digit bits, or labels if fewer than P; int32; the counting sort's per-chunk cursors),
-#: per-chunk run counts ``part`` (chunks + 1,) and the counting sort's per-block pair and row counts
-#: ``blocks``; per-thread partial gradients of the last hidden layer ``da_t`` (threads, B, H).
-Grouped = namedtuple("Grouped", "acts dacts top ids logits n touched tptr ent key tmp hist part blocks da_t")
+#: ``ids`` (labels first; where sample ``s``'s start in ``ids`` read flat: ``id_start[s] = s * cap``) and
+#: their ``logits``, then gradients (B, cap); the number ``n`` (B,) of each sample's pairs (0 for a sample without labels);
+#: where each sample's features start in the data's ``x_indices`` ``x_start`` and how many it trains
+#: ``x_n`` (B,; 0 without labels); per-thread partial gradients of the last hidden layer ``da_t``
+#: (threads, B, H); the (sample, active neuron) pairs grouped by neuron ``out`` and the (sample,
+#: feature) pairs by feature ``inp`` (:data:`Pairs`; ``inp`` sized by the features of the largest batch
+#: so far, and empty when no step has used it).
+Grouped = namedtuple("Grouped", "acts dacts top ids id_start logits n x_start x_n da_t out inp")
 
 #: The Adam constants passed to the gradient phase when it takes no Adam step.
 _NO_STEP = Hyper(np.float32(0), np.float32(0), np.float32(0), np.float32(0), np.uint64(0))
@@ -78,29 +91,53 @@ def _hist_width(num_labels, pairs):
     return max(1 << sort_digits(num_labels)[1], min(num_labels, pairs))
 
 
-def _layout(batch, cap, num_labels, dims, threads):
-    """Shape and dtype of every :data:`Grouped` field."""
+def _pairs_layout(pairs, num_rows, threads):
+    """Shape and dtype of every :data:`Pairs` field, for up to ``pairs`` pairs of rows below ``num_rows``."""
+    i32, i64 = np.int32, np.int64
+    chunks = max(1, min(threads, SORT_CHUNKS))
+    return Pairs(touched=((pairs,), i32), tptr=((pairs + 1,), i64), ent=((pairs,), i64), key=((2, pairs), i32),
+                 tmp=((pairs,), i64), hist=((chunks, _hist_width(num_rows, pairs)), i32), part=((chunks + 1,), i64),
+                 blocks=(((num_rows + SORT_BLOCK - 1) // SORT_BLOCK + 1, 2), i64))
+
+
+def _layout(batch, cap, num_labels, dims, threads, num_features, feature_pairs):
+    """Shape and dtype of every :data:`Grouped` field (``out`` and ``inp`` as :func:`_pairs_layout`)."""
     total, hl = int(np.sum(dims)), int(dims[-1])
     f32, i32, i64 = np.float32, np.int32, np.int64
-    chunks = max(1, min(threads, SORT_CHUNKS))
-    pairs = batch * cap
     return Grouped(acts=((batch, total), f32), dacts=((batch, total), f32), top=((batch, hl), f32),
-                   ids=((batch, cap), i32), logits=((batch, cap), f32), n=((batch,), i64),
-                   touched=((pairs,), i32), tptr=((pairs + 1,), i64), ent=((pairs,), i64), key=((2, pairs), i32),
-                   tmp=((pairs,), i64), hist=((chunks, _hist_width(num_labels, pairs)), i32), part=((chunks + 1,), i64),
-                   blocks=(((num_labels + SORT_BLOCK - 1) // SORT_BLOCK + 1, 2), i64),
-                   da_t=((threads, batch, hl), f32))
+                   ids=((batch, cap), i32), id_start=((batch,), i64), logits=((batch, cap), f32), n=((batch,), i64),
+                   x_start=((batch,), i64), x_n=((batch,), i64), da_t=((threads, batch, hl), f32),
+                   out=_pairs_layout(batch * cap, num_labels, threads),
+                   inp=_pairs_layout(feature_pairs, num_features, threads))
 
 
-def grouped_buffers(batch: int, cap: int, num_labels: int, dims, threads: int) -> Grouped:
-    """Fresh :data:`Grouped` buffers (float32 activations, int32 ids, int64 offsets and pairs)."""
-    return Grouped(*(np.zeros(shape, dtype) for shape, dtype in _layout(batch, cap, num_labels, dims, threads)))
+def _alloc(layout):
+    return type(layout)(*(_alloc(f) if isinstance(f, Pairs) else np.zeros(*f) for f in layout))
 
 
-def grouped_bytes(batch: int, cap: int, num_labels: int, dims, threads: int) -> int:
+def _nbytes(layout) -> int:
+    return sum(_nbytes(f) if isinstance(f, Pairs) else int(np.prod(f[0])) * np.dtype(f[1]).itemsize
+               for f in layout)
+
+
+def pairs_buffers(pairs: int, num_rows: int, threads: int) -> Pairs:
+    """Fresh :data:`Pairs` for up to ``pairs`` pairs of rows below ``num_rows``."""
+    return _alloc(_pairs_layout(pairs, num_rows, threads))
+
+
+def grouped_buffers(batch: int, cap: int, num_labels: int, dims, threads: int, num_features: int = 1,
+                    feature_pairs: int = 0) -> Grouped:
+    """Fresh :data:`Grouped` buffers (float32 activations, int32 ids, int64 offsets and pairs), ``inp``
+    for up to ``feature_pairs`` (sample, feature) pairs of ``num_features`` features."""
+    g = _alloc(_layout(batch, cap, num_labels, dims, threads, num_features, feature_pairs))
+    g.id_start[:] = np.arange(batch, dtype=np.int64) * cap
+    return g
+
+
+def grouped_bytes(batch: int, cap: int, num_labels: int, dims, threads: int, num_features: int = 1,
+                  feature_pairs: int = 0) -> int:
     """Bytes of :func:`grouped_buffers` with these arguments."""
-    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
-               for shape, dtype in _layout(batch, cap, num_labels, dims, threads))
+    return _nbytes(_layout(batch, cap, num_labels, dims, threads, num_features, feature_pairs))
 
 
 def sort_digits(num_labels: int) -> tuple[int, int]:
@@ -123,8 +160,8 @@ def _digit_offsets(hist, width):
 
 
 @numba.njit(**FAST_PARALLEL)
-def _radix_sort(ids, n, lo_bits, hi_bits, touched, tptr, ent, key, tmp, hist, part):
-    # stable LSD radix sort of the pairs (s, i) by ids[s, i], two digits (sort_digits): each chunk of
+def _radix_sort(ids, start, n, lo_bits, hi_bits, touched, tptr, ent, key, tmp, hist, part):
+    # stable LSD radix sort of the pairs (s, i) by ids[start[s] + i], two digits (sort_digits): each chunk of
     # samples counts and scatters its pairs by the low digit, each chunk of that order by the high
     # digit; then the runs of equal ids give the touched rows and their offsets. Returns their number.
     chunks = hist.shape[0]
@@ -134,12 +171,12 @@ def _radix_sort(ids, n, lo_bits, hi_bits, touched, tptr, ent, key, tmp, hist, pa
         hist[p, :1 << lo_bits] = 0
         for s in range(p * nb // chunks, (p + 1) * nb // chunks):
             for i in range(n[s]):
-                hist[p, ids[s, i] & mask] += 1
+                hist[p, ids[start[s] + i] & mask] += 1
     total = _digit_offsets(hist, 1 << lo_bits)
     for p in prange(chunks):
         for s in range(p * nb // chunks, (p + 1) * nb // chunks):
             for i in range(n[s]):
-                r = ids[s, i]
+                r = ids[start[s] + i]
                 e = hist[p, r & mask]
                 hist[p, r & mask] = e + 1
                 key[0, e] = r
@@ -176,7 +213,7 @@ def _radix_sort(ids, n, lo_bits, hi_bits, touched, tptr, ent, key, tmp, hist, pa
 
 
 @numba.njit(**FAST_PARALLEL)
-def _count_sort(ids, n, num_labels, touched, tptr, ent, cursor, blocks):
+def _count_sort(ids, start, n, num_labels, touched, tptr, ent, cursor, blocks):
     # the same result by a counting sort over the labels, cheaper when they are no more than the pairs:
     # each chunk of samples counts its pairs per label (cursor[p, :num_labels]), a blocked prefix sum
     # over (label, chunk) turns the counts into each chunk's cursor per label and lists the labels with
@@ -187,7 +224,7 @@ def _count_sort(ids, n, num_labels, touched, tptr, ent, cursor, blocks):
         cursor[p, :num_labels] = 0
         for s in range(p * nb // chunks, (p + 1) * nb // chunks):
             for i in range(n[s]):
-                cursor[p, ids[s, i]] += 1
+                cursor[p, ids[start[s] + i]] += 1
     num_blocks = (num_labels + SORT_BLOCK - 1) // SORT_BLOCK
     for b in prange(num_blocks):
         total = rows = 0
@@ -206,44 +243,46 @@ def _count_sort(ids, n, num_labels, touched, tptr, ent, cursor, blocks):
     for b in prange(num_blocks):
         offset, j = blocks[b, 0], blocks[b, 1]
         for r in range(b * SORT_BLOCK, min(num_labels, (b + 1) * SORT_BLOCK)):
-            start = offset
+            first = offset
             for p in range(chunks):
                 count = cursor[p, r]
                 cursor[p, r] = offset
                 offset += count
-            if offset > start:
+            if offset > first:
                 touched[j] = r
-                tptr[j] = start
+                tptr[j] = first
                 j += 1
     tptr[blocks[num_blocks, 1]] = blocks[num_blocks, 0]
     for p in prange(chunks):
         for s in range(p * nb // chunks, (p + 1) * nb // chunks):
             for i in range(n[s]):
-                r = ids[s, i]
+                r = ids[start[s] + i]
                 ent[cursor[p, r]] = (np.int64(s) << 32) | i
                 cursor[p, r] += 1
     return blocks[num_blocks, 1]
 
 
-def group_by_row(ids, n, num_labels: int, gr: "Grouped") -> int:
-    """Group the pairs ``(s, i)`` of ``ids[s, :n[s]]`` by neuron into ``gr.touched``, ``gr.tptr`` and
-    ``gr.ent`` (see :data:`Grouped`; within a neuron the samples in order); return the number of
-    neurons with pairs. A counting sort when the labels are no more than the pairs (the Delicious-200K
-    shape), else a two-digit radix sort, whose cost follows the pairs (the Amazon-670K shape: 670,091
-    labels, ~128,000 pairs)."""
+def group_by_row(ids, start, n, num_rows: int, pairs: "Pairs") -> int:
+    """Group the pairs ``(s, i)`` of ``ids[start[s]:start[s] + n[s]]`` (row ids below ``num_rows``) by
+    row into ``pairs.touched``, ``pairs.tptr`` and ``pairs.ent`` (see :data:`Pairs`; within a row the
+    samples in order); return the number of rows with pairs. A counting sort when the rows are no more
+    than the pairs (the output layer at the Delicious-200K shape), else a two-digit radix sort, whose
+    cost follows the pairs (the Amazon-670K shape: 670,091 labels, ~128,000 pairs; the input features
+    at both shapes)."""
     old = numba.set_parallel_chunksize(0)  # one chunk of each pass per thread, whatever the caller's setting
     try:
-        if num_labels <= int(n.sum()):
-            return int(_count_sort(ids, n, num_labels, gr.touched, gr.tptr, gr.ent, gr.hist, gr.blocks))
-        return int(_radix_sort(ids, n, *sort_digits(num_labels), gr.touched, gr.tptr, gr.ent, gr.key, gr.tmp, gr.hist,
-                               gr.part))
+        if num_rows <= int(n.sum()):
+            return int(_count_sort(ids, start, n, num_rows, pairs.touched, pairs.tptr, pairs.ent, pairs.hist,
+                                   pairs.blocks))
+        return int(_radix_sort(ids, start, n, *sort_digits(num_rows), pairs.touched, pairs.tptr, pairs.ent, pairs.key,
+                               pairs.tmp, pairs.hist, pairs.part))
     finally:
         numba.set_parallel_chunksize(old)
 
 
 @numba.njit(**FAST_PARALLEL)
 def _select_all(batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3, seed, step, nactive,
-                acts, top, ids, n):
+                acts, top, ids, n, x_start, x_n):
     rows = batch.rows
     active = scratch.active
     last = acts.shape[1] - top.shape[1]
@@ -259,6 +298,8 @@ def _select_all(batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hl0, hl1
         n[s] = m
         for i in range(m):
             ids[s, i] = active[t, i]
+        x_start[s] = batch.x_indptr[r]
+        x_n[s] = batch.x_indptr[r + 1] - x_start[s] if m else 0
 
 
 @numba.njit(**FAST_PARALLEL)
@@ -374,7 +415,7 @@ def _grads_by_row(W2, mW2, vW2, b2, mb2, vb2, gW2, gb2_t, flag2, top, grads, tou
 
 
 @numba.njit(**FAST_PARALLEL)
-def _backward_all(batch, dims, W0, b0, Wh, bh, acts, dacts, n, da_t):
+def _backward_all(batch, dims, W0, b0, Wh, bh, acts, dacts, n, da_t, input_rows):
     rows = batch.rows
     hl = da_t.shape[2]
     last = acts.shape[1] - hl
@@ -387,25 +428,49 @@ def _backward_all(batch, dims, W0, b0, Wh, bh, acts, dacts, n, da_t):
             for u in range(da_t.shape[0]):
                 d += da_t[u, s, q]
             dacts[s, last + q] = d
-        backward_hidden(rows[s], t, batch, dims, W0, b0, Wh, bh, acts[s], dacts[s])
+        backward_hidden(rows[s], t, batch, dims, W0, b0, Wh, bh, acts[s], dacts[s], input_rows)
 
 
-#: The phases of :func:`train_grouped` as its ``clock`` names them (module docstring, steps 1-6).
-ROW_PHASES = ("select", "sort", "logits", "softmax", "grads", "backward")
+@numba.njit(**FAST_PARALLEL)
+def _input_by_row(W0, mW0, vW0, x_data, x_start, dacts, touched, tptr, ent, num_rows, h):
+    # each input feature's W0 gradient, summed over its (sample, position) pairs in sample order (the
+    # additions of the sample pass, in its order), then the row's Adam step
+    h0 = W0.shape[1]
+    for k in prange((num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        acc = np.zeros((1, h0), np.float32)
+        for j in range(k * ROWS_PER_TASK, min(num_rows, (k + 1) * ROWS_PER_TASK)):
+            ahead = touched[min(j + GRADS_AHEAD, num_rows - 1)]
+            prefetch_row(W0, ahead)
+            prefetch_row(mW0, ahead)
+            prefetch_row(vW0, ahead)
+            for e in range(tptr[j], tptr[j + 1]):
+                s = ent[e] >> 32
+                v = x_data[x_start[s] + (ent[e] & 0xFFFFFFFF)]
+                for q in range(h0):
+                    acc[0, q] += v * dacts[s, q]
+            adam_row(W0, mW0, vW0, acc, 0, touched[j], h)
+
+
+#: The phases of :func:`train_grouped` as its ``clock`` names them (module docstring, steps 1-7).
+ROW_PHASES = ("select", "sort", "logits", "softmax", "grads", "backward", "input")
 
 
 def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3, seed, step,
-                  losses, nactive, gr, hyper=None, clock=None) -> int:
+                  losses, nactive, gr, hyper=None, clock=None) -> tuple[int, int]:
     """:func:`slide.engine.network.train_kernel` in the phases of the module docstring (``lsh`` must not
-    be None); ``gr`` is a :data:`Grouped` for at least ``len(batch.rows)`` samples. Same arguments,
-    outputs and gradient buffers otherwise; returns the number of output rows the batch touched.
+    be None); ``gr`` is a :data:`Grouped` for at least ``len(batch.rows)`` samples (and, with ``hyper``,
+    an ``inp`` for at least the batch's features). Same arguments, outputs and gradient buffers
+    otherwise; returns the number of output rows the batch touched and of input rows (features) it
+    updated itself (0 without ``hyper``).
 
     With ``hyper`` (a :data:`~slide.engine.network.Hyper`, the sparse optimizer's coming step) each
-    output row takes its Adam step in phase 5, as soon as its gradient is complete, instead of adding
-    it into ``W2.g`` / ``b2.g_t`` and flagging it: the same update, without writing the gradient row and
-    reading it and the weights back in :func:`~slide.engine.network.adam_sparse` (which then finds
-    no output row flagged). Phase 5 reads the row's weights before it updates them, and the logits
-    were computed in phase 3, so every sample still sees the step's old weights.
+    output row takes its Adam step in phase 5, as soon as its gradient is complete, and each input
+    feature's ``W0`` row in phase 7, instead of adding their gradients into ``W2.g`` / ``b2.g_t`` /
+    ``W0.g`` and flagging them: the same update, without writing the gradient rows and reading them
+    and the weights back in :func:`~slide.engine.network.adam_sparse` (which then finds no ``W0`` or
+    ``W2`` row flagged). Phase 5 reads the row's weights before it updates them, the logits were
+    computed in phase 3 and the hidden layers in phase 1, so every sample still sees the step's old
+    weights.
 
     The phases take plain arrays: inside a parallel loop Numba may give each thread its own copy of an
     array reached through a tuple's attribute, and the writes would be lost.
@@ -416,20 +481,27 @@ def train_grouped(batch, dims, W0, b0, Wh, bh, W2, b2, lsh, sel, scratch, hs, hl
     nb = batch.rows.shape[0]
     tick = _Ticker(clock)
     _select_all(batch, dims, W0, b0, Wh, bh, W2, lsh, sel, scratch, hs, hl0, hl1, hl2, hl3, seed, step, nactive,
-                gr.acts, gr.top, gr.ids, gr.n)
+                gr.acts, gr.top, gr.ids, gr.n, gr.x_start, gr.x_n)
     tick("select")
-    rows = group_by_row(gr.ids[:nb], gr.n[:nb], W2.w.shape[0], gr)
+    out, inp = gr.out, gr.inp
+    rows = group_by_row(gr.ids[:nb].reshape(-1), gr.id_start[:nb], gr.n[:nb], W2.w.shape[0], out)
     tick("sort")
-    _logits_by_row(W2.w, b2.w, gr.top, gr.logits, gr.touched, gr.tptr, gr.ent, rows)
+    _logits_by_row(W2.w, b2.w, gr.top, gr.logits, out.touched, out.tptr, out.ent, rows)
     tick("logits")
     _softmax_all(batch, sel, scratch.tgt, gr.ids, gr.logits, gr.n, gr.da_t, losses)
     tick("softmax")
-    _grads_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, gr.touched, gr.tptr,
-                  gr.ent, rows, gr.da_t, _NO_STEP if hyper is None else hyper, hyper is not None)
+    _grads_by_row(W2.w, W2.m, W2.v, b2.w, b2.m, b2.v, W2.g, b2.g_t, W2.flag, gr.top, gr.logits, out.touched, out.tptr,
+                  out.ent, rows, gr.da_t, _NO_STEP if hyper is None else hyper, hyper is not None)
     tick("grads")
-    _backward_all(batch, dims, W0, b0, Wh, bh, gr.acts, gr.dacts, gr.n, gr.da_t)
+    _backward_all(batch, dims, W0, b0, Wh, bh, gr.acts, gr.dacts, gr.n, gr.da_t, hyper is None)
     tick("backward")
-    return rows
+    rows0 = 0
+    if hyper is not None:
+        rows0 = group_by_row(batch.x_indices, gr.x_start[:nb], gr.x_n[:nb], W0.w.shape[0], inp)
+        _input_by_row(W0.w, W0.m, W0.v, batch.x_data, gr.x_start, gr.dacts, inp.touched, inp.tptr, inp.ent, rows0,
+                      hyper)
+        tick("input")
+    return rows, rows0
 
 
 class _Ticker:

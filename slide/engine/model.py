@@ -83,10 +83,11 @@ AUTO_ROW_SHARE = 1 / 32
 #: The counts :meth:`SlideMethod.traffic` keeps: training steps, samples, non-zero features and true
 #: labels of those samples, active output neurons summed over the samples, rows of ``W0`` and ``W2``
 #: that took Adam with a gradient (the touched rows, under either optimizer), hash-table refreshes,
-#: and the steps that ran the row pass (:mod:`.grouped`) with their active neurons and their distinct
-#: output rows.
+#: the steps that ran the row pass (:mod:`.grouped`) with their active neurons and their distinct
+#: output rows, and of those steps the ones whose row pass updated the input layer too (under the sparse
+#: optimizer) with their features and distinct ``W0`` rows.
 TRAFFIC_KEYS = ("batches", "samples", "features", "labels", "active", "rows0", "rows2", "refreshes", "row_batches",
-                "row_active", "row_rows2")
+                "row_active", "row_rows2", "row_features", "row_rows0")
 
 
 def _lsh_modules():
@@ -372,15 +373,16 @@ class SlideMethod(PersistentMixin, Method):
         return self._forward_backward(data, rows, None)[:2]
 
     def _forward_backward(self, data, rows, hyper):
-        """Forward and backward of the batch; per-sample losses, active counts and the output rows
-        the row pass touched (0 for the sample pass). With ``hyper`` the row pass takes those rows'
-        Adam step itself (:func:`slide.engine.grouped.train_grouped`) instead of leaving their
-        gradients to :meth:`_apply_adam`."""
+        """Forward and backward of the batch; per-sample losses, active counts and the output and
+        input rows the row pass touched, a pair ((0, 0) for the sample pass; input rows only with
+        ``hyper``). With ``hyper`` the row pass takes those rows' Adam step itself
+        (:func:`slide.engine.grouped.train_grouped`) instead of leaving their gradients to
+        :meth:`_apply_adam`."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         nb = rows.shape[0]
         losses = np.zeros(nb, dtype=np.float64)
         nactive = np.zeros(nb, dtype=np.int64)
-        by_row = 0
+        by_row = (0, 0)
         with self._numba_threads():
             old = numba.set_parallel_chunksize(SAMPLE_CHUNK)
             try:
@@ -388,8 +390,8 @@ class SlideMethod(PersistentMixin, Method):
                 args = (batch, self.dims, *self._params, self._lsh, self._selection, self._scratch, self._hs,
                         *self._hlsh, self.seed, self.step, losses, nactive)
                 if self._row_pass(nb):
-                    by_row = grouped.train_grouped(*args, self._grouped_buffers(data, rows), hyper,
-                                                   clock=self.row_phase_seconds)
+                    gr = self._grouped_buffers(data, rows, hyper is not None)
+                    by_row = grouped.train_grouped(*args, gr, hyper, clock=self.row_phase_seconds)
                 else:
                     net.train_kernel(*args)
             finally:
@@ -406,15 +408,20 @@ class SlideMethod(PersistentMixin, Method):
         return (self.sampled and self.active_count > 0
                 and nb * self.active_sum >= AUTO_ROW_SHARE * self.num_labels * self.active_count)
 
-    def _grouped_buffers(self, data, rows) -> grouped.Grouped:
+    def _grouped_buffers(self, data, rows, inputs: bool) -> grouped.Grouped:
         """The row pass's buffers, grown when this batch has more samples or could have more active
-        neurons per sample than any before."""
+        neurons per sample than any before, or (``inputs``: the pass updates the input layer) more
+        features."""
         labels = int((data.y_indptr[rows + 1] - data.y_indptr[rows]).max(initial=0))
         cap = _active_cap(self.config, self.num_labels, self.min_active, labels)
+        features = int((data.x_indptr[rows + 1] - data.x_indptr[rows]).sum()) if inputs else 0
         gr = self._grouped
         if gr is None or gr.ids.shape[0] < rows.shape[0] or gr.ids.shape[1] < cap:
             nb = max(rows.shape[0], self.batch_size)
-            self._grouped = gr = grouped.grouped_buffers(nb, cap, self.num_labels, self.dims, self.threads)
+            self._grouped = gr = grouped.grouped_buffers(nb, cap, self.num_labels, self.dims, self.threads,
+                                                         self.num_features, features)
+        elif gr.inp.ent.shape[0] < features:
+            self._grouped = gr = gr._replace(inp=grouped.pairs_buffers(features, self.num_features, self.threads))
         return gr
 
     def _pending_gradients(self) -> dict:
@@ -436,17 +443,18 @@ class SlideMethod(PersistentMixin, Method):
         eps_t = np.float32(ADAM_EPS * math.sqrt(1.0 - ADAM_BETA2 ** t))
         return net.Hyper(lr_t, np.float32(ADAM_BETA1), np.float32(ADAM_BETA2), eps_t, net.adam_key(self.seed, t))
 
-    def _apply_adam(self, hyper=None, updated2: int = 0) -> None:
+    def _apply_adam(self, hyper=None, updated=(0, 0)) -> None:
         """Adam step ``self.step + 1`` (its constants ``hyper``, computed when None) over the touched
-        rows (sparse) or every parameter (dense); ``updated2`` output rows already took it in the row
-        pass."""
+        rows (sparse) or every parameter (dense); ``updated``: the output and input rows that already
+        took it in the row pass."""
         if hyper is None:
             hyper = self._hyper()
         with self._numba_threads():
             if self.config["optimizer"] == "sparse":
                 n0, n2 = net.adam_sparse(*self._params, hyper)
+                updated2, updated0 = updated
                 self.touched_sum += n2 + updated2
-                self._traffic["rows0"] += int(n0)
+                self._traffic["rows0"] += int(n0) + updated0
                 self._traffic["rows2"] += int(n2) + updated2
             else:
                 n0, n2 = net.adam_dense(*self._params, hyper)
@@ -483,7 +491,7 @@ class SlideMethod(PersistentMixin, Method):
         hyper = self._hyper()
         losses, nactive, by_row = self._forward_backward(data, rows, hyper if sparse else None)
         t1 = time.perf_counter()
-        self._apply_adam(hyper, by_row if sparse else 0)
+        self._apply_adam(hyper, by_row if sparse else (0, 0))
         self.phase_seconds["forward_backward"] += t1 - t0
         self.phase_seconds["adam"] += time.perf_counter() - t1
         before = self.samples
@@ -504,17 +512,23 @@ class SlideMethod(PersistentMixin, Method):
 
     def _count_traffic(self, data, rows, nactive, by_row) -> None:
         """Add one step's counts to :meth:`traffic` (a few NumPy operations on the batch's rows only);
-        ``by_row``: the output rows of a row-pass step (0: the step ran by sample)."""
+        ``by_row``: the output and input rows of a row-pass step ((0, 0): the step ran by sample; 0
+        input rows: it left the input layer to Adam)."""
         t = self._traffic
         t["batches"] += 1
         t["samples"] += int(rows.shape[0])
-        t["features"] += int((data.x_indptr[rows + 1] - data.x_indptr[rows]).sum())
+        features = int((data.x_indptr[rows + 1] - data.x_indptr[rows]).sum())
+        t["features"] += features
         t["labels"] += int((data.y_indptr[rows + 1] - data.y_indptr[rows]).sum())
         t["active"] += int(nactive.sum())
-        if by_row:
+        rows2, rows0 = by_row
+        if rows2:
             t["row_batches"] += 1
             t["row_active"] += int(nactive.sum())
-            t["row_rows2"] += by_row
+            t["row_rows2"] += rows2
+        if rows0:
+            t["row_features"] += features
+            t["row_rows0"] += rows0
 
     def traffic(self) -> dict:
         """The running counts of :data:`TRAFFIC_KEYS` since this object was made (not saved with the
@@ -716,8 +730,10 @@ class SlideMethod(PersistentMixin, Method):
 
 
 # ---------------------------------------------------------------------- memory estimate
-#: Labels per point that :func:`memory_estimate_bytes` allows for in the row pass's buffers.
+#: Labels per point, and non-zero features per point on average over a batch, that
+#: :func:`memory_estimate_bytes` allows for in the row pass's buffers.
 _LABELS_BOUND = 1024
+_FEATURES_BOUND = 1024
 
 
 def _active_cap(config, num_labels: int, min_active: int, labels: int) -> int:
@@ -767,7 +783,8 @@ def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, thre
     if config["output_pass"] != "sample" and config["output_sparsity"] < 1.0:
         min_active = config["min_active"] or int(math.ceil(config["output_sparsity"] * L))
         cap = _active_cap(config, L, min_active, _LABELS_BOUND)
-        scratch += grouped.grouped_bytes(config["batch_size"], cap, L, dims, threads)
+        features = config["batch_size"] * _FEATURES_BOUND if config["optimizer"] == "sparse" else 0
+        scratch += grouped.grouped_bytes(config["batch_size"], cap, L, dims, threads, d, features)
     return int((params - rows) * per_param + rows * per_row_param + flags + index_buffers + scratch + score_buffers
                + lsh)
 

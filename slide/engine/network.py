@@ -381,13 +381,20 @@ def _hidden_backward(Wh, gWh, gbh, dims, acts, dacts):
 
 
 @numba.njit(inline="always", **FAST)
-def _input_backward(xi, xv, gW0, gb0, flag0, acts, dacts):
-    """Backward through the first hidden layer: delta0, then the rows of the input features."""
-    h0 = gb0.shape[0]
-    for j in range(h0):
+def _input_delta(gb0, acts, dacts):
+    """The first hidden layer's delta (its activation gradient times relu') in place in ``dacts``,
+    added into ``gb0``."""
+    for j in range(gb0.shape[0]):
         if not acts[j] > 0:
             dacts[j] = 0
         gb0[j] += dacts[j]
+
+
+@numba.njit(inline="always", **FAST)
+def _input_rows(xi, xv, gW0, flag0, dacts):
+    """The first layer's delta times each input feature's value, added into the feature's ``gW0`` row,
+    which is flagged for Adam."""
+    h0 = gW0.shape[1]
     for p in range(xi.shape[0]):
         f = xi[p]
         v = xv[p]
@@ -421,12 +428,15 @@ def forward_select(r, t, rng_seed, batch, dims, W0, b0, Wh, bh, W2, lsh, sel, sc
 
 
 @numba.njit(**FAST)
-def backward_hidden(r, t, batch, dims, W0, b0, Wh, bh, acts, dacts):
+def backward_hidden(r, t, batch, dims, W0, b0, Wh, bh, acts, dacts, input_rows=True):
     """Backward of one sample (row ``r``, thread ``t``) from its last hidden layer's gradient in ``dacts``
-    through the hidden and input layers into the gradient buffers."""
-    xa, xb = batch.x_indptr[r], batch.x_indptr[r + 1]
+    through the hidden and input layers into the gradient buffers; without ``input_rows`` it stops at the
+    first layer's delta (in ``dacts``) and ``b0``'s gradient, and leaves the ``W0`` rows to the caller."""
     _hidden_backward(Wh.w, Wh.g_t[t], bh.g_t[t], dims, acts, dacts)
-    _input_backward(batch.x_indices[xa:xb], batch.x_data[xa:xb], W0.g, b0.g_t[t], W0.flag, acts, dacts)
+    _input_delta(b0.g_t[t], acts, dacts)
+    if input_rows:
+        xa, xb = batch.x_indptr[r], batch.x_indptr[r + 1]
+        _input_rows(batch.x_indices[xa:xb], batch.x_data[xa:xb], W0.g, W0.flag, dacts)
 
 
 @numba.njit(**FAST)
