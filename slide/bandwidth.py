@@ -200,8 +200,8 @@ def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
     the sparse optimizer) only ``m, v`` read and ``W, m, v`` written (``W`` was read in the gradient
     phase, the gradient stays in a thread's buffer), ``b2, m, v`` read and written and its ``gb2``
     entry written, read and cleared, and no flag; for an input row the row pass updated itself
-    (``row_rows0``) ``W, m, v`` read and written and no flag; the flag scan that collects the touched rows (every
-    flag read, the touched ones set and cleared, the row lists written and read); with ``optimizer:
+    (``row_rows0``) ``W, m, v`` read and written and no flag; the flag scan that collects the touched
+    rows (every flag read, the touched ones set and cleared, the row lists written and read); with ``optimizer:
     dense`` the same Adam over every row of ``W0``, ``W2``, ``b2``, the untouched rows' gradient rows
     neither read nor zeroed, every flag read and the touched ones set and cleared; the small
     dense parts (``b0`` and the further hidden layers ``Wh``, ``bh``: read once per batch in the

@@ -58,9 +58,9 @@ Pairs = namedtuple("Pairs", "touched tptr ent key tmp hist part blocks")
 #: Per-batch buffers of :func:`train_grouped`, for a batch of up to ``B`` samples with up to ``cap``
 #: active neurons each: hidden activations ``acts`` and their gradients ``dacts`` (B, sum(dims)), the last
 #: layer's activations again in ``top`` (B, H) (indexed from 0, so the row loops vectorise); active ids
-#: ``ids`` (labels first; where sample ``s``'s start in ``ids`` read flat: ``id_start[s] = s * cap``) and
-#: their ``logits``, then gradients (B, cap); the number ``n`` (B,) of each sample's pairs (0 for a sample without labels);
-#: where each sample's features start in the data's ``x_indices`` ``x_start`` and how many it trains
+#: ``ids`` (labels first; where sample ``s``'s start in ``ids`` read flat: ``id_start[s] = s * cap``)
+#: and their ``logits``, then gradients (B, cap); the number ``n`` (B,) of each sample's pairs (0 for a
+#: sample without labels); where each sample's features start in the data's ``x_indices`` ``x_start`` and how many it trains
 #: ``x_n`` (B,; 0 without labels); per-thread partial gradients of the last hidden layer ``da_t``
 #: (threads, B, H); the (sample, active neuron) pairs grouped by neuron ``out`` and the (sample,
 #: feature) pairs by feature ``inp`` (:data:`Pairs`; ``inp`` sized by the features of the largest batch
