@@ -22,11 +22,13 @@ from slide.engine.precision import (
     f32_to_bf16_sr,
     from_bf16,
     load,
+    col_noise,
     load1,
     noise,
     per_line,
     row_buffer,
     row_f32,
+    row_noise,
     store1_sr,
     store_sr,
     to_bf16,
@@ -85,10 +87,18 @@ def reference_round_sr(x, u):
 
 
 def twin_noise(key, index, lane):
-    """Lane ``lane`` (16 bits) of the engine's noise for flat entries ``index`` at ``key``, from the
-    plain-Python SplitMix64."""
+    """Lane ``lane`` (16 bits) of the engine's noise for entries ``index`` of a 1-d array at ``key``,
+    from the plain-Python SplitMix64."""
     return np.array([(_mix64((int(key) + int(i) * GOLDEN) & M64) >> (16 * lane)) & 0xFFFF
                      for i in np.ravel(index)], np.int64).reshape(np.shape(index))
+
+
+def twin_row_noise(key, shape, lane):
+    """Lane ``lane`` of the engine's noise for every entry of a 2-d array of ``shape`` at ``key``: the
+    row's SplitMix64 plus ``c + 1`` golden-ratio steps, its top 48 bits."""
+    rows = [_mix64((int(key) + r * GOLDEN) & M64) for r in range(shape[0])]
+    return np.array([[(((base + (c + 1) * GOLDEN) & M64) >> (16 + 16 * lane)) & 0xFFFF for c in range(shape[1])]
+                     for base in rows], np.int64)
 
 
 def reference_decode(patterns):
@@ -207,15 +217,16 @@ def test_decoding_every_pattern_is_exact():
 # ---------------------------------------------------------------- the accessors
 @numba.njit
 def _copy_through(src, dst, back, flat_dst, flat_back, key):
-    """Store ``src`` into ``dst`` and load it back (2-d and 1-d accessors, each store with the noise
-    of its flat index at ``key``, lane 0 in 2-d, lane 1 in 1-d); also per_line and row_f32."""
+    """Store ``src`` into ``dst`` and load it back (2-d and 1-d accessors, a 2-d store with lane 0 of its
+    row's and column's noise at ``key``, a 1-d store with lane 1 of its index's noise); also per_line
+    and row_f32."""
     for r in range(src.shape[0]):
+        base = row_noise(dst, key, r)
         for c in range(src.shape[1]):
             i = r * src.shape[1] + c
-            u = noise(dst, key, i)
-            store_sr(dst, r, c, src[r, c], u)
+            store_sr(dst, r, c, src[r, c], col_noise(base, c))
             back[r, c] = load(dst, r, c)
-            store1_sr(flat_dst, i, src[r, c], u >> np.uint64(16))
+            store1_sr(flat_dst, i, src[r, c], noise(flat_dst, key, i) >> np.uint64(16))
             flat_back[i] = load1(flat_dst, i)
     row = row_f32(dst, 1, row_buffer(dst))
     return per_line(dst), row.copy()
@@ -232,10 +243,10 @@ def test_accessors_index_float32_and_round_bfloat16(dtype):
     lanes, row = _copy_through(src, dst, back, flat, flat_back, key)
     if dtype == np.float32:
         want = want_flat = src
-        assert noise(dst, key, 5) == 0
+        assert noise(dst, key, 5) == row_noise(dst, key, 5) == 0
     else:
         index = np.arange(src.size).reshape(src.shape)
-        want = from_bf16(reference_round_sr(src, twin_noise(key, index, 0))[0])
+        want = from_bf16(reference_round_sr(src, twin_row_noise(key, src.shape, 0))[0])
         want_flat = from_bf16(reference_round_sr(src, twin_noise(key, index, 1))[0])
         assert not np.array_equal(want, want_flat)  # two lanes, two draws
         np.testing.assert_array_equal(dst, to_bf16(want))
@@ -299,27 +310,104 @@ def test_stochastic_rounding_is_unbiased():
             assert abs((np.abs(vals) == max(abs(lo), abs(hi))).mean() - frac) <= 0.01
 
 
+@numba.njit
+def _row_lanes(keys, rows, cols, lanes):
+    """``lanes[k, i, j, l]``: lane ``l`` of the bits of entry (rows[i], cols[j]) of a bfloat16 2-d
+    array at step key ``keys[k]``."""
+    a = np.zeros((1, 1), np.uint16)
+    for k in range(keys.shape[0]):
+        for i in range(rows.shape[0]):
+            base = row_noise(a, keys[k], rows[i])
+            for j in range(cols.shape[0]):
+                u = col_noise(base, cols[j])
+                for lane in range(3):
+                    lanes[k, i, j, lane] = (u >> np.uint64(16 * lane)) & np.uint64(0xFFFF)
+
+
+def test_row_noise_lanes_are_uniform_and_independent_across_steps_rows_and_lanes():
+    """An entry's three 16-bit lanes over 65,536 consecutive steps, for entries at the first, second,
+    middle and last column of three rows: each lane's 64-bin histogram passes a chi-square test (63
+    degrees of freedom: below 63 + 6 standard deviations), and the correlations of a lane with the
+    same lane one step later, with the entry's other lanes and with the next row's entry at the same
+    step are all within 6 / sqrt(n) of zero. (The columns of one row are a Weyl sequence by design,
+    so neighbouring columns are not independent; each column's rounding is unbiased, next test.)"""
+    n = 1 << 16
+    keys = np.array([net.adam_key(3, t) for t in range(1, n + 1)], np.uint64)
+    rows, cols = np.array([0, 1, 670_090]), np.array([0, 1, 63, 127])
+    lanes = np.empty((n, rows.size, cols.size, 3), np.int64)
+    _row_lanes(keys, rows, cols, lanes)
+    x = lanes / 65536.0 - 0.5
+    bound = 6 / np.sqrt(n)
+    corr = lambda a, b: float(np.corrcoef(a, b)[0, 1])
+    for i in range(rows.size):
+        for j in range(cols.size):
+            for lane in range(3):
+                counts = np.bincount(lanes[:, i, j, lane] >> 10, minlength=64)
+                chi2 = float(((counts - n / 64) ** 2 / (n / 64)).sum())
+                assert chi2 < 63 + 6 * np.sqrt(2 * 63), (i, j, lane, chi2)
+                assert abs(corr(x[1:, i, j, lane], x[:-1, i, j, lane])) < bound
+                assert abs(corr(x[:, i, j, lane], x[:, i, j, (lane + 1) % 3])) < bound
+                if i + 1 < rows.size:
+                    assert abs(corr(x[:, i, j, lane], x[:, i + 1, j, lane])) < bound
+
+
+@numba.njit
+def _store_rows(x, u_lane, out, key):
+    for r in range(out.shape[0]):
+        base = row_noise(out, key, r)
+        for c in range(out.shape[1]):
+            store_sr(out, r, c, x, col_noise(base, c) >> np.uint64(16 * u_lane))
+
+
+def test_row_noise_rounding_is_unbiased_in_every_column():
+    """One value stored into 4,096 rows of 128 bfloat16 columns at one step, with each lane: the mean
+    is within 0.005 of a bfloat16 step of the value, and in every column the fraction rounded up is
+    the value's fraction of the step within 0.04 (over 5 standard deviations of a fraction of 4,096)."""
+    value, frac = np.float32(1.0 + 0.3 / 128), 0.3
+    lo, hi = 1.0, 1.0 + 1 / 128
+    for lane in range(3):
+        out = np.zeros((4096, 128), np.uint16)
+        _store_rows(value, lane, out, net.adam_key(11, 1 + lane))
+        vals = from_bf16(out).astype(np.float64)
+        assert set(np.unique(vals)) == {lo, hi}
+        assert abs(vals.mean() - float(value)) <= 0.005 * (hi - lo), (lane, vals.mean())
+        up = (vals == hi).mean(axis=0)
+        assert np.abs(up - frac).max() <= 0.04, (lane, np.abs(up - frac).max())
+
+
 H = net.Hyper
 
 
+@numba.njit
+def _adam_rows(w, m, v, g, h):
+    for r in range(w.shape[0]):
+        net.adam_row(w, m, v, g, r, r, h)
+
+
+@pytest.mark.parametrize("layout", ["entries", "rows"])
 @pytest.mark.parametrize("case", ["decay", "drift"])
-def test_sub_step_adam_updates_accumulate_in_bfloat16(case):
-    """300 Adam steps on 50,000 bfloat16 entries whose every change is below half a bfloat16 step,
+def test_sub_step_adam_updates_accumulate_in_bfloat16(case, layout):
+    """300 Adam steps on 51,200 bfloat16 entries (a 1-d span, or 400 rows of 128, each with its noise)
+    whose every change is below half a bfloat16 step,
     against the float64 recurrence: with ``g = 0`` the second moment decays as 0.999**t (round to
     nearest would keep it at 1.0 for ever), with ``g = 1`` and ``lr_t = 1e-4`` the weights drift from
     1.0 by what float64 gives (round to nearest would keep them at 1.0). Mean within 2% of the
     change (at least 5 standard deviations of the mean: each store adds at most half a step of
     noise); weights without gradient stay exactly where they are."""
-    n, steps = 50_000, 300
+    shape, steps = (51_200,) if layout == "entries" else (400, 128), 300
     g0 = 0.0 if case == "decay" else 1.0
     w64, m64, v64 = 0.5 if case == "decay" else 1.0, 0.0, 1.0 if case == "decay" else 0.0
-    w, m, v = to_bf16(np.full(n, w64)), to_bf16(np.full(n, m64)), to_bf16(np.full(n, v64))
-    g = np.zeros(n, np.float32)
+    w, m, v = to_bf16(np.full(shape, w64)), to_bf16(np.full(shape, m64)), to_bf16(np.full(shape, v64))
+    g = np.zeros(shape, np.float32)
     b1, b2, lr_t, eps = np.float32(0.9), np.float32(0.999), np.float32(1e-4), np.float32(1e-8)
     w0, v0 = w64, v64
     for t in range(1, steps + 1):
         g[:] = g0
-        net.adam_span(w, m, v, g, 0, n, H(lr_t, b1, b2, eps, net.adam_key(5, t)))
+        h = H(lr_t, b1, b2, eps, net.adam_key(5, t))
+        if layout == "entries":
+            net.adam_span(w, m, v, g, 0, w.size, h)
+        else:
+            _adam_rows(w, m, v, g, h)
         m64 = 0.9 * m64 + 0.1 * g0
         v64 = 0.999 * v64 + 0.001 * g0 * g0
         w64 -= 1e-4 * m64 / (np.sqrt(v64) + 1e-8)
@@ -350,7 +438,7 @@ def assert_rounded_like(got, want64, key, lane):
     """Stored patterns ``got`` against the twin's float64 values rounded the kernel's way (stochastic,
     with lane ``lane`` of the twin's noise at ``key``): at most one bfloat16 step apart (the float32
     value lands on the other side of the threshold from the float64 one), equal almost everywhere."""
-    want, _ = reference_round_sr(want64, twin_noise(key, np.arange(got.size).reshape(got.shape), lane))
+    want, _ = reference_round_sr(want64, twin_row_noise(key, got.shape, lane))
     assert got.dtype == BF16
     d = ulps(got, want)
     assert d.max() <= 1, d.max()

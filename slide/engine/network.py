@@ -50,7 +50,7 @@ from numba import prange
 
 from ..settings import FAST, FAST_PARALLEL, NJIT
 from .intrinsics import f32_from_bits, prefetch
-from .precision import load, load1, noise, per_line, store1_sr, store_sr
+from .precision import col_noise, load, load1, noise, per_line, row_noise, store1_sr, store_sr
 from .rng import GOLDEN, MIX1, MIX2, mix64
 from .sampling import MODE_TOPK, pad_random, select_active, select_active_sparse
 
@@ -564,11 +564,11 @@ def adam_span(w, m, v, g, lo, hi, h):
 def adam_row(W, M, V, G, g_row, r, h):
     """Adam on row ``r`` of (n, h) parameters with the gradient in row ``g_row`` of ``G`` (the
     parameter's own gradient rows, ``g_row = r``, or a one-row buffer), which it clears. Storage as
-    :func:`adam_span` (the noise of entry (r, c) is that of flat entry ``r * h + c``, as in the dense
-    update)."""
-    ncol = W.shape[1]
-    for c in range(ncol):
-        u = noise(W, h.key, r * ncol + c)
+    :func:`adam_span`, the bits of entry (r, c) from :func:`~.precision.row_noise` of ``r`` and
+    :func:`~.precision.col_noise` of ``c`` (the same in the sparse and the dense update)."""
+    base = row_noise(W, h.key, r)
+    for c in range(W.shape[1]):
+        u = col_noise(base, c)
         mc, vc, wc = _adam_values(load(W, r, c), load(M, r, c), load(V, r, c), G[g_row, c], h)
         store_sr(M, r, c, mc, u)
         store_sr(V, r, c, vc, u >> np.uint64(16))

@@ -21,8 +21,15 @@ The optimiser's stores round stochastically instead (:func:`f32_to_bf16_sr`, :fu
 up with probability equal to the value's distance from the bfloat16 below over the gap, so a store
 is exact in expectation. Round to nearest loses every change smaller than half a step (2**-9
 relative): Adam's ``v <- 0.999 v + 0.001 g**2`` then never decays, and late small weight updates
-vanish. The 16 random bits of an entry come from :func:`noise`, a SplitMix64 of the step's key and
-the entry's flat index, so a run is reproducible and the sparse and dense updates agree.
+vanish. The random bits are reproducible from the step's key, so the sparse and dense updates agree:
+an entry of a 1-d array takes :func:`noise`, a SplitMix64 of the key and its index; row ``r`` of a
+2-d array takes one SplitMix64 of the key and ``r`` (:func:`row_noise`), and its column ``c`` the
+top 48 bits of that value plus ``(c + 1)`` golden-ratio increments (:func:`col_noise`: the state
+sequence of a SplitMix64 stream without its finalizer). Every entry's three 16-bit lanes are then
+exactly uniform and independent given a uniform row value, and independent from step to step and
+row to row as the SplitMix64 outputs are; the columns of one row form a Weyl sequence, whose lanes
+are evenly spread rather than independent. One mix per row instead of one per entry takes a fifth
+off the Adam step's arithmetic (reports/benchmarks.md, "A Weyl sequence for a row's rounding bits").
 """
 
 from __future__ import annotations
@@ -123,13 +130,26 @@ def load1(a, i):
 
 
 def noise(a, key, i):
-    """Random bits (uint64) for the stochastic stores of flat entry ``i`` of ``a`` at the step of
+    """Random bits (uint64) for the stochastic stores of entry ``i`` of a 1-d ``a`` at the step of
     ``key``: SplitMix64 of ``key + i * GOLDEN`` for bfloat16 storage (three 16-bit lanes, one per
     array of a parameter), 0 for float32 (which then computes nothing)."""
     if np.asarray(a).dtype != BF16:
         return np.uint64(0)
     with np.errstate(over="ignore"):
         return mix64(np.uint64(key) + np.uint64(i) * GOLDEN)
+
+
+def row_noise(a, key, r):
+    """The random value of row ``r`` of a 2-d ``a`` at the step of ``key``, from which
+    :func:`col_noise` draws its columns' bits: as :func:`noise` of entry ``r``."""
+    return noise(a, key, r)
+
+
+@numba.njit(inline="always", **NJIT)
+def col_noise(base, c):
+    """Random bits (uint64, three 16-bit lanes) for column ``c`` of the row whose
+    :func:`row_noise` is ``base``: the top 48 bits of ``base + (c + 1) * GOLDEN``."""
+    return (base + np.uint64(c + 1) * GOLDEN) >> np.uint64(16)
 
 
 def store_sr(a, r, c, x, u):
@@ -193,6 +213,15 @@ def _ol_noise(a, key, i):
     if _bf16(a):
         return lambda a, key, i: mix64(key + np.uint64(i) * GOLDEN)
     return lambda a, key, i: np.uint64(0)
+
+
+@overload(row_noise, inline="always")
+def _ol_row_noise(a, key, r):
+    if not _array(a, 2):
+        return None
+    if _bf16(a):
+        return lambda a, key, r: mix64(key + np.uint64(r) * GOLDEN)
+    return lambda a, key, r: np.uint64(0)
 
 
 @overload(store_sr, inline="always")
