@@ -106,12 +106,15 @@ def test_sparse_input_equals_dense_in_any_order(kind, K, L):
 def test_rows_hashed_together_get_the_keys_of_one_by_one(kind, K, L, precision):
     """``hash_rows`` (the build's path: SimHash / WTA / DWTA rows side by side in a transposed tile) gives each
     row the keys of ``codes``, checked against the twin above, for a row count that fills no whole
-    tile, from an offset, with ties, zero rows (densified), NaN and inf, and bfloat16 rows (decoded)."""
+    tile, from an offset, with a tile of finite nonzero values (DWTA's shorter steps), ties, zero rows
+    (densified), NaN and inf, and bfloat16 rows (decoded)."""
     rng = np.random.default_rng(4)
-    dim, m = 40, 2 * SIMD_LANES + 5
-    rows = np.concatenate([_vectors(rng, dim, m - 8), _vectors(rng, dim, 5, integer=True), np.zeros((3, dim))])
+    dim, m = 40, 3 * SIMD_LANES + 5
+    rows = np.concatenate([rng.standard_normal((SIMD_LANES, dim)), _vectors(rng, dim, m - 8 - SIMD_LANES),
+                           _vectors(rng, dim, 5, integer=True), np.zeros((3, dim))])
     rows = rows.astype(np.float32)
-    rows[3, ::4], rows[4, 7] = np.nan, np.inf
+    assert (rows[:SIMD_LANES] != 0).all()
+    rows[SIMD_LANES + 3, ::4], rows[SIMD_LANES + 4, 7] = np.nan, np.inf
     weights = np.concatenate([np.ones((3, dim), np.float32), rows])  # rows 0-2 are skipped
     if precision == "bf16":
         weights = to_bf16(weights)
