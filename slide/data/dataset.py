@@ -62,12 +62,17 @@ class XCDataset:
         return out
 
 
+def row_lengths(indptr, rows):
+    """The number of entries of each of ``rows`` (an int64 array) in a CSR matrix with ``indptr``."""
+    return indptr[rows + 1] - indptr[rows]
+
+
 def take_rows(indptr, rows):
     """New indptr and the flat positions of the entries of ``rows`` (vectorised gather).
 
     Every method's batch preparation gathers CSR rows with this (features and labels alike).
     """
-    lengths = indptr[rows + 1] - indptr[rows]
+    lengths = row_lengths(indptr, rows)
     new_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_indptr[1:])
     starts = np.repeat(indptr[rows] - new_indptr[:-1], lengths)

@@ -53,6 +53,7 @@ import numba
 import numpy as np
 
 from ..adapter import Method, PersistentMixin
+from ..data.dataset import row_lengths
 from ..errors import ConfigError, ConfigWarning, ResourceError
 from ..resources import memory_limit_bytes
 from ..settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FLOAT, available_cores, numba_threads
@@ -412,9 +413,9 @@ class SlideMethod(PersistentMixin, Method):
         """The row pass's buffers, grown when this batch has more samples or could have more active
         neurons per sample than any before, or (``inputs``: the pass updates the input layer) more
         features."""
-        labels = int((data.y_indptr[rows + 1] - data.y_indptr[rows]).max(initial=0))
+        labels = int(row_lengths(data.y_indptr, rows).max(initial=0))
         cap = _active_cap(self.config, self.num_labels, self.min_active, labels)
-        features = int((data.x_indptr[rows + 1] - data.x_indptr[rows]).sum()) if inputs else 0
+        features = int(row_lengths(data.x_indptr, rows).sum()) if inputs else 0
         gr = self._grouped
         if gr is None or gr.ids.shape[0] < rows.shape[0] or gr.ids.shape[1] < cap:
             nb = max(rows.shape[0], self.batch_size)
@@ -517,9 +518,9 @@ class SlideMethod(PersistentMixin, Method):
         t = self._traffic
         t["batches"] += 1
         t["samples"] += int(rows.shape[0])
-        features = int((data.x_indptr[rows + 1] - data.x_indptr[rows]).sum())
+        features = int(row_lengths(data.x_indptr, rows).sum())
         t["features"] += features
-        t["labels"] += int((data.y_indptr[rows + 1] - data.y_indptr[rows]).sum())
+        t["labels"] += int(row_lengths(data.y_indptr, rows).sum())
         t["active"] += int(nactive.sum())
         rows2, rows0 = by_row
         if rows2:
