@@ -13,8 +13,7 @@ import pytest
 from slide.data.dataset import XCDataset
 from slide.engine import SlideMethod
 from slide.engine.network import exp_f32, sample_seed
-from slide.settings import FAST
-from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
+from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FAST
 
 D, L = 40, 12
 
