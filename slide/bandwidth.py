@@ -24,13 +24,14 @@ import math
 import os
 import socket
 import time
+from collections import namedtuple
 from pathlib import Path
 
 import numba
 import numpy as np
 from numba import prange
 
-from .engine.grouped import SORT_CHUNKS
+from .engine import grouped
 from .settings import FAST_PARALLEL, numba_threads
 
 #: Environment variable naming the cache file (default ``<user cache>/bandwidth.json``).
@@ -49,6 +50,20 @@ _TRIAD_BYTES = 3 * 8
 
 
 # ---------------------------------------------------------------------- bytes of a training step
+#: One term of the byte accounting: the bytes of one kind of access in the ``part`` of
+#: :func:`slide_bytes` it belongs to, the ``phase`` of a step that makes it (a key of ``slide bench``'s
+#: ``phase_seconds_per_batch``; None where a window mixed steps by row and by sample), and the count
+#: that holds it: ``both`` (the touched bytes and the floor's), ``gathered`` (touched only: a gather or
+#: gradient read-modify-write counted once per sample) or ``distinct`` (the floor only: the same
+#: accesses once per distinct row of a batch).
+_Term = namedtuple("_Term", "part phase bytes count")
+#: The phases of a step that ran by sample (:func:`slide.engine.network.train_kernel`).
+SAMPLE_PHASES = ("forward_backward", "adam", "rehash")
+#: The phases of a step that ran by row (:data:`slide.engine.grouped.ROW_PHASES`), as ``slide bench``
+#: names them, then the optimizer's and the table refresh.
+ROW_PHASES = (*(f"row_{p}" for p in grouped.ROW_PHASES), "adam", "rehash")
+
+
 def _row(a) -> int:
     """Bytes of one row of ``a`` (one element of a 1-d array)."""
     return int(a.itemsize * (a.size // a.shape[0] if a.ndim > 1 and a.shape[0] else 1))
@@ -68,10 +83,10 @@ def slide_bytes(model, data, counts) -> dict:
     features and ``row_rows0`` distinct ``W0`` rows. Row widths come from the model's arrays (shape and
     dtype) and the index widths from ``data``'s.
 
-    What each sample moves is in :func:`_per_sample_bytes`, what the row pass moves in
-    :func:`_by_row_bytes`, what each step moves once in :func:`_per_batch_bytes`, a table refresh in
+    What each sample moves is in :func:`_per_sample_terms`, what the row pass moves in
+    :func:`_by_row_terms`, what each step moves once in :func:`_per_batch_terms`, a table refresh in
     :func:`_refresh_bytes`; a refresh is counted in the step that does it, so the mean over steps
-    amortises it over the refresh interval.
+    amortises it over the refresh interval. :func:`phase_bytes` splits the floor's bytes by phase.
 
     Not counted: per-thread scratch (activations, logits, the active list, targets, stamps and
     collision counts, the row pass's per-sample buffers), the hash-table bucket reads of the LSH
@@ -86,29 +101,55 @@ def slide_bytes(model, data, counts) -> dict:
         ``dense_parts``, ``refresh``) and their ``total``, all for the whole of ``counts`` (divide by
         ``counts["batches"]`` for a mean per batch), and ``distinct_total``: the same traffic with
         the per-sample gathers and gradient read-modify-writes counted once per distinct row of the
-        batch (:func:`_distinct_row_bytes`), the bytes that must cross the memory bus even if every
+        batch (:func:`_distinct_row_terms`), the bytes that must cross the memory bus even if every
         shared row stayed in cache. Measured steps run faster than ``total`` at stream bandwidth
         allows (0.66x at the Amazon shape), so shared rows do hit cache: ``distinct_total`` is the
         floor's byte count, ``total`` an upper bound. The row pass reads and writes by distinct row
         already, so its bytes are the same in both. With ``optimizer: dense`` no distinct counts
         exist and ``distinct_total`` equals ``total``.
     """
+    parts = dict.fromkeys(("forward", "backward", "flags", "input", "by_row", "adam", "dense_parts", "refresh"), 0)
+    terms = _terms(model, data, counts)
+    for term in terms:
+        if term.count != "distinct":
+            parts[term.part] += term.bytes
+    parts["total"] = sum(parts.values())
+    parts["distinct_total"] = sum(term.bytes for term in terms if term.count != "gathered")
+    return parts
+
+
+def phase_bytes(model, data, counts) -> dict | None:
+    """The floor's bytes (``distinct_total`` of :func:`slide_bytes`) by the phase of a step that moves
+    them, for the whole of ``counts``: a dict over :data:`ROW_PHASES` when every step of the window ran
+    by row, over :data:`SAMPLE_PHASES` when none did, None when the window mixed the two (their
+    per-sample bytes cannot be told apart). The values sum to ``distinct_total``."""
+    by_phase = {}
+    for term in _terms(model, data, counts):
+        if term.count == "gathered" or not term.bytes:
+            continue
+        if term.phase is None:
+            return None
+        by_phase[term.phase] = by_phase.get(term.phase, 0) + term.bytes
+    phases = ROW_PHASES if counts["row_batches"] else SAMPLE_PHASES
+    return {p: by_phase.pop(p, 0) for p in phases} if not by_phase.keys() - set(phases) else None
+
+
+def _terms(model, data, counts) -> list:
+    """Every :data:`_Term` of the steps of ``counts`` (see :func:`slide_bytes`)."""
     c = {k: int(v) for k, v in counts.items()}
     dense = model.config["optimizer"] == "dense"
-    per_sample = _per_sample_bytes(model, data, c)
-    parts = dict(per_sample)
-    parts["by_row"] = _by_row_bytes(model, data, c, fused=not dense)
-    for key, value in _per_batch_bytes(model, c, dense).items():
-        parts[key] = parts.get(key, 0) + value
-    parts["refresh"] = c["refreshes"] * _refresh_bytes(model)
-    parts = {k: int(v) for k, v in parts.items()}
-    parts["total"] = sum(parts.values())
-    if dense:
-        parts["distinct_total"] = parts["total"]
-    else:
-        gathered = per_sample["forward"] + per_sample["backward"] + per_sample["flags"]
-        parts["distinct_total"] = parts["total"] - gathered + _distinct_row_bytes(model, c)
-    return parts
+    # a per-sample access is in the phase of its pass when the window ran one pass only
+    by_row = c["row_batches"] == c["batches"] and c["batches"] > 0
+    by_sample = c["row_batches"] == 0
+
+    def phase(row_phase: str):
+        return row_phase if by_row else "forward_backward" if by_sample else None
+
+    terms = [*_per_sample_terms(model, data, c, phase), *_by_row_terms(model, data, c, fused=not dense),
+             *_per_batch_terms(model, c, dense), _Term("refresh", "rehash", c["refreshes"] * _refresh_bytes(model), "both")]
+    if dense:  # no distinct counts: every access is the floor's
+        return [t._replace(count="both") for t in terms]
+    return terms + _distinct_row_terms(model, c, phase)
 
 
 def _output_row_bytes(m) -> tuple[int, int]:
@@ -117,9 +158,9 @@ def _output_row_bytes(m) -> tuple[int, int]:
     return _row(m.W2) + _row(m.b2), _row(m.gW2) + m.gb2_t.itemsize
 
 
-def _per_sample_bytes(m, data, c: dict) -> dict:
+def _per_sample_terms(m, data, c: dict, phase) -> list:
     """``forward``, ``backward``, ``flags`` and ``input`` bytes of the samples of ``c``, each sample
-    counting the rows it touches.
+    counting the rows it touches; ``phase(row_phase)`` names the phase of a per-sample access.
 
     The gathers and the gradient read-modify-writes of the rows a sample touches: ``W0`` rows of
     its features read in the forward pass and their ``gW0`` rows read and written in the backward
@@ -136,77 +177,88 @@ def _per_sample_bytes(m, data, c: dict) -> dict:
     out_row, grad_row = _output_row_bytes(m)
     by_sample = c["active"] - c["row_active"]
     features = c["features"] - c["row_features"]  # whose gW0 rows the samples add into
-    parts = {
-        "forward": c["features"] * _row(m.W0) + by_sample * out_row,
-        "backward": 2 * (features * _row(m.gW0) + by_sample * grad_row),
-        "flags": features * _row(m.flag0) + by_sample * _row(m.flag2),
-        "input": (c["features"] * (_row(data.x_indices) + _row(data.x_data)) + c["labels"] * _row(data.y_indices)
-                  + c["samples"] * (8 + 2 * _row(data.x_indptr) + 2 * _row(data.y_indptr))),  # 8: the row id
-    }
+    gathered = "gathered"
+    terms = [
+        _Term("forward", phase("row_select"), c["features"] * _row(m.W0), gathered),
+        _Term("forward", "forward_backward", by_sample * out_row, gathered),
+        _Term("backward", phase("row_backward"), 2 * features * _row(m.gW0), gathered),
+        _Term("backward", "forward_backward", 2 * by_sample * grad_row, gathered),
+        _Term("flags", phase("row_backward"), features * _row(m.flag0), gathered),
+        _Term("flags", "forward_backward", by_sample * _row(m.flag2), gathered),
+        _Term("input", phase("row_select"),
+              c["features"] * (_row(data.x_indices) + _row(data.x_data)) + c["labels"] * _row(data.y_indices)
+              + c["samples"] * (8 + 2 * _row(data.x_indptr) + 2 * _row(data.y_indptr)), "both"),  # 8: the row id
+    ]
     if m.logq.shape[0]:
         negatives = max(c["active"] - c["labels"], 0)
-        parts["backward"] += negatives * (_row(m.logq) + 2 * _row(m.qcount))
-    return parts
+        terms.append(_Term("backward", phase("row_softmax"), negatives * (_row(m.logq) + 2 * _row(m.qcount)),
+                           gathered))
+    return terms
 
 
-def _by_row_bytes(m, data, c: dict, fused: bool) -> int:
+def _by_row_terms(m, data, c: dict, fused: bool) -> list:
     """The output layer of the steps that ran by row (:mod:`slide.engine.grouped`), and their input
     layer where the row pass updated it.
 
-    Each distinct output row: its ``W2`` row read in the logits phase and again in the gradient phase
-    (a batch's rows are swept twice and do not stay in cache between the sweeps), its ``b2`` entry
-    read; unless ``fused`` (the sparse optimizer, whose Adam step the row pass takes itself, counted
-    in ``adam``) its ``gW2`` row and a thread's ``gb2`` entry read and written and its flag read and
-    set. The grouping of the pairs by row (:func:`_grouping_bytes`), read by both row phases; for the
-    input layer read by its one phase, which also reads each pair's feature value.
+    Each distinct output row: its ``W2`` row and ``b2`` entry read in the logits phase and the ``W2``
+    row again in the gradient phase (a batch's rows are swept twice and do not stay in cache between
+    the sweeps); unless ``fused`` (the sparse optimizer, whose Adam step the row pass takes itself,
+    counted in ``adam``) its ``gW2`` row and a thread's ``gb2`` entry read and written and its flag read
+    and set. The grouping of the pairs by row (:func:`_grouping_bytes`), read by both row phases; for
+    the input layer read by its one phase, which also reads each pair's feature value.
     """
     out_row, grad_row = _output_row_bytes(m)
-    per_row = _row(m.W2) + out_row + (0 if fused else 2 * grad_row + 2 * _row(m.flag2))
-    return (c["row_rows2"] * per_row
-            + _grouping_bytes(m.num_labels, m.threads, c["row_batches"], c["row_active"], c["row_rows2"], 2)
-            + _grouping_bytes(m.num_features, m.threads, c["row_batches"], c["row_features"], c["row_rows0"], 1)
-            + c["row_features"] * _row(data.x_data))
+    rows, steps = c["row_rows2"], c["row_batches"]
+    sort2, sweep2 = _grouping_bytes(m.num_labels, m.threads, steps, c["row_active"], rows)
+    sort0, sweep0 = _grouping_bytes(m.num_features, m.threads, steps, c["row_features"], c["row_rows0"])
+    return [
+        _Term("by_row", "row_sort", sort2, "both"),
+        _Term("by_row", "row_logits", rows * out_row + sweep2, "both"),
+        _Term("by_row", "row_grads", rows * (_row(m.W2) + (0 if fused else 2 * grad_row + 2 * _row(m.flag2))) + sweep2,
+              "both"),
+        _Term("by_row", "row_input", sort0 + sweep0 + c["row_features"] * _row(data.x_data), "both"),
+    ]
 
 
-def _grouping_bytes(num_rows: int, threads: int, steps: int, pairs: int, rows: int, sweeps: int) -> int:
+def _grouping_bytes(num_rows: int, threads: int, steps: int, pairs: int, rows: int) -> tuple[int, int]:
     """Bytes of grouping ``pairs`` (sample, position) pairs of ``steps`` steps by their row id (below
     ``num_rows``; ``rows`` distinct rows per step, summed) as
-    :func:`slide.engine.grouped.group_by_row` does, and of ``sweeps`` row phases reading the result.
+    :func:`slide.engine.grouped.group_by_row` does, and of one row phase reading the result.
 
     The counting sort (when the rows are no more than a step's pairs; the mean step decides): per step
     each chunk's int32 cursor per row zeroed, read by the prefix sum and read and written by it; per
     pair its id read twice, its cursor read and written twice, its entry written. The radix sort:
     per pair its id read twice, then its key (int32) and pair (int64) written by the first pass, read
     and written again by the second, and the second's keys read twice for the runs (56 bytes). Either
-    way per distinct row its id and offset written, and per sweep read with each pair's entry.
+    way per distinct row its id and offset written; a phase reads them with each pair's entry.
     """
     if not steps or not pairs:
-        return 0
-    chunks = max(1, min(threads, SORT_CHUNKS))
+        return 0, 0
+    chunks = max(1, min(threads, grouped.SORT_CHUNKS))
     if num_rows <= pairs / steps:
         sort = steps * chunks * num_rows * 4 * 4 + pairs * (2 * 4 + 2 * 2 * 4 + 8)
     else:
         sort = pairs * 56
-    return sort + rows * (4 + 8) * (1 + sweeps) + pairs * 8 * sweeps
+    return sort + rows * (4 + 8), rows * (4 + 8) + pairs * 8
 
 
-def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
+def _per_batch_terms(m, c: dict, dense: bool) -> list:
     """``adam``, ``dense_parts`` and the per-step share of ``flags``: what the hardware does once per
     step, once per row.
 
     The sparse Adam of each touched row (``rows0``, ``rows2``: read ``W, m, v, g`` and write ``W, m,
     v`` and the zeroed ``g``, 8 row transfers, plus ``b2`` with its ``m, v, g`` and the per-thread
     ``gb2`` entries of the row); for an output row the row pass updated itself (``row_rows2`` under
-    the sparse optimizer) only ``m, v`` read and ``W, m, v`` written (``W`` was read in the gradient
-    phase, the gradient stays in a thread's buffer), ``b2, m, v`` read and written and its ``gb2``
-    entry written, read and cleared, and no flag; for an input row the row pass updated itself
-    (``row_rows0``) ``W, m, v`` read and written and no flag; the flag scan that collects the touched
-    rows (every flag read, the touched ones set and cleared, the row lists written and read); with ``optimizer:
-    dense`` the same Adam over every row of ``W0``, ``W2``, ``b2``, the untouched rows' gradient rows
-    neither read nor zeroed, every flag read and the touched ones set and cleared; the small
-    dense parts (``b0`` and the further hidden layers ``Wh``, ``bh``: read once per batch in the
-    forward pass, since every sample reads all of them they stay in cache, then their per-thread
-    gradients summed and Adam).
+    the sparse optimizer, in its gradient phase) only ``m, v`` read and ``W, m, v`` written (``W`` was
+    read in the gradient phase, the gradient stays in a thread's buffer), ``b2, m, v`` read and written
+    and its ``gb2`` entry written, read and cleared, and no flag; for an input row the row pass updated
+    itself (``row_rows0``, in its input phase) ``W, m, v`` read and written and no flag; the flag scan
+    that collects the touched rows (every flag read, the touched ones set and cleared, the row lists
+    written and read); with ``optimizer: dense`` the same Adam over every row of ``W0``, ``W2``,
+    ``b2``, the untouched rows' gradient rows neither read nor zeroed, every flag read and the touched
+    ones set and cleared; the small dense parts (``b0`` and the further hidden layers ``Wh``, ``bh``:
+    read once per batch in the forward pass, since every sample reads all of them they stay in cache,
+    then their per-thread gradients summed and Adam, all counted in the optimizer's phase).
     """
     T = m.gb2_t.shape[0]                                           # threads with their own gb2 rows
     # rows the optimizer updated in all: every row in every step (dense), the touched ones (sparse)
@@ -225,14 +277,18 @@ def _per_batch_bytes(m, c: dict, dense: bool) -> dict:
     scanned = c["batches"] * (m.flag0.nbytes + m.flag2.nbytes)
     if dense:  # the touched rows (rows0, rows2) as sparse; the others without their gradient rows
         untouched = (n0 - c["rows0"]) * (adam0 - 2 * _row(m.gW0)) + (n2 - c["rows2"]) * (adam2 - 2 * _row(m.gW2))
-        return {"adam": c["rows0"] * adam0 + c["rows2"] * adam2 + untouched, "dense_parts": dense_parts,
-                "flags": scanned + 2 * (c["rows0"] * _row(m.flag0) + c["rows2"] * _row(m.flag2))}
+        adam = c["rows0"] * adam0 + c["rows2"] * adam2 + untouched
+        flags = scanned + 2 * (c["rows0"] * _row(m.flag0) + c["rows2"] * _row(m.flag2))
+        return [_Term("adam", "adam", adam, "both"), _Term("dense_parts", "adam", dense_parts, "both"),
+                _Term("flags", "adam", flags, "both")]
     flagged0, flagged2 = n0 - fused0, n2 - fused
     flags = (scanned
              + 2 * (flagged0 * _row(m.flag0) + flagged2 * _row(m.flag2))               # set, cleared
              + 2 * (flagged0 * _row(m.rows0) + flagged2 * _row(m.rows2)))              # listed, read
-    return {"adam": flagged0 * adam0 + fused0 * adam0_fused + flagged2 * adam2 + fused * adam2_fused,
-            "dense_parts": dense_parts, "flags": flags}
+    return [_Term("adam", "adam", flagged0 * adam0 + flagged2 * adam2, "both"),
+            _Term("adam", "row_input", fused0 * adam0_fused, "both"),
+            _Term("adam", "row_grads", fused * adam2_fused, "both"),
+            _Term("dense_parts", "adam", dense_parts, "both"), _Term("flags", "adam", flags, "both")]
 
 
 def _refresh_bytes(m) -> int:
@@ -244,13 +300,16 @@ def _refresh_bytes(m) -> int:
     return refresh
 
 
-def _distinct_row_bytes(m, c: dict) -> int:
+def _distinct_row_terms(m, c: dict, phase) -> list:
     """The per-sample gathers, gradient read-modify-writes and flag reads of ``c`` counted once per
     distinct row of a batch (the ``rows0``/``rows2`` that the sparse Adam updated; of ``rows0`` those the
     row pass did not update with only their read, of ``rows2`` those of the steps that ran by sample)."""
     out_row, grad_row = _output_row_bytes(m)
-    return int(c["rows0"] * _row(m.W0) + (c["rows0"] - c["row_rows0"]) * (2 * _row(m.gW0) + _row(m.flag0))
-               + (c["rows2"] - c["row_rows2"]) * (out_row + 2 * grad_row + _row(m.flag2)))
+    return [_Term("forward", phase("row_select"), c["rows0"] * _row(m.W0), "distinct"),
+            _Term("backward", phase("row_backward"), (c["rows0"] - c["row_rows0"]) * (2 * _row(m.gW0) + _row(m.flag0)),
+                  "distinct"),
+            _Term("backward", "forward_backward", (c["rows2"] - c["row_rows2"]) * (out_row + 2 * grad_row + _row(m.flag2)),
+                  "distinct")]
 
 
 def floor_figures(bytes_per_batch: float, floor_bytes_per_batch: float, median_batch_seconds: float,
@@ -260,6 +319,32 @@ def floor_figures(bytes_per_batch: float, floor_bytes_per_batch: float, median_b
     floor = floor_bytes_per_batch / (gbps * 1e9)
     return {"achieved_gbps": bytes_per_batch / median_batch_seconds / 1e9, "floor_seconds": floor,
             "x_of_floor": median_batch_seconds / floor}
+
+
+def phase_floor(floor_bytes: dict, seconds: dict, batches: int, gbps: float) -> dict:
+    """Each phase's distance to its own floor, per batch: ``floor_bytes`` (:func:`phase_bytes` of a
+    window of ``batches`` steps) against ``seconds`` (``slide bench``'s ``phase_seconds_per_batch``,
+    means over the window) at ``gbps``. Phases with neither bytes nor time are left out; a phase that
+    moves no counted bytes has ``x_of_floor`` None."""
+    out = {}
+    for phase, total in floor_bytes.items():
+        b, s = total / batches, float(seconds.get(phase, 0.0))
+        if b or s:
+            floor = b / (gbps * 1e9)
+            out[phase] = {"seconds": s, "floor_bytes": b, "floor_seconds": floor, "x_of_floor": s / floor if b else None}
+    return out
+
+
+def phase_table(name: str, by_phase: dict, gbps: float) -> str:
+    """The human table of :func:`phase_floor` that ``slide bench`` prints, with a line for the sum."""
+    rows = [(p, f["seconds"], f["floor_bytes"], f["floor_seconds"], f["x_of_floor"]) for p, f in by_phase.items()]
+    s, b, fl = (sum(r[i] for r in rows) for i in (1, 2, 3))
+    rows.append(("all phases", s, b, fl, s / fl if fl else None))
+    lines = [f"{name} by phase (mean per batch; floor: the phase's distinct bytes at {gbps:.1f} GB/s):",
+             f"  {'phase':<14}{'ms':>8}{'MB':>9}{'floor ms':>10}{'x floor':>9}"]
+    for p, s, b, fl, x in rows:
+        lines.append(f"  {p:<14}{s * 1e3:>8.2f}{b / 1e6:>9.1f}{fl * 1e3:>10.2f}{'-' if x is None else f'{x:.2f}':>9}")
+    return "\n".join(lines)
 
 
 def floor_line(name: str, result: dict) -> str:

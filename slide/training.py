@@ -541,7 +541,8 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     threads, :func:`slide.bandwidth.stream_gbps`, measured after the timed window when not cached, or
     when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_bytes_per_batch`` (the distinct rows), ``floor_seconds`` (the time
     to move those at ``stream_gbps``) and ``x_of_floor`` (median batch seconds over the floor), and one line
-    about them on stderr.
+    about them on stderr; with phase timings, ``phase_floor``: each phase's mean seconds, floor bytes and
+    seconds and its ``x_of_floor`` (:func:`slide.bandwidth.phase_floor`), printed as a table.
 
     A method whose :meth:`Method.stats` keeps running totals of :data:`PHASE_KEYS` also gets
     ``phase_seconds_per_batch``: each phase's seconds over the timed window per timed batch (the
@@ -594,7 +595,7 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         out["phase_seconds_per_batch"] = phases
     out.update(meter.figures())
     if traffic0 is not None and len(times):
-        from .bandwidth import floor_figures, floor_line, stream_gbps
+        from .bandwidth import floor_figures, floor_line, phase_floor, phase_table, stream_gbps
 
         counts = {k: v - traffic0[k] for k, v in method.traffic().items()}
         moved = method.bytes_moved(data, counts)
@@ -603,6 +604,9 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         out["stream_gbps"] = stream_gbps(method.threads, remeasure=remeasure_bandwidth)
         out.update(floor_figures(out["bytes_per_batch"], out["floor_bytes_per_batch"], med, out["stream_gbps"]))
         _log(floor_line(method.name, out))
+        if phases and moved.get("by_phase") is not None:
+            out["phase_floor"] = phase_floor(moved["by_phase"], phases, len(times), out["stream_gbps"])
+            _log(phase_table(method.name, out["phase_floor"], out["stream_gbps"]))
     return out
 
 

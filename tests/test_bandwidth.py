@@ -9,7 +9,7 @@ import pytest
 
 from slide import bandwidth
 from slide.data.dataset import XCDataset
-from slide.engine import SlideMethod
+from slide.engine import SlideMethod, grouped
 from slide.training import bench
 
 
@@ -50,7 +50,7 @@ def test_bytes_of_one_tiny_step_match_a_hand_count():
     # b0 read, its Adam (4 arrays of 16 bytes, read and written), 1 thread's gb0 summed and cleared
     assert parts["dense_parts"] == 16 + 2 * 4 * 16 + 2 * 16
     assert parts["refresh"] == parts["by_row"] == 0
-    assert parts["total"] == 2481 == sum(v for k, v in parts.items() if k not in ("total", "distinct_total"))
+    assert parts["total"] == 2481 == sum(v for k, v in parts.items() if k not in ("total", "distinct_total", "by_phase"))
     # distinct rows: the 3 W0 rows and 5 output rows once each (read, gradient read and written, flag)
     # instead of the per-sample gathers (forward 264, backward 528, per-sample flags 14)
     assert parts["distinct_total"] == 2481 - 264 - 528 - 14 + 3 * (16 + 2 * 16 + 1) + 5 * (20 + 2 * 20 + 1) == 2127
@@ -82,6 +82,66 @@ def test_bytes_of_one_tiny_row_pass_step_match_a_hand_count():
     # no row flagged: only the per-batch scan of the 11 flags
     assert parts["flags"] == 11
     assert parts["distinct_total"] == parts["total"] - 4 * 16 + 3 * 16
+
+
+def test_the_floor_by_phase_of_a_row_pass_step_matches_a_hand_count():
+    """The tiny row-pass step above, its floor's bytes split by the phase that moves them."""
+    data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
+    over = dict(hidden=[4], batch_size=2, output_sparsity=0.5, pad_cap=1.0, min_active=5, min_active_trigger=5,
+                output_pass="row", correction="none", rehash_every=0, rebuild_every=0)
+    model = SlideMethod.from_config(6, 5, overrides=over, threads=1)
+    _, parts = _window(model, data, [[0, 1]])
+    by_phase = parts["by_phase"]
+    assert tuple(by_phase) == bandwidth.ROW_PHASES
+    assert {p[len("row_"):] for p in bandwidth.ROW_PHASES if p.startswith("row_")} == set(grouped.ROW_PHASES)
+    # select: the 3 distinct W0 rows and the points' CSR entries
+    assert by_phase["row_select"] == 3 * 16 + 4 * 8 + 2 * 4 + 2 * (8 + 16 + 16)
+    # sort: 5 cursors zeroed, read, read and written; per pair its id twice, cursor 4 times, entry; rows' ids
+    assert by_phase["row_sort"] == 5 * 16 + 10 * (8 + 16 + 8) + 5 * 12
+    sweep = 5 * 12 + 10 * 8  # the rows' ids and offsets and the pairs' entries, read by each row phase
+    assert by_phase["row_logits"] == 5 * (16 + 4) + sweep
+    # grads: W2 read again, then Adam: m, v read, W, m, v written, b2, m, v read and written, gb2 x 3
+    assert by_phase["row_grads"] == 5 * 16 + sweep + 5 * (5 * 16 + 2 * 3 * 4 + 3 * 4)
+    # input: the radix sort of 4 pairs and the 3 rows' ids, its sweep, 4 feature values, Adam of 3 W0 rows
+    assert by_phase["row_input"] == 4 * 56 + 3 * 12 + 3 * 12 + 4 * 8 + 4 * 4 + 3 * 2 * 3 * 16
+    # the optimizer: only the small dense parts and the flag scan; nothing counted in the other phases
+    assert by_phase["adam"] == parts["dense_parts"] + 11
+    assert by_phase["row_softmax"] == by_phase["row_backward"] == by_phase["rehash"] == 0
+    assert sum(by_phase.values()) == parts["distinct_total"]
+
+
+def test_the_floor_by_phase_of_a_sample_pass_step_and_of_a_mixed_window():
+    data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
+    model = SlideMethod.from_config(6, 5, overrides=dict(hidden=[4], output_sparsity=1.0, batch_size=2), threads=1)
+    counts, parts = _window(model, data, [[0, 1]])
+    by_phase = parts["by_phase"]
+    assert tuple(by_phase) == bandwidth.SAMPLE_PHASES
+    assert by_phase["forward_backward"] == 3 * (16 + 2 * 16 + 1) + 5 * (20 + 2 * 20 + 1) + parts["input"]
+    assert by_phase["adam"] == parts["adam"] + parts["dense_parts"] + 11 + 2 * 8 + 2 * 8 * 8
+    assert by_phase["rehash"] == 0 and sum(by_phase.values()) == parts["distinct_total"]
+    # a window with a step by row and one by sample: their per-sample bytes cannot be told apart
+    mixed = dict(counts, batches=2, row_batches=1, samples=4, features=8, active=20, row_active=10, row_rows2=5,
+                 labels=4)
+    assert bandwidth.phase_bytes(model, data, mixed) is None
+
+
+def test_the_dense_optimizers_floor_by_phase_sums_to_its_total():
+    data = _dataset([[0, 1], [1, 2]], [[0], [1]], 6, 5)
+    model = SlideMethod.from_config(6, 5, overrides=dict(hidden=[4], output_sparsity=1.0, batch_size=2,
+                                                         optimizer="dense"), threads=1)
+    _, parts = _window(model, data, [[0, 1], [1, 0]])
+    assert sum(parts["by_phase"].values()) == parts["distinct_total"] == parts["total"]
+
+
+def test_phase_floor_and_its_table():
+    got = bandwidth.phase_floor({"a": 4e9, "b": 0, "c": 0}, {"a": 0.5, "b": 0.25}, 2, 10.0)
+    assert got == {"a": {"seconds": 0.5, "floor_bytes": 2e9, "floor_seconds": 0.2, "x_of_floor": 2.5},
+                   "b": {"seconds": 0.25, "floor_bytes": 0.0, "floor_seconds": 0.0, "x_of_floor": None}}
+    lines = bandwidth.phase_table("slide", got, 10.0).splitlines()
+    assert lines[0].startswith("slide by phase") and "10.0 GB/s" in lines[0]
+    assert lines[2].split() == ["a", "500.00", "2000.0", "200.00", "2.50"]
+    assert lines[3].split() == ["b", "250.00", "0.0", "0.00", "-"]
+    assert lines[4].split() == ["all", "phases", "750.00", "2000.0", "200.00", "3.75"]
 
 
 def test_row_pass_of_the_dense_optimizer_leaves_the_input_rows_to_adam():
@@ -240,9 +300,16 @@ def test_bench_reports_its_distance_to_the_floor(cache, monkeypatch, capsys):
     assert out["floor_seconds"] == out["floor_bytes_per_batch"] / (20.0 * 1e9)
     assert out["x_of_floor"] == med / out["floor_seconds"]
     assert out["achieved_gbps"] == out["bytes_per_batch"] / med / 1e9
-    assert "the memory floor" in capsys.readouterr().err
+    assert set(out["phase_floor"]) <= set(bandwidth.SAMPLE_PHASES)
+    assert math.isclose(sum(f["floor_bytes"] for f in out["phase_floor"].values()), out["floor_bytes_per_batch"])
+    for phase, f in out["phase_floor"].items():
+        assert f["seconds"] == out["phase_seconds_per_batch"][phase]
+        assert f["x_of_floor"] == f["seconds"] / f["floor_seconds"]
+    err = capsys.readouterr().err
+    assert "the memory floor" in err and "slide by phase" in err
     plain = bench(Popularity.from_config(5, 8), data, batches=3, warmup=1)
-    assert not {"bytes_per_batch", "floor_bytes_per_batch", "stream_gbps", "achieved_gbps", "floor_seconds", "x_of_floor"} & set(plain)
+    assert not {"bytes_per_batch", "floor_bytes_per_batch", "stream_gbps", "achieved_gbps", "floor_seconds", "x_of_floor",
+                "phase_floor"} & set(plain)
 
 
 def test_bench_flag_asks_for_a_new_measurement():
