@@ -25,8 +25,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from slide.report.aggregate import (CURVES_COLUMNS, SPEEDUP_COLUMNS, SUMMARY_COLUMNS, TABLE_COLUMNS,
-                                    aggregate, end_of_run, machine_label, parse_run_path, time_to_reach)
+from slide.report.aggregate import (CURVES_COLUMNS, PHASES_COLUMNS, SPEEDUP_COLUMNS, SUMMARY_COLUMNS,
+                                    TABLE_COLUMNS, TABLE_NAMES, aggregate, end_of_run, machine_label, parse_run_path, time_to_reach)
 from slide.contention import DISTURBED_NOTE
 from slide.report import figures as figures_mod
 from slide.report.figures import FIGURES, load_tables, make_figure
@@ -91,6 +91,16 @@ PLAN = {
 }
 
 
+def _phase_floor(median, gbps=20.0):
+    """A bench's ``stream_gbps`` and ``phase_floor``: three phases of a SLIDE step, one without counted bytes."""
+    split = {"row_select": (0.2, 0.0), "row_grads": (0.7, 4e6), "rehash": (0.1, 2e5)}
+    floor = {}
+    for phase, (share, nbytes) in split.items():
+        s, f = share * median, nbytes / (gbps * 1e9)
+        floor[phase] = {"seconds": s, "floor_bytes": nbytes, "floor_seconds": f, "x_of_floor": s / f if nbytes else None}
+    return {"stream_gbps": gbps, "phase_floor": floor}
+
+
 @pytest.fixture()
 def fixture_runs(tmp_path):
     runs = [
@@ -103,15 +113,15 @@ def fixture_runs(tmp_path):
         _write_run(tmp_path, "slide", [(1, 0.1), (2, 0.2)], variant="bs256", batch=256, active=50.0),
         _write_run(tmp_path, "tf-sampled-cpu", [(1, 0.1), (2, 0.15)], variant="frac0.01"),
     ]
-    bench = [_write_bench(tmp_path, m, t, med) for m, base in (("slide", 0.02), ("tf-full-cpu", 0.03))
-             for t, med in ((1, base), (2, base / 1.7))]
+    bench = [_write_bench(tmp_path, m, t, med, **(_phase_floor(med) if m == "slide" else {}))
+             for m, base in (("slide", 0.02), ("tf-full-cpu", 0.03)) for t, med in ((1, base), (2, base / 1.7))]
     records = [_write_benchmark_record(tmp_path, "/".join(p.parent.relative_to(tmp_path / "results").parts), 7.5)
                for p in runs + bench]
     return tmp_path, runs, bench, records
 
 
 def _aggregate(root, runs, bench, records):
-    out = {k: root / "results" / f"{k}.csv" for k in ("summary", "curves", "threads", "speedups", "table", "jobs")}
+    out = {k: root / "results" / f"{k}.csv" for k in TABLE_NAMES}
     tables = aggregate(runs, bench, records, PLAN, out)
     return tables, out
 
@@ -154,6 +164,14 @@ def test_aggregate_tables(fixture_runs):
     assert sampled["failed"] == 1 and sampled["completed"] == 0
     threads = pd.read_csv(out["threads"])
     assert sorted(threads["threads"].unique()) == [1, 2] and len(threads) == 4
+    phases = pd.read_csv(out["phases"])
+    assert list(phases.columns) == PHASES_COLUMNS
+    # SLIDE's two benchmarks, three phases each in the order timed; TF's have none
+    assert len(phases) == 6 and set(phases["method"]) == {"slide"}
+    two = phases[phases["threads"] == 2]
+    assert two["phase"].tolist() == ["row_select", "row_grads", "rehash"]
+    assert two["seconds"].tolist() == pytest.approx([0.2 * 0.02 / 1.7, 0.7 * 0.02 / 1.7, 0.1 * 0.02 / 1.7])
+    assert math.isnan(two["x_of_floor"].iloc[0]) and two["x_of_floor"].iloc[1] == pytest.approx(0.7 * 0.02 / 1.7 / 2e-4)
     jobs = pd.read_csv(out["jobs"])
     assert len(jobs) == len(records) and set(jobs["kind"]) == {"train", "bench"}
     assert (jobs["max_rss_mb"] == 321.5).all()
@@ -172,7 +190,7 @@ def test_no_speedup_below_the_popularity_baseline(tmp_path):
 
 
 def test_no_runs_still_writes_every_table(tmp_path):
-    out = {k: tmp_path / f"{k}.csv" for k in ("summary", "curves", "threads", "speedups", "table", "jobs")}
+    out = {k: tmp_path / f"{k}.csv" for k in TABLE_NAMES}
     aggregate([], [], [], {"skipped": [], "datasets": {}}, out)
     assert list(pd.read_csv(out["summary"]).columns) == SUMMARY_COLUMNS
     tables = load_tables(out)
@@ -389,6 +407,26 @@ def test_thread_scaling_in_ms_over_measured_counts_with_load_and_disturbed_marks
     ringed = [c for c in ax.collections if DISTURBED_NOTE in str(c.get_label())]
     assert len(ringed) == 1 and ringed[0].get_offsets().tolist() == [[2, 30]]
     plt.close(fig)
+
+
+def test_memory_floor_figure_sets_each_phase_beside_its_floor(tmp_path):
+    bench = [_write_bench(tmp_path, "slide", 1, 0.02, **QUIET, **_phase_floor(0.02)),
+             _write_bench(tmp_path, "slide", 2, 0.01, **BUSY, **_phase_floor(0.01))]
+    _, out = _aggregate(tmp_path, [], bench, [])
+    fig = figures_mod.fig_memory_floor(load_tables(out), PLAN, PAPER)
+    ax = fig.axes[0]
+    assert "2 threads" in ax.get_title()  # the benchmark at the most threads
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["select", "grads", "rehash"]
+    measured, floor = ax.containers
+    assert [b.get_width() for b in measured] == pytest.approx([2.0, 7.0, 1.0])
+    assert [b.get_width() for b in floor] == pytest.approx([0.0, 0.2, 0.01])
+    labels = {t.get_text() for t in ax.texts}
+    assert {"no counted bytes", "35.0x its floor", "100.0x its floor"} <= labels
+    assert any(DISTURBED_NOTE in t and "1-minute load 2.9" in t for t in labels)  # the benchmark's contention
+    plt.close(fig)
+    empty = figures_mod.fig_memory_floor(load_tables(_aggregate(tmp_path / "none", [], [], [])[1]), PLAN, PAPER)
+    assert any("no SLIDE benchmark" in t.get_text() for t in empty.axes[0].texts)
+    plt.close(empty)
 
 
 def test_tables_show_best_epoch_active_fraction_and_the_time_cap(tmp_path):

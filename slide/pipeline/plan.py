@@ -154,6 +154,8 @@ def figure_names(experiments: dict) -> list[str]:
                      ("batch_size", "batch_size"), ("thread_scaling", "thread_scaling")):
         if experiments[exp]["enabled"]:
             figs.append(fig)
+    if experiments["thread_scaling"]["enabled"]:  # SLIDE's benchmarks time its phases and count their bytes
+        figs.append("memory_floor")
     return figs + ["jobs"]
 
 

@@ -37,6 +37,8 @@ from .style import method_label, method_order
 
 #: Timing-contention figures of a run or benchmark (``slide.contention``); ``load_1m_*`` is the
 #: 1-minute load average at the start and end, ``disturbed`` the reason ("" when quiet).
+#: The tables the aggregate writes to ``results/<preset>/<name>.csv``.
+TABLE_NAMES = ("summary", "curves", "threads", "phases", "speedups", "table", "jobs")
 CONTENTION_COLUMNS = [
     "compile_seconds", "cpu_seconds", "cpu_utilisation", "other_cpu_share", "load_1m_start", "load_1m_end",
     "disturbed",
@@ -54,6 +56,13 @@ THREADS_COLUMNS = [
     "dataset", "method", "threads", "seed", "batch_size", "batches", "median_batch_seconds",
     "p10_batch_seconds", "p90_batch_seconds", "samples_per_second", "active_per_sample_mean",
     "peak_rss_mb", "scale", *CONTENTION_COLUMNS, "path",
+]
+#: One row per timed phase of a benchmark that set its phases beside their memory floor (SLIDE's
+#: ``phase_floor``): mean seconds per batch, the phase's distinct bytes and the time they take at the
+#: benchmark's ``stream_gbps``, and their ratio (empty where the phase moves no counted bytes).
+PHASES_COLUMNS = [
+    "dataset", "method", "threads", "seed", "phase", "seconds", "floor_bytes", "floor_seconds", "x_of_floor",
+    "stream_gbps", "load_1m_start", "disturbed", "path",
 ]
 #: A common P@1 must beat label popularity by this much to count: curves are rounded to 6 digits and
 #: periodic evaluations use a sample of test points (about 0.015 standard error at 1,000 points).
@@ -368,21 +377,40 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def load_bench(paths) -> pd.DataFrame:
-    rows = []
+def _read_bench(paths):
+    """(path, record, its dataset/method/threads/seed) of every bench.json, in path order."""
     for p in sorted(map(str, paths)):
         key = parse_run_path(p)
         rec = json.loads(Path(p).read_text())
         threads = int(key["variant"][len("threads"):]) if key["variant"].startswith("threads") else rec.get("threads")
+        yield p, rec, dict(dataset=key["dataset"], method=rec.get("method", key["method"]), threads=threads,
+                           seed=key["seed"])
+
+
+def load_bench(paths) -> pd.DataFrame:
+    rows = []
+    for p, rec, key in _read_bench(paths):
         rows.append(dict(
-            dataset=key["dataset"], method=rec.get("method", key["method"]), threads=threads, seed=key["seed"],
-            batch_size=rec.get("batch_size"), batches=rec.get("batches"),
+            **key, batch_size=rec.get("batch_size"), batches=rec.get("batches"),
             median_batch_seconds=rec.get("median_batch_seconds"), p10_batch_seconds=rec.get("p10_batch_seconds"),
             p90_batch_seconds=rec.get("p90_batch_seconds"), samples_per_second=rec.get("samples_per_second"),
             active_per_sample_mean=rec.get("active_per_sample_mean"), peak_rss_mb=rec.get("peak_rss_mb"),
             scale=rec.get("scale"), **contention(rec), path=p,
         ))
     return pd.DataFrame(rows, columns=THREADS_COLUMNS)
+
+
+def load_phases(paths) -> pd.DataFrame:
+    """:data:`PHASES_COLUMNS` of every bench.json with a ``phase_floor``, its phases in the order timed."""
+    rows = []
+    for p, rec, key in _read_bench(paths):
+        quiet = contention(rec)
+        for phase, f in (rec.get("phase_floor") or {}).items():
+            rows.append(dict(**key, phase=phase, seconds=f["seconds"], floor_bytes=f["floor_bytes"],
+                             floor_seconds=f["floor_seconds"], x_of_floor=_num(f["x_of_floor"]),
+                             stream_gbps=rec.get("stream_gbps"), load_1m_start=quiet["load_1m_start"],
+                             disturbed=quiet["disturbed"], path=p))
+    return pd.DataFrame(rows, columns=PHASES_COLUMNS)
 
 
 def load_job_benchmarks(paths) -> pd.DataFrame:
@@ -416,7 +444,7 @@ def load_job_benchmarks(paths) -> pd.DataFrame:
 
 
 def aggregate(run_paths, bench_paths, benchmark_paths, plan: dict, out: dict, notes=None) -> dict:
-    """Write every table; ``out`` maps summary/curves/threads/speedups/table/jobs to paths.
+    """Write every table; ``out`` maps names of :data:`TABLE_NAMES` to paths (the others are not written).
 
     ``out["manifest"]``, when given, receives :func:`input_manifest` of the files read, so that
     :func:`manifest_is_stale` can tell later whether the tables still follow the run files.
@@ -433,6 +461,7 @@ def aggregate(run_paths, bench_paths, benchmark_paths, plan: dict, out: dict, no
         ]
     tables = dict(
         summary=summary, curves=curves_frame(rows, curves), threads=load_bench(bench_paths),
+        phases=load_phases(bench_paths),
         speedups=speedups(summary, curves) if len(summary) else pd.DataFrame(columns=SPEEDUP_COLUMNS),
         table=table(summary) if len(summary) else pd.DataFrame(columns=TABLE_COLUMNS),
         jobs=load_job_benchmarks(benchmark_paths),

@@ -31,6 +31,7 @@ FIGURES = {
     "sampled_softmax": "Sampled softmax at several sample fractions beside SLIDE (paper Fig. 7)",
     "batch_size": "Batch size 64/128/256 (paper Fig. 8)",
     "thread_scaling": "Time per batch against threads (paper Fig. 9)",
+    "memory_floor": "Where SLIDE's time per batch goes: each phase beside its memory floor",
     "headline": "Speedup at equal P@1 and active neurons: measured beside the paper",
     "jobs": "Snakemake benchmark records of the timed jobs (secondary)",
 }
@@ -273,6 +274,52 @@ def fig_thread_scaling(tables, plan, paper):
     return fig
 
 
+#: Colour of the floor's bars.
+FLOOR_COLOR = "#555555"
+
+
+def fig_memory_floor(tables, plan, paper):
+    """Per dataset, SLIDE's benchmark at its most threads: each phase's mean milliseconds per batch
+    beside the time its distinct bytes take at the measured stream bandwidth, and their ratio."""
+    ph = tables.get("phases")
+    ph = ph[ph["method"] == "slide"] if ph is not None and len(ph) else None
+    dids = _datasets(ph) or [None]
+    fig, axes = _panels(len(dids), width=6.0, height=4.4)
+    for ax, did in zip(axes, dids):
+        if did is None:
+            _empty(ax, _why_empty(plan, "SLIDE benchmark with its phases beside the memory floor")
+                   + "\n(benchmarks from before 2026-12-05 have none: snakemake --forcerun bench_threads)")
+            continue
+        g = ph[ph["dataset"] == did]
+        threads = int(g["threads"].max())
+        g = g[(g["threads"] == threads) & (g["seed"] == g["seed"].min())]
+        y = np.arange(len(g))
+        ms, floor = 1000 * g["seconds"].to_numpy(float), 1000 * g["floor_seconds"].to_numpy(float)
+        ax.barh(y - 0.2, ms, height=0.4, color=method_color("slide"), label="measured (mean ms per batch)")
+        ax.barh(y + 0.2, floor, height=0.4, color="white", edgecolor=FLOOR_COLOR, hatch="///",
+                label="memory floor (its distinct bytes at stream bandwidth)")
+        for yi, m, x in zip(y, ms, g["x_of_floor"].to_numpy(float)):
+            text = f"{x:.1f}x its floor" if np.isfinite(x) else "no counted bytes"
+            ax.annotate(text, (m, yi - 0.2), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_yticks(y)
+        ax.set_yticklabels([p.removeprefix("row_") for p in g["phase"]])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.3 * max(ms.max(), floor.max(), 1e-3))
+        ax.set_xlabel("milliseconds per batch")
+        ax.set_title(f"{dataset_label(plan, did)}: SLIDE, {threads} thread{'s' * (threads > 1)}", fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+        first = g.iloc[0]
+        note = (f"Mean step, table refreshes included: {ms.sum():.1f} ms against a floor of {floor.sum():.1f} ms "
+                f"({ms.sum() / floor.sum():.1f}x); "
+                f"stream bandwidth {first['stream_gbps']:.1f} GB/s, 1-minute load {first['load_1m_start']:.1f} at the start.")
+        lines = [note] + ([f"{DISTURBED_NOTE}: {first['disturbed']}"] if first["disturbed"] else [])
+        ax.text(0.0, -0.16, "\n".join(textwrap.fill(t, 95) for t in lines), transform=ax.transAxes, fontsize=7,
+                va="top", color="#555555")
+    _legend(fig, axes)
+    fig.suptitle(FIGURES["memory_floor"], fontsize=11)
+    return fig
+
+
 def _thread_line(ax, m, method) -> None:
     """One method's ms per batch against threads: 10th-90th percentile band, load by each point,
     disturbed points ringed in black."""
@@ -408,8 +455,11 @@ TEXT_COLUMNS = {"variant", "reason", "disturbed"}
 _DRAW = {
     "p1_vs_time": fig_p1_vs_time, "p1_vs_iterations": fig_p1_vs_iterations,
     "sampled_softmax": fig_sampled_softmax, "batch_size": fig_batch_size,
-    "thread_scaling": fig_thread_scaling, "headline": fig_headline, "jobs": fig_jobs,
+    "thread_scaling": fig_thread_scaling, "memory_floor": fig_memory_floor, "headline": fig_headline,
+    "jobs": fig_jobs,
 }
+#: The aggregated tables the figures read (``table`` is the report's alone).
+TABLES_DRAWN = ("summary", "curves", "threads", "phases", "speedups", "jobs")
 
 
 def make_figure(name, tables, plan, paper, png, svg=None) -> None:
@@ -433,4 +483,4 @@ def load_tables(paths: dict) -> dict:
     return out
 
 
-__all__ = ["FIGURES", "make_figure", "load_tables"]
+__all__ = ["FIGURES", "TABLES_DRAWN", "make_figure", "load_tables"]

@@ -2,15 +2,13 @@
 # and its figures to reports/<preset>/, so that one preset never replaces another's report. None of
 # these are timed, so they take one core.
 
-from slide.report.aggregate import drop_stale_manifest, end_of_run
+from slide.report.aggregate import TABLE_NAMES, drop_stale_manifest, end_of_run
+from slide.report.figures import TABLES_DRAWN
 from slide.report.io import plan_path, report_path, tables_path
 
 PRESET = config["preset"]
 PLAN_JSON = plan_path(PRESET)
-TABLES = {
-    name: tables_path(PRESET, f"{name}.csv")
-    for name in ("summary", "curves", "threads", "speedups", "table", "jobs")
-}
+TABLES = {name: tables_path(PRESET, f"{name}.csv") for name in TABLE_NAMES}
 # the state of every file the aggregate read: when one is gone or changed (a run.json deleted,
 # or removed by a --forcerun that was killed), the record is dropped so that the tables, the
 # figures and the report are rebuilt from the run files that exist (after rerunning what is missing)
@@ -82,7 +80,7 @@ rule aggregate:
 
 rule plot:
     input:
-        **{k: TABLES[k] for k in ("summary", "curves", "threads", "speedups", "jobs")},
+        **{k: TABLES[k] for k in TABLES_DRAWN},
         skipped=PLAN_JSON,
         paper=PAPER_RESULTS,
     output:

@@ -3,15 +3,14 @@
 import json
 import sys
 
-from slide.report.aggregate import aggregate
+from slide.report.aggregate import TABLE_NAMES, aggregate
 
 
 def main(snakemake):
     with open(snakemake.log[0], "w") as log:
         sys.stderr = log
         plan = json.loads(open(snakemake.input.skipped).read())
-        names = ("summary", "curves", "threads", "speedups", "table", "jobs", "manifest")
-        out = {k: snakemake.output[k] for k in names}
+        out = {k: snakemake.output[k] for k in (*TABLE_NAMES, "manifest")}
         notes = []
         runs = list(snakemake.input.runs) + list(snakemake.params.imported)
         tables = aggregate(runs, snakemake.input.bench, snakemake.input.job_benchmarks, plan, out,

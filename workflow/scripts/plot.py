@@ -5,14 +5,13 @@ import sys
 
 import yaml
 
-from slide.report.figures import load_tables, make_figure
+from slide.report.figures import TABLES_DRAWN, load_tables, make_figure
 
 
 def main(snakemake):
     with open(snakemake.log[0], "w") as log:
         sys.stderr = log
-        names = ("summary", "curves", "threads", "speedups", "jobs")
-        tables = load_tables({k: snakemake.input[k] for k in names})
+        tables = load_tables({k: snakemake.input[k] for k in TABLES_DRAWN})
         plan = json.loads(open(snakemake.input.skipped).read())
         paper = yaml.safe_load(open(snakemake.input.paper))
         make_figure(snakemake.wildcards.figure, tables, plan, paper, snakemake.output.png, snakemake.output.svg)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from slide.report.aggregate import TABLE_NAMES
 from slide.report.figures import load_tables
 from slide.report.html import build_report
 
@@ -13,8 +14,7 @@ from slide.report.html import build_report
 def main(snakemake):
     with open(snakemake.log[0], "w") as log:
         sys.stderr = log
-        names = ("summary", "curves", "threads", "speedups", "table", "jobs")
-        tables = load_tables({k: snakemake.input[k] for k in names})
+        tables = load_tables({k: snakemake.input[k] for k in TABLE_NAMES})
         plan = json.loads(open(snakemake.input.skipped).read())
         paper = yaml.safe_load(open(snakemake.input.paper))
         figures = {Path(p).stem: p for p in snakemake.input.figures}
