@@ -341,9 +341,9 @@ def phase_table(name: str, by_phase: dict, gbps: float) -> str:
     s, b, fl = (sum(r[i] for r in rows) for i in (1, 2, 3))
     rows.append(("all phases", s, b, fl, s / fl if fl else None))
     lines = [f"{name} by phase (mean per batch; floor: the phase's distinct bytes at {gbps:.1f} GB/s):",
-             f"  {'phase':<14}{'ms':>8}{'MB':>9}{'floor ms':>10}{'x floor':>9}"]
+             f"  {'phase':<17}{'ms':>8}{'MB':>9}{'floor ms':>10}{'x floor':>9}"]
     for p, s, b, fl, x in rows:
-        lines.append(f"  {p:<14}{s * 1e3:>8.2f}{b / 1e6:>9.1f}{fl * 1e3:>10.2f}{'-' if x is None else f'{x:.2f}':>9}")
+        lines.append(f"  {p:<17}{s * 1e3:>8.2f}{b / 1e6:>9.1f}{fl * 1e3:>10.2f}{'-' if x is None else f'{x:.2f}':>9}")
     return "\n".join(lines)
 
 
