@@ -131,7 +131,9 @@ def phase_bytes(model, data, counts) -> dict | None:
             return None
         by_phase[term.phase] = by_phase.get(term.phase, 0) + term.bytes
     phases = ROW_PHASES if counts["row_batches"] else SAMPLE_PHASES
-    return {p: by_phase.pop(p, 0) for p in phases} if not by_phase.keys() - set(phases) else None
+    if by_phase.keys() - set(phases):
+        return None
+    return {p: by_phase.get(p, 0) for p in phases}
 
 
 def _terms(model, data, counts) -> list:
@@ -146,7 +148,8 @@ def _terms(model, data, counts) -> list:
         return row_phase if by_row else "forward_backward" if by_sample else None
 
     terms = [*_per_sample_terms(model, data, c, phase), *_by_row_terms(model, data, c, fused=not dense),
-             *_per_batch_terms(model, c, dense), _Term("refresh", "rehash", c["refreshes"] * _refresh_bytes(model), "both")]
+             *_per_batch_terms(model, c, dense),
+             _Term("refresh", "rehash", c["refreshes"] * _refresh_bytes(model), "both")]
     if dense:  # no distinct counts: every access is the floor's
         return [t._replace(count="both") for t in terms]
     return terms + _distinct_row_terms(model, c, phase)
@@ -308,8 +311,8 @@ def _distinct_row_terms(m, c: dict, phase) -> list:
     return [_Term("forward", phase("row_select"), c["rows0"] * _row(m.W0), "distinct"),
             _Term("backward", phase("row_backward"), (c["rows0"] - c["row_rows0"]) * (2 * _row(m.gW0) + _row(m.flag0)),
                   "distinct"),
-            _Term("backward", "forward_backward", (c["rows2"] - c["row_rows2"]) * (out_row + 2 * grad_row + _row(m.flag2)),
-                  "distinct")]
+            _Term("backward", "forward_backward",
+                  (c["rows2"] - c["row_rows2"]) * (out_row + 2 * grad_row + _row(m.flag2)), "distinct")]
 
 
 def floor_figures(bytes_per_batch: float, floor_bytes_per_batch: float, median_batch_seconds: float,
@@ -331,7 +334,8 @@ def phase_floor(floor_bytes: dict, seconds: dict, batches: int, gbps: float) -> 
         b, s = total / batches, float(seconds.get(phase, 0.0))
         if b or s:
             floor = b / (gbps * 1e9)
-            out[phase] = {"seconds": s, "floor_bytes": b, "floor_seconds": floor, "x_of_floor": s / floor if b else None}
+            out[phase] = {"seconds": s, "floor_bytes": b, "floor_seconds": floor,
+                          "x_of_floor": s / floor if b else None}
     return out
 
 

@@ -35,10 +35,10 @@ from slide.runs import CURVE_COLUMNS, load_run, read_curve
 from .io import write_csv
 from .style import method_label, method_order
 
-#: Timing-contention figures of a run or benchmark (``slide.contention``); ``load_1m_*`` is the
-#: 1-minute load average at the start and end, ``disturbed`` the reason ("" when quiet).
 #: The tables the aggregate writes to ``results/<preset>/<name>.csv``.
 TABLE_NAMES = ("summary", "curves", "threads", "phases", "speedups", "table", "jobs")
+#: Timing-contention figures of a run or benchmark (``slide.contention``); ``load_1m_*`` is the
+#: 1-minute load average at the start and end, ``disturbed`` the reason ("" when quiet).
 CONTENTION_COLUMNS = [
     "compile_seconds", "cpu_seconds", "cpu_utilisation", "other_cpu_share", "load_1m_start", "load_1m_end",
     "disturbed",
@@ -404,12 +404,12 @@ def load_phases(paths) -> pd.DataFrame:
     """:data:`PHASES_COLUMNS` of every bench.json with a ``phase_floor``, its phases in the order timed."""
     rows = []
     for p, rec, key in _read_bench(paths):
-        quiet = contention(rec)
+        busy = contention(rec)
         for phase, f in (rec.get("phase_floor") or {}).items():
             rows.append(dict(**key, phase=phase, seconds=f["seconds"], floor_bytes=f["floor_bytes"],
                              floor_seconds=f["floor_seconds"], x_of_floor=_num(f["x_of_floor"]),
-                             stream_gbps=rec.get("stream_gbps"), load_1m_start=quiet["load_1m_start"],
-                             disturbed=quiet["disturbed"], path=p))
+                             stream_gbps=rec.get("stream_gbps"), load_1m_start=busy["load_1m_start"],
+                             disturbed=busy["disturbed"], path=p))
     return pd.DataFrame(rows, columns=PHASES_COLUMNS)
 
 
