@@ -295,11 +295,12 @@ def _per_batch_terms(m, c: dict, dense: bool) -> list:
 
 
 def _refresh_bytes(m) -> int:
-    """Bytes of one table refresh (rehash or rebuild): every row of ``W2`` read (and of the weights of
-    LSH-sampled hidden layers; the first layer's ``W0.T`` copy is read and written)."""
-    refresh = m.W2.nbytes if m.sampled else 0
-    for layer, _ in m.hidden_indices:
-        refresh += 2 * m.W0.nbytes if layer == 0 else m._hidden_weights(layer).nbytes
+    """Bytes of one table refresh (rehash or rebuild): every row of ``W2`` read and the build's own
+    arrays (:meth:`~slide.engine.tables.LSHIndex.build_bytes`), and so for each LSH-sampled hidden
+    layer (the first layer's ``W0.T`` copy is read and written)."""
+    refresh = m.W2.nbytes + m.index.build_bytes() if m.sampled else 0
+    for layer, index in m.hidden_indices:
+        refresh += (2 * m.W0.nbytes if layer == 0 else m._hidden_weights(layer).nbytes) + index.build_bytes()
     return refresh
 
 

@@ -536,12 +536,13 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     how many there were. Contention figures as in :func:`train`.
 
     A method that counts its memory traffic (:meth:`Method.traffic` not None, and
-    ``bytes_moved(data, counts)``, as SLIDE's) also gets ``bytes_per_batch`` (the mean over the timed batches,
-    :func:`slide.bandwidth.slide_bytes`), ``stream_gbps`` (the machine's bandwidth on the method's
-    threads, :func:`slide.bandwidth.stream_gbps`, measured after the timed window when not cached, or
-    when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_bytes_per_batch`` (the distinct rows), ``floor_seconds`` (the time
-    to move those at ``stream_gbps``) and ``x_of_floor`` (median batch seconds over the floor), and one line
-    about them on stderr; with phase timings, ``phase_floor``: each phase's mean seconds, floor bytes and
+    ``bytes_moved(data, counts)``, as SLIDE's) also gets ``bytes_per_batch`` (the mean over the timed
+    batches, :func:`slide.bandwidth.slide_bytes`, table refreshes left out, since the median step has
+    none; ``refresh_bytes_per_batch`` is their share), ``stream_gbps`` (the machine's bandwidth on the
+    method's threads, :func:`slide.bandwidth.stream_gbps`, measured after the timed window when not
+    cached, or when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_bytes_per_batch`` (the
+    distinct rows, refreshes left out), ``floor_seconds`` (the time to move those at ``stream_gbps``)
+    and ``x_of_floor`` (median batch seconds over the floor), and one line about them on stderr; with phase timings, ``phase_floor``: each phase's mean seconds, floor bytes and
     seconds and its ``x_of_floor`` (:func:`slide.bandwidth.phase_floor`), printed as a table.
 
     A method whose :meth:`Method.stats` keeps running totals of :data:`PHASE_KEYS` also gets
@@ -599,8 +600,11 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
 
         counts = {k: v - traffic0[k] for k, v in method.traffic().items()}
         moved = method.bytes_moved(data, counts)
-        out["bytes_per_batch"] = moved["total"] / len(times)
-        out["floor_bytes_per_batch"] = moved["distinct_total"] / len(times)
+        # the median step refreshes no table (refreshes fall in a few steps of a window), so the
+        # figures set beside it leave the refreshes' bytes out; the phase table amortises them
+        out["bytes_per_batch"] = (moved["total"] - moved["refresh"]) / len(times)
+        out["floor_bytes_per_batch"] = (moved["distinct_total"] - moved["refresh"]) / len(times)
+        out["refresh_bytes_per_batch"] = moved["refresh"] / len(times)
         out["stream_gbps"] = stream_gbps(method.threads, remeasure=remeasure_bandwidth)
         out.update(floor_figures(out["bytes_per_batch"], out["floor_bytes_per_batch"], med, out["stream_gbps"]))
         _log(floor_line(method.name, out))

@@ -136,6 +136,23 @@ def test_a_build_keeps_its_slot_map_and_key_buffer_for_the_next(K, direct):
     assert index.memory_bytes() == tables + kept
 
 
+def test_build_bytes_count_each_pass_over_the_builds_own_arrays():
+    """Direct addressing (K=3: 512 slots): the slot map written, counted and filled from (3 passes),
+    the slot counts zeroed, counted and turned into bucket ends (5), the cursors (3), the items once.
+    Hashed keys (K=6): the key buffer written and read, the key map zeroed and probed, the slot map
+    written by the inserts and read by the fill instead of the hashing's three passes."""
+    n, L = 3000, 4
+    functions = lambda index: sum(a.nbytes for a in index.arrays[1:6])  # noqa: E731
+    direct = LSHIndex("dwta", 16, n, 3, L)
+    assert direct.arrays[7].shape == (L, 513)
+    assert direct.build_bytes() == functions(direct) + 3 * 4 * L * n + 5 * 4 * L * 513 + 3 * 4 * L * 512 + 4 * L * n
+    hashed = LSHIndex("dwta", 16, n, 6, L)
+    slots = hashed.arrays[7].shape[1] - 1
+    assert not hashed.arrays[0][M_DIRECT] and hashed.arrays[6].shape == (L, slots)
+    assert hashed.build_bytes() == (functions(hashed) + 2 * 8 * L * n + 3 * 8 * L * slots + 2 * 4 * L * n
+                                    + 5 * 4 * L * (slots + 1) + 3 * 4 * L * slots + 4 * L * n)
+
+
 def test_same_seed_same_tables_and_thread_count_does_not_matter():
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((3000, 32)).astype(np.float32)

@@ -368,6 +368,27 @@ class LSHIndex:
                         np.empty(n, np.int32), 1, out)
         return np.sort(out[:m])
 
+    def build_bytes(self) -> int:
+        """Bytes one :meth:`build` reads and writes in the index's own arrays, the weights it hashes
+        aside (for ``slide bench``'s byte count; element bytes of each array once per pass over it).
+
+        The hash functions read once; with direct addressing the slot map (``L x n`` int32) written by
+        the hashing and read by the count and by the fill, else the keys (int64) written into the key
+        buffer and read by the inserts, the key map zeroed, read and written by them, and the slot map
+        written by them and read by the fill; the slot counts zeroed, read and written by the count,
+        read and written by the fill (which turns them into bucket ends); each table's cursors (an int32
+        per slot) written, then read and written by the fill; every bucket entry written once.
+        """
+        meta, keys, ptr, items = self._arrays[0], self._arrays[6], self._arrays[7], self._arrays[8]
+        slot_map = 4 * self.L * self.num_items
+        if meta[M_DIRECT]:
+            hashed = 3 * slot_map
+        else:
+            hashed = 2 * 8 * self.L * self.num_items + 3 * keys.nbytes + 2 * slot_map
+        cursors = 3 * 4 * self.L * (ptr.shape[1] - 1)
+        functions = sum(a.nbytes for a in self._arrays[1:6])
+        return int(functions + hashed + 5 * ptr.nbytes + cursors + items.nbytes)
+
     def memory_bytes(self) -> int:
         """Bytes held by the hash functions and the tables, and after the first build its slot map
         and key buffer (kept for the next; no key buffer with direct addressing)."""
