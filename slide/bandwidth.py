@@ -106,7 +106,8 @@ def slide_bytes(model, data, counts) -> dict:
         allows (0.66x at the Amazon shape), so shared rows do hit cache: ``distinct_total`` is the
         floor's byte count, ``total`` an upper bound. The row pass reads and writes by distinct row
         already, so its bytes are the same in both. With ``optimizer: dense`` no distinct counts
-        exist and ``distinct_total`` equals ``total``.
+        exist and ``distinct_total`` equals ``total``. ``by_phase``: :func:`phase_bytes` of the same
+        terms.
     """
     parts = dict.fromkeys(("forward", "backward", "flags", "input", "by_row", "adam", "dense_parts", "refresh"), 0)
     terms = _terms(model, data, counts)
@@ -115,6 +116,7 @@ def slide_bytes(model, data, counts) -> dict:
             parts[term.part] += term.bytes
     parts["total"] = sum(parts.values())
     parts["distinct_total"] = sum(term.bytes for term in terms if term.count != "gathered")
+    parts["by_phase"] = _by_phase(terms, counts)
     return parts
 
 
@@ -123,8 +125,12 @@ def phase_bytes(model, data, counts) -> dict | None:
     them, for the whole of ``counts``: a dict over :data:`ROW_PHASES` when every step of the window ran
     by row, over :data:`SAMPLE_PHASES` when none did, None when the window mixed the two (their
     per-sample bytes cannot be told apart). The values sum to ``distinct_total``."""
+    return _by_phase(_terms(model, data, counts), counts)
+
+
+def _by_phase(terms, counts) -> dict | None:
     by_phase = {}
-    for term in _terms(model, data, counts):
+    for term in terms:
         if term.count == "gathered" or not term.bytes:
             continue
         if term.phase is None:

@@ -542,8 +542,9 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     method's threads, :func:`slide.bandwidth.stream_gbps`, measured after the timed window when not
     cached, or when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_bytes_per_batch`` (the
     distinct rows, refreshes left out), ``floor_seconds`` (the time to move those at ``stream_gbps``)
-    and ``x_of_floor`` (median batch seconds over the floor), and one line about them on stderr; with phase timings, ``phase_floor``: each phase's mean seconds, floor bytes and
-    seconds and its ``x_of_floor`` (:func:`slide.bandwidth.phase_floor`), printed as a table.
+    and ``x_of_floor`` (median batch seconds over the floor), and one line about them on stderr; with
+    phase timings, ``phase_floor``: each phase's mean seconds, floor bytes and seconds and its
+    ``x_of_floor`` (:func:`slide.bandwidth.phase_floor`), printed as a table.
 
     A method whose :meth:`Method.stats` keeps running totals of :data:`PHASE_KEYS` also gets
     ``phase_seconds_per_batch``: each phase's seconds over the timed window per timed batch (the

@@ -538,11 +538,11 @@ class SlideMethod(PersistentMixin, Method):
 
     def bytes_moved(self, data, counts) -> dict:
         """Bytes the training steps of ``counts`` (a difference of :meth:`traffic` snapshots) read and
-        wrote, by part (:func:`slide.bandwidth.slide_bytes`), and under ``by_phase`` the floor's bytes by
-        phase (:func:`slide.bandwidth.phase_bytes`; None when the window mixed the two passes)."""
-        from ..bandwidth import phase_bytes, slide_bytes
+        wrote, by part and, under ``by_phase``, the floor's bytes by phase
+        (:func:`slide.bandwidth.slide_bytes`)."""
+        from ..bandwidth import slide_bytes
 
-        return {**slide_bytes(self, data, counts), "by_phase": phase_bytes(self, data, counts)}
+        return slide_bytes(self, data, counts)
 
     def _update_logq(self) -> None:
         """Re-estimate each label's probability of being a sampled negative from the counts since the
