@@ -3,12 +3,20 @@ and the machine's measured memory bandwidth.
 
 :func:`slide_bytes` counts the bytes every array a SLIDE training step reads or writes from the
 engine's own counts (:meth:`slide.engine.SlideMethod.traffic`); :func:`stream_gbps` measures the
-machine's memory bandwidth with a STREAM-like triad (``a = b + s * c`` over arrays several times
+machine's memory bandwidth with a STREAM-like update (``a = a + s * b`` over arrays several times
 the last-level cache, best of a few repetitions) on the bench's thread count, cached per machine in
 ``<user cache>/bandwidth.json`` (:func:`slide.data.cache.user_cache_dir`; the file is
 ``$SLIDE_BANDWIDTH_CACHE`` when set). ``slide bench --remeasure-bandwidth`` or
 ``SLIDE_REMEASURE_BANDWIDTH=1`` measures again. ``bytes / stream bandwidth`` is the time the step
 would take if it did nothing but move its data at the machine's sustained rate: the floor.
+
+The update, not STREAM's triad ``a = b + s * c``: STREAM counts the triad's 3 x 8 bytes an element,
+but a store to a line the core has not read makes it read the line first (write-allocate), so the
+triad moves 4 x 8 and its figure is 3/4 of the rate the memory sustained. The byte count here counts
+a row read and written back as two transfers, which is what the hardware moves; so does the update,
+whose written array is read first. Against the triad's figure a kernel that reads and writes rows,
+as the engine's row phases do, could run faster than the "floor" (reports/benchmarks.md, "A floor
+the engine could beat").
 
 Example
 -------
@@ -38,15 +46,16 @@ from .settings import FAST_PARALLEL, numba_threads
 CACHE_ENV = "SLIDE_BANDWIDTH_CACHE"
 #: Environment variable that, set to anything but ``""`` or ``0``, makes :func:`stream_gbps` measure again.
 REMEASURE_ENV = "SLIDE_REMEASURE_BANDWIDTH"
-#: Bytes of each of the three triad arrays: 4 x the last-level cache, within these bounds.
+#: Bytes of each of the two arrays of the update: 4 x the last-level cache, within these bounds.
 MIN_ARRAY_BYTES, MAX_ARRAY_BYTES = 64 * 2**20, 512 * 2**20
-#: Timed triads; the best one counts (STREAM's convention).
+#: Timed updates; the best one counts (STREAM's convention).
 REPEATS = 5
-#: Version of the triad kernel, part of the cache key: figures of an older kernel are measured again
-#: (version 1 ran scalar and reported half the bandwidth of an AVX-512 machine).
-TRIAD_VERSION = 2
-#: Bytes of one triad element: a and b and c of float64 (STREAM counts 3 x 8, no write-allocate).
-_TRIAD_BYTES = 3 * 8
+#: The measuring kernel and its version, part of the cache key: figures of an older kernel are
+#: measured again (``triad=1`` ran scalar and reported half the bandwidth of an AVX-512 machine,
+#: ``triad=2`` was the triad, 3/4 of the rate the memory sustains).
+KERNEL = "update=1"
+#: Bytes one element of the update moves: ``a`` read and written, ``b`` read, float64.
+_UPDATE_BYTES = 3 * 8
 
 
 # ---------------------------------------------------------------------- bytes of a training step
@@ -368,28 +377,27 @@ def floor_line(name: str, result: dict) -> str:
 
 # ---------------------------------------------------------------------- the machine's bandwidth
 @numba.njit(**FAST_PARALLEL)
-def _fill(a, b, c, parts):
-    """Write the three arrays, each thread its own contiguous block (the pages the triad will use)."""
+def _fill(a, b, parts):
+    """Write both arrays, each thread its own contiguous block (the pages the update will use)."""
     n = a.shape[0]
     for t in prange(parts):
         lo, hi = n * t // parts, n * (t + 1) // parts
         a[lo:hi] = 0.0
         b[lo:hi] = 1.0
-        c[lo:hi] = 2.0
 
 
 @numba.njit(**FAST_PARALLEL)
-def _triad(a, b, c, s, parts):
-    """``a = b + s * c``, the blocks of :func:`_fill`."""
+def _update(a, b, s, parts):
+    """``a = a + s * b``, the blocks of :func:`_fill`."""
     n = a.shape[0]
     for t in prange(parts):
         lo, hi = n * t // parts, n * (t + 1) // parts
         # views indexed from 0: an index that starts at a runtime offset could be negative for all
-        # Numba knows, and the wraparound code it then emits keeps the loop scalar (a triad timing
+        # Numba knows, and the wraparound code it then emits keeps the loop scalar (a kernel timing
         # the cores' arithmetic, half this machine's bandwidth)
-        aa, bb, cc = a[lo:hi], b[lo:hi], c[lo:hi]
+        aa, bb = a[lo:hi], b[lo:hi]
         for i in range(aa.shape[0]):
-            aa[i] = bb[i] + s * cc[i]
+            aa[i] = aa[i] + s * bb[i]
 
 
 def last_level_cache_bytes() -> int:
@@ -406,7 +414,7 @@ def last_level_cache_bytes() -> int:
 
 
 def default_array_bytes() -> int:
-    """Bytes of each triad array: 4 x the last-level cache, clamped to :data:`MIN_ARRAY_BYTES` ..
+    """Bytes of each array of the update: 4 x the last-level cache, clamped to :data:`MIN_ARRAY_BYTES` ..
     :data:`MAX_ARRAY_BYTES`."""
     return int(min(MAX_ARRAY_BYTES, max(MIN_ARRAY_BYTES, 4 * last_level_cache_bytes())))
 
@@ -432,9 +440,9 @@ def measure_stream_gbps(threads: int | None = None, *, array_bytes: int | None =
                         repeats: int = REPEATS) -> float:
     """The machine's memory bandwidth in GB/s (1e9 bytes/s), measured now, never cached.
 
-    The best of ``repeats`` triads ``a = b + s * c`` over three float64 arrays of ``array_bytes``
+    The best of ``repeats`` updates ``a = a + s * b`` over two float64 arrays of ``array_bytes``
     each (default :func:`default_array_bytes`) on ``threads`` Numba threads (default: Numba's
-    current count), counting 24 bytes per element as STREAM does.
+    current count), counting the 24 bytes an element moves (``a`` read and written, ``b`` read).
 
     Raises
     ------
@@ -443,16 +451,16 @@ def measure_stream_gbps(threads: int | None = None, *, array_bytes: int | None =
     """
     threads, array_bytes, repeats = _checked(threads, array_bytes, repeats)
     n = array_bytes // 8
-    a, b, c = (np.empty(n, dtype=np.float64) for _ in range(3))
+    a, b = (np.empty(n, dtype=np.float64) for _ in range(2))
     best = math.inf
     with numba_threads(threads):
-        _fill(a, b, c, threads)
-        _triad(a, b, c, 3.0, threads)          # compiles (or loads) the kernel; untimed
+        _fill(a, b, threads)
+        _update(a, b, 0.5, threads)          # compiles (or loads) the kernel; untimed
         for _ in range(repeats):
             t0 = time.perf_counter()
-            _triad(a, b, c, 3.0, threads)
+            _update(a, b, 0.5, threads)
             best = min(best, time.perf_counter() - t0)
-    return _TRIAD_BYTES * n / max(best, 1e-9) / 1e9
+    return _UPDATE_BYTES * n / max(best, 1e-9) / 1e9
 
 
 def cache_file() -> Path:
@@ -466,11 +474,11 @@ def cache_file() -> Path:
 
 
 def machine_key(threads: int, array_bytes: int) -> str:
-    """The cache key of a measurement: host name, CPU model, thread count and array size."""
+    """The cache key of a measurement: host name, CPU model, thread count, array size and kernel."""
     from .runs import cpu_model
 
     return (f"{socket.gethostname()}|{cpu_model()}|threads={threads}|array_mib={array_bytes / 2**20:g}"
-            f"|triad={TRIAD_VERSION}")
+            f"|{KERNEL}")
 
 
 def _read_cache(path: Path) -> dict:

@@ -259,13 +259,32 @@ def test_measurement_is_positive_and_read_back_from_the_cache(cache, monkeypatch
     assert bandwidth.stream_gbps(1, array_bytes=2**20) == 12.5 and calls == [1, 1]
 
 
-def test_an_older_triads_figure_is_not_read_back(cache, monkeypatch):
-    old_key = bandwidth.machine_key(1, 2**20).replace(f"triad={bandwidth.TRIAD_VERSION}", "triad=1")
+@pytest.mark.parametrize("old", ["triad=1", "triad=2"])
+def test_an_older_kernels_figure_is_not_read_back(cache, monkeypatch, old):
+    old_key = bandwidth.machine_key(1, 2**20).replace(bandwidth.KERNEL, old)
     assert old_key != bandwidth.machine_key(1, 2**20)
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps({old_key: {"gbps": 3.0}}))
     calls = _count_measurements(monkeypatch)
     assert bandwidth.stream_gbps(1, array_bytes=2**20) == 12.5 and calls == [1]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_update_kernel_matches_numpy_on_every_block(threads):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(1001), rng.standard_normal(1001)
+    expected = a.astype(np.float64) + 0.5 * b.astype(np.float64)
+    bandwidth._update(a, b, 0.5, threads)
+    np.testing.assert_allclose(a, expected, rtol=0, atol=1e-15)
+
+
+def test_the_measurement_counts_the_bytes_an_update_moves(monkeypatch):
+    # every element: a read, a written back, b read; 3 x 8 bytes (a triad's uncounted write-allocate
+    # read is what the update avoids). A clock that advances 1 ms per reading times each update at 1 ms.
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(bandwidth.time, "perf_counter", lambda: next(ticks) * 1e-3)
+    n = 2**20 // 8
+    assert math.isclose(bandwidth.measure_stream_gbps(1, array_bytes=2**20, repeats=3), 3 * 8 * n / 1e-3 / 1e9)
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"KEY": {"gbps": -3}}', '{"KEY": {"gbps": "fast"}}'])
