@@ -40,6 +40,7 @@ import numpy as np
 from numba import prange
 
 from .engine import grouped
+from .engine.network import prefetch_row
 from .settings import FAST_PARALLEL, numba_threads
 
 #: Environment variable naming the cache file (default ``<user cache>/bandwidth.json``).
@@ -367,6 +368,16 @@ def phase_table(name: str, by_phase: dict, gbps: float) -> str:
     return "\n".join(lines)
 
 
+def rows_floor_line(name: str, rows: dict, phase_seconds: float | None) -> str:
+    """The human line of :func:`slide.training.bench` about :func:`measure_rows` of the output layer,
+    set beside the gradient phase's mean ``phase_seconds`` when the steps ran by row."""
+    line = (f"{name}: {rows['rows']:,} scattered rows of W2 and its moments (a batch's), read and written back "
+            f"with no arithmetic: {rows['seconds'] * 1e3:.1f} ms = {rows['gbps']:.1f} GB/s")
+    if phase_seconds:
+        line += f"; the gradient phase takes {phase_seconds / rows['seconds']:.2f}x that"
+    return line
+
+
 def floor_line(name: str, result: dict) -> str:
     """The one human line of :func:`slide.training.bench` about the floor."""
     return (f"{name}: touches {result['bytes_per_batch'] / 1e6:,.0f} MB per batch "
@@ -398,6 +409,64 @@ def _update(a, b, s, parts):
         aa, bb = a[lo:hi], b[lo:hi]
         for i in range(aa.shape[0]):
             aa[i] = aa[i] + s * bb[i]
+
+
+@numba.njit(**FAST_PARALLEL)
+def _rewrite_rows(a, b, c, rows, zero):
+    """Rows ``rows`` (ascending) of the unsigned-integer arrays ``a``, ``b``, ``c`` read and written back
+    as ``x + zero``: with ``zero`` 0 (a run-time value, so the compiler keeps every load and store)
+    nothing changes. Tasks, order and prefetch as the row pass's gradient phase."""
+    n = rows.shape[0]
+    for k in prange((n + grouped.ROWS_PER_TASK - 1) // grouped.ROWS_PER_TASK):
+        for j in range(k * grouped.ROWS_PER_TASK, min(n, (k + 1) * grouped.ROWS_PER_TASK)):
+            ahead = rows[min(j + grouped.GRADS_AHEAD, n - 1)]
+            prefetch_row(a, ahead)
+            prefetch_row(b, ahead)
+            prefetch_row(c, ahead)
+            r = rows[j]
+            for q in range(a.shape[1]):
+                a[r, q] += zero
+                b[r, q] += zero
+                c[r, q] += zero
+
+
+def _as_unsigned(a) -> np.ndarray:
+    """A view of a C-contiguous 2-d array as unsigned integers of its item size (its bits unchanged)."""
+    return a.view(np.dtype(f"u{a.itemsize}"))
+
+
+def measure_rows(arrays, rows_per_batch: int, threads: int | None = None, *, repeats: int = REPEATS,
+                 seed: int = 0) -> dict:
+    """How fast the machine reads and writes back scattered rows of ``arrays`` (three C-contiguous
+    2-d arrays with the same rows, such as a layer's weights and Adam moments) with no arithmetic.
+
+    Each of ``repeats`` timings rewrites ``rows_per_batch`` rows drawn at random (seeded, ascending, a
+    fresh draw each time) in the row pass's tasks and prefetch order, leaving every value as it was;
+    the best counts. The memory floor of :func:`stream_gbps` assumes long sequential runs: rows of a
+    few cache lines each, spread over hundreds of MB, move slower, and this says how much.
+
+    Returns
+    -------
+    dict
+        ``rows``, ``bytes`` (each row of each array read and written), ``seconds`` and ``gbps``.
+    """
+    threads, _, repeats = _checked(threads, None, repeats)
+    a, b, c = (_as_unsigned(x) for x in arrays)
+    if not (a.ndim == 2 and a.shape[0] == b.shape[0] == c.shape[0] and all(x.flags.c_contiguous for x in (a, b, c))):
+        raise ValueError("measure_rows needs three C-contiguous 2-d arrays with the same number of rows")
+    n = _check_int("rows_per_batch", rows_per_batch, 1, a.shape[0])
+    rng = np.random.default_rng(seed)
+    zero = a.dtype.type(0)
+    best = math.inf
+    with numba_threads(threads):
+        for i in range(repeats + 1):  # the first compiles (or loads) the kernel; untimed
+            rows = np.sort(rng.choice(a.shape[0], n, replace=False)).astype(np.int64)
+            t0 = time.perf_counter()
+            _rewrite_rows(a, b, c, rows, zero)
+            if i:
+                best = min(best, time.perf_counter() - t0)
+    moved = 2 * n * sum(_row(x) for x in (a, b, c))
+    return {"rows": n, "bytes": moved, "seconds": best, "gbps": moved / max(best, 1e-9) / 1e9}
 
 
 def last_level_cache_bytes() -> int:
@@ -528,5 +597,5 @@ def stream_gbps(threads: int | None = None, *, array_bytes: int | None = None, r
     return gbps
 
 
-__all__ = ["slide_bytes", "floor_figures", "floor_line", "stream_gbps", "measure_stream_gbps", "cache_file",
+__all__ = ["slide_bytes", "floor_figures", "floor_line", "stream_gbps", "measure_stream_gbps", "measure_rows", "cache_file",
            "machine_key", "default_array_bytes", "CACHE_ENV", "REMEASURE_ENV"]

@@ -544,7 +544,10 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     distinct rows, refreshes left out), ``floor_seconds`` (the time to move those at ``stream_gbps``)
     and ``x_of_floor`` (median batch seconds over the floor), and one line about them on stderr; with
     phase timings, ``phase_floor``: each phase's mean seconds, floor bytes and seconds and its
-    ``x_of_floor`` (:func:`slide.bandwidth.phase_floor`), printed as a table.
+    ``x_of_floor`` (:func:`slide.bandwidth.phase_floor`), printed as a table; and ``rows_floor``
+    (``rows_floor(counts)``, SLIDE's: a batch's distinct output rows read and written back scattered with
+    no arithmetic, :func:`slide.bandwidth.measure_rows`, the rate such rows move at) with
+    ``x_of_rows_floor``, the row pass's gradient phase over it (None without one), printed on a line.
 
     A method whose :meth:`Method.stats` keeps running totals of :data:`PHASE_KEYS` also gets
     ``phase_seconds_per_batch``: each phase's seconds over the timed window per timed batch (the
@@ -597,7 +600,7 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         out["phase_seconds_per_batch"] = phases
     out.update(meter.figures())
     if traffic0 is not None and len(times):
-        from .bandwidth import floor_figures, floor_line, phase_floor, phase_table, stream_gbps
+        from .bandwidth import floor_figures, floor_line, phase_floor, phase_table, rows_floor_line, stream_gbps
 
         counts = {k: v - traffic0[k] for k, v in method.traffic().items()}
         moved = method.bytes_moved(data, counts)
@@ -612,6 +615,11 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         if phases and moved.get("by_phase") is not None:
             out["phase_floor"] = phase_floor(moved["by_phase"], phases, len(times), out["stream_gbps"])
             _log(phase_table(method.name, out["phase_floor"], out["stream_gbps"]))
+        rows = method.rows_floor(counts)
+        if rows is not None:
+            grads = phases.get("row_grads")
+            out["rows_floor"] = dict(rows, x_of_rows_floor=grads / rows["seconds"] if grads else None)
+            _log(rows_floor_line(method.name, rows, grads))
     return out
 
 

@@ -10,6 +10,7 @@ import pytest
 from slide import bandwidth
 from slide.data.dataset import XCDataset
 from slide.engine import SlideMethod, grouped
+from slide.settings import numba_threads
 from slide.training import bench
 
 
@@ -298,6 +299,46 @@ def test_a_corrupt_cache_is_ignored_and_rewritten(cache, monkeypatch, text):
     assert bandwidth.stream_gbps(1, array_bytes=2**20) == 12.5 and calls == [1]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_row_kernel_touches_exactly_the_listed_rows(threads):
+    # with a non-zero addend the kernel's work shows: each listed row of each array, every column,
+    # once (more rows than one task holds, so several tasks run)
+    rng = np.random.default_rng(4)
+    arrays = [rng.integers(0, 1000, (700, 5)).astype(dt) for dt in (np.uint16, np.uint32, np.uint32)]
+    rows = np.sort(rng.choice(700, 300, replace=False)).astype(np.int64)
+    expected = [a.astype(np.int64) for a in arrays]
+    for e in expected:
+        e[rows] += 3
+    with numba_threads(threads):
+        bandwidth._rewrite_rows(*arrays, rows, np.uint32(3))
+    for a, e in zip(arrays, expected):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_measure_rows_leaves_the_arrays_as_they_were_and_counts_their_bytes():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((400, 6)).astype(np.float32)
+    w[0, 0] = -0.0  # x + 0.0 would turn it into +0.0; the kernel adds an integer zero to the bits
+    m, v = rng.integers(0, 2**16, (400, 6)).astype(np.uint16), rng.integers(0, 2**16, (400, 6)).astype(np.uint16)
+    before = [a.copy() for a in (w, m, v)]
+    got = bandwidth.measure_rows((w, m, v), 50, 1, repeats=2)
+    for a, b in zip((w, m, v), before):
+        assert a.tobytes() == b.tobytes()
+    assert got["rows"] == 50 and got["bytes"] == 2 * 50 * (6 * 4 + 6 * 2 + 6 * 2)
+    assert got["seconds"] > 0 and got["gbps"] == got["bytes"] / got["seconds"] / 1e9
+
+
+@pytest.mark.parametrize("arrays, rows, error", [
+    ((np.zeros((4, 2), np.float32),) * 2 + (np.zeros((5, 2), np.float32),), 2, ValueError),
+    ((np.zeros((4, 4), np.float32)[:, ::2],) * 3, 2, ValueError),
+    ((np.zeros((4, 2), np.float32),) * 3, 5, ValueError),
+    ((np.zeros((4, 2), np.float32),) * 3, 0, ValueError),
+    ((np.zeros((4, 2), np.float32),) * 3, 1.5, TypeError)])
+def test_measure_rows_checks_its_arguments(arrays, rows, error):
+    with pytest.raises(error):
+        bandwidth.measure_rows(arrays, rows, 1, repeats=1)
+
+
 @pytest.mark.parametrize("kwargs, error", [(dict(threads=0), ValueError), (dict(threads="2"), TypeError),
                                            (dict(array_bytes=100), ValueError), (dict(repeats=0), ValueError)])
 def test_measurement_arguments_are_checked(kwargs, error):
@@ -337,9 +378,18 @@ def test_bench_reports_its_distance_to_the_floor(cache, monkeypatch, capsys):
     assert out["phase_floor"]["rehash"]["floor_bytes"] == out["refresh_bytes_per_batch"]
     assert math.isclose(sum(f["floor_bytes"] for f in out["phase_floor"].values()),
                         out["floor_bytes_per_batch"] + out["refresh_bytes_per_batch"])
+    # a batch's distinct output rows, scattered, beside the row pass's gradient phase (when there is one)
+    for output_pass in ("row", "sample"):
+        model = SlideMethod.from_config(5, 8, overrides=dict(hidden=[8], batch_size=10, output_sparsity=0.5,
+                                                             output_pass=output_pass), threads=1)
+        out = bench(model, data, batches=3, warmup=1)
+        rows, grads = out["rows_floor"], out["phase_seconds_per_batch"].get("row_grads")
+        assert 0 < rows["rows"] <= 8 and rows["bytes"] == 2 * rows["rows"] * 3 * 8 * model.W2.itemsize
+        assert rows["x_of_rows_floor"] == (grads / rows["seconds"] if output_pass == "row" else None)
+        assert ("the gradient phase takes" in capsys.readouterr().err) == (output_pass == "row")
     plain = bench(Popularity.from_config(5, 8), data, batches=3, warmup=1)
     assert not {"bytes_per_batch", "floor_bytes_per_batch", "stream_gbps", "achieved_gbps", "floor_seconds", "x_of_floor",
-                "phase_floor", "refresh_bytes_per_batch"} & set(plain)
+                "phase_floor", "refresh_bytes_per_batch", "rows_floor"} & set(plain)
 
 
 def test_bench_flag_asks_for_a_new_measurement():

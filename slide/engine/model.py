@@ -544,6 +544,14 @@ class SlideMethod(PersistentMixin, Method):
 
         return slide_bytes(self, data, counts)
 
+    def rows_floor(self, counts) -> dict | None:
+        """:func:`slide.bandwidth.measure_rows` of ``W2`` and its Adam moments at the mean number of
+        distinct output rows a step of ``counts`` (as :meth:`bytes_moved`) updated; None for none."""
+        from ..bandwidth import measure_rows
+
+        rows = round(int(counts["rows2"]) / max(int(counts["batches"]), 1))
+        return measure_rows((self.W2, self.mW2, self.vW2), rows, self.threads) if rows else None
+
     def _update_logq(self) -> None:
         """Re-estimate each label's probability of being a sampled negative from the counts since the
         last update plus half of the older ones (a running window of about 2 x ``LOGQ_EVERY`` steps, since
