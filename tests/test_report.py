@@ -98,7 +98,8 @@ def _phase_floor(median, gbps=20.0):
     for phase, (share, nbytes) in split.items():
         s, f = share * median, nbytes / (gbps * 1e9)
         floor[phase] = {"seconds": s, "floor_bytes": nbytes, "floor_seconds": f, "x_of_floor": s / f if nbytes else None}
-    return {"stream_gbps": gbps, "phase_floor": floor}
+    # the batch's output rows rewritten scattered in half the gradient phase's time
+    return {"stream_gbps": gbps, "phase_floor": floor, "rows_floor": {"rows": 100, "seconds": 0.35 * median}}
 
 
 @pytest.fixture()
@@ -172,6 +173,9 @@ def test_aggregate_tables(fixture_runs):
     assert two["phase"].tolist() == ["row_select", "row_grads", "rehash"]
     assert two["seconds"].tolist() == pytest.approx([0.2 * 0.02 / 1.7, 0.7 * 0.02 / 1.7, 0.1 * 0.02 / 1.7])
     assert math.isnan(two["x_of_floor"].iloc[0]) and two["x_of_floor"].iloc[1] == pytest.approx(0.7 * 0.02 / 1.7 / 2e-4)
+    # the scattered rows' time on the gradient phase alone
+    assert two["rows_floor_seconds"].isna().tolist() == [True, False, True]
+    assert two["rows_floor_seconds"].iloc[1] == pytest.approx(0.35 * 0.02 / 1.7)
     jobs = pd.read_csv(out["jobs"])
     assert len(jobs) == len(records) and set(jobs["kind"]) == {"train", "bench"}
     assert (jobs["max_rss_mb"] == 321.5).all()
@@ -421,7 +425,10 @@ def test_memory_floor_figure_sets_each_phase_beside_its_floor(tmp_path):
     assert [b.get_width() for b in measured] == pytest.approx([2.0, 7.0, 1.0])
     assert [b.get_width() for b in floor] == pytest.approx([0.0, 0.2, 0.01])
     labels = {t.get_text() for t in ax.texts}
-    assert {"no counted bytes", "35.0x its floor", "100.0x its floor"} <= labels
+    assert {"no counted bytes", "35.0x its floor,\n2.0x its rows' own time", "100.0x its floor"} <= labels
+    tick, = ax.lines  # on the gradient phase only
+    xs = list(tick.get_xdata())
+    assert math.isnan(xs[0]) and math.isnan(xs[2]) and xs[1] == pytest.approx(3.5)
     assert any(DISTURBED_NOTE in t and "1-minute load 2.9" in t for t in labels)  # the benchmark's contention
     plt.close(fig)
     empty = figures_mod.fig_memory_floor(load_tables(_aggregate(tmp_path / "none", [], [], [])[1]), PLAN, PAPER)

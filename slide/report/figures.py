@@ -280,7 +280,8 @@ FLOOR_COLOR = "#555555"
 
 def fig_memory_floor(tables, plan, paper):
     """Per dataset, SLIDE's benchmark at its most threads: each phase's mean milliseconds per batch
-    beside the time its distinct bytes take at the measured stream bandwidth, and their ratio."""
+    beside the time its distinct bytes take at the measured stream bandwidth, and their ratio; on the
+    gradient phase a tick where the batch's rows alone, read and written back scattered, take."""
     ph = tables.get("phases")
     ph = ph[ph["method"] == "slide"] if ph is not None and len(ph) else None
     dids = _datasets(ph) or [None]
@@ -298,13 +299,18 @@ def fig_memory_floor(tables, plan, paper):
         ax.barh(y - 0.2, ms, height=0.4, color=method_color("slide"), label="measured (mean ms per batch)")
         ax.barh(y + 0.2, floor, height=0.4, color="white", edgecolor=FLOOR_COLOR, hatch="///",
                 label="memory floor (its distinct bytes at stream bandwidth)")
-        for yi, m, x in zip(y, ms, g["x_of_floor"].to_numpy(float)):
+        scattered = 1000 * g["rows_floor_seconds"].to_numpy(float)
+        if np.isfinite(scattered).any():
+            ax.plot(scattered, y - 0.2, linestyle="none", marker="|", markersize=14, markeredgewidth=2,
+                    color=FLOOR_COLOR, label="its rows read and written back scattered, no arithmetic")
+        for yi, m, x, sc in zip(y, ms, g["x_of_floor"].to_numpy(float), scattered):
             text = f"{x:.1f}x its floor" if np.isfinite(x) else "no counted bytes"
+            text += f",\n{m / sc:.1f}x its rows' own time" if np.isfinite(sc) else ""
             ax.annotate(text, (m, yi - 0.2), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
         ax.set_yticks(y)
         ax.set_yticklabels([p.removeprefix("row_") for p in g["phase"]])
         ax.invert_yaxis()
-        ax.set_xlim(0, 1.3 * max(ms.max(), floor.max(), 1e-3))
+        ax.set_xlim(0, 1.45 * max(ms.max(), floor.max(), 1e-3))
         ax.set_xlabel("milliseconds per batch")
         ax.set_title(f"{dataset_label(plan, did)}: SLIDE, {threads} thread{'s' * (threads > 1)}", fontsize=10)
         ax.grid(alpha=0.3, axis="x")

@@ -412,9 +412,12 @@ CAPTIONS = {
                       "disturbed benchmark.",
     "memory_floor": "SLIDE's benchmark at its most threads, phase by phase: the mean milliseconds per batch "
                     "(solid) beside the memory floor (hatched), the time the phase's distinct bytes take at the "
-                    "machine's measured stream bandwidth, and their ratio. A phase far above its floor is limited "
-                    "by arithmetic or latency, not by bandwidth; 'no counted bytes' marks phases that work in "
-                    "per-thread scratch and hash buckets, which the count leaves out.",
+                    "machine's measured stream bandwidth, and their ratio. The tick on the gradient phase is the "
+                    "time the batch's output rows take read and written back scattered with no arithmetic: "
+                    "rows of a few cache lines move slower than a stream, so the stretch from the hatched bar "
+                    "to the tick is the rows' access pattern and the rest arithmetic or latency. 'no counted "
+                    "bytes' marks phases that work in per-thread scratch and hash buckets, which the count "
+                    "leaves out.",
     "headline": "Left: speedup of SLIDE at equal P@1 (time for each method to reach the lower of the two "
                 "methods' best P@1), measured (solid) and in the paper (hatched); a comparison without a "
                 "value says n/a and why. Right: output neurons SLIDE computes per training sample, as a "
