@@ -597,5 +597,5 @@ def stream_gbps(threads: int | None = None, *, array_bytes: int | None = None, r
     return gbps
 
 
-__all__ = ["slide_bytes", "floor_figures", "floor_line", "stream_gbps", "measure_stream_gbps", "measure_rows", "cache_file",
-           "machine_key", "default_array_bytes", "CACHE_ENV", "REMEASURE_ENV"]
+__all__ = ["slide_bytes", "floor_figures", "floor_line", "stream_gbps", "measure_stream_gbps", "measure_rows",
+           "cache_file", "machine_key", "default_array_bytes", "CACHE_ENV", "REMEASURE_ENV"]
