@@ -12,7 +12,7 @@ import pytest
 
 from slide.data.dataset import XCDataset
 from slide.engine import SlideMethod
-from slide.engine.network import exp_f32, sample_seed
+from slide.engine.network import STAMP, exp_f32, sample_seed
 from slide.settings import ADAM_BETA1, ADAM_BETA2, ADAM_EPS, FAST
 
 D, L = 40, 12
@@ -222,13 +222,14 @@ def test_every_rebuild_draws_new_hash_functions():
 
 
 def test_stamp_wrap_clears_the_scratch_and_changes_nothing():
-    """At the int32 limit the per-thread stamps wrap: the scratch is cleared, so a step there equals
-    a step from fresh scratch (stale stamps equal to the restarted value would hide labels)."""
+    """At the stamp dtype's limit the per-thread stamps wrap: the scratch is cleared, so a step there
+    equals a step from fresh scratch (stale stamps equal to the restarted value would hide labels)."""
     data = toy_data()
     rows = np.arange(8, dtype=np.int64)
     fresh = make(output_sparsity=0.5, K=2, L=3)
     wrapped = make(output_sparsity=0.5, K=2, L=3)
-    wrapped.stamp_values[:] = np.iinfo(np.int32).max - 1
+    assert wrapped.stamp.dtype == STAMP
+    wrapped.stamp_values[:] = np.iinfo(STAMP).max - 1
     wrapped.stamp[:, ::2] = 1  # the value the stamp restarts at (on half the labels, so padding ends)
     want, got = fresh._accumulate(data, rows), wrapped._accumulate(data, rows)
     np.testing.assert_array_equal(got[1], want[1])

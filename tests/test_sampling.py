@@ -159,3 +159,23 @@ def test_mode_code():
     assert [mode_code(m) for m in ("vanilla", "topk", "threshold")] == [MODE_VANILLA, MODE_TOPK, MODE_THRESHOLD]
     with pytest.raises(ConfigError):
         mode_code("sample")
+
+
+def test_byte_stamps_select_what_int32_stamps_select_across_their_wrap(index):
+    """Lookups on one scratch row, each with the next stamp value, from 1 and then from just below the
+    byte's wrap (so that the first lookup's stamps are still there when the value 1 comes round again):
+    the engine's byte stamps, cleared at the wrap, select what int32 stamps, which never wrap, select."""
+    from slide.engine.network import STAMP, _next_stamp
+
+    got = {}
+    for dtype in (STAMP, np.int32):
+        stamp, counts, out = np.zeros(N, dtype), np.zeros(N, np.int32), np.empty(N, np.int32)
+        running = np.zeros(1, np.int64)
+        got[dtype] = []
+        for i, q in enumerate(_queries(12, seed=3)):
+            if i == 1:
+                running[0] = np.iinfo(STAMP).max - 6
+            got[dtype].append(_select(index, q, [q.argmax()], min_active=600, trigger=900, seed=i,
+                                      scratch=(stamp, counts, out), stamp_value=_next_stamp(stamp, running)))
+        assert running[0] == (6 if dtype == STAMP else np.iinfo(STAMP).max + 5)  # wrapped at the 7th lookup
+    assert got[STAMP] == got[np.int32]

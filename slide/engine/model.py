@@ -317,7 +317,7 @@ class SlideMethod(PersistentMixin, Method):
     def _alloc_scratch(self) -> None:
         T, L = self.threads, self.num_labels  # one row per Numba thread id (< self.threads)
         total = int(self.dims.sum())
-        self.stamp = np.zeros((T, L), dtype=np.int32)
+        self.stamp = np.zeros((T, L), dtype=net.STAMP)
         self.counts = np.zeros((T, L), dtype=np.int32)
         self.stamp_values = np.zeros(T, dtype=np.int64)
         self.active = np.empty((T, L), dtype=np.int32)
@@ -333,7 +333,7 @@ class SlideMethod(PersistentMixin, Method):
         self.gb2_t = np.zeros((T, L), dtype=FLOAT)
         hmax = int(self.dims.max()) if self.hidden_sampled else 1
         nl = int(self.dims.shape[0])
-        self.hstamp = np.zeros((T, hmax), dtype=np.int32)
+        self.hstamp = np.zeros((T, hmax), dtype=net.STAMP)
         self.hcounts = np.zeros((T, hmax), dtype=np.int32)
         self.hact = np.zeros((T, nl, hmax), dtype=np.int32)
         self.hn = np.zeros((T, nl), dtype=np.int64)
@@ -629,7 +629,7 @@ class SlideMethod(PersistentMixin, Method):
     def _predict_sparse(self, data, rows, k):
         out = np.empty((rows.shape[0], k), dtype=np.int64)
         T, L = self.threads, self.num_labels
-        stamp = np.zeros((T, L), dtype=np.int32)
+        stamp = np.zeros((T, L), dtype=net.STAMP)
         counts = np.zeros((T, L), dtype=np.int32)
         active = np.empty((T, L), dtype=np.int32)
         acts = np.zeros((T, int(self.dims.sum())), dtype=FLOAT)
@@ -784,7 +784,7 @@ def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, thre
     per_row_param = 3 * STORAGE[config["precision"]].itemsize + 4
     flags = d + L
     index_buffers = 8 * (d + L)
-    scratch = threads * (6 * 4 * L + 4 * 8 * sum(dims) + 4 * (dims[0] + hidden + sum(dims)))
+    scratch = threads * ((5 * 4 + net.STAMP.itemsize) * L + 4 * 8 * sum(dims) + 4 * (dims[0] + hidden + sum(dims)))
     score_buffers = scoring.scratch_bytes(threads, dims[-1]) + 4 * SCORE_POINTS * dims[-1]
     lsh = _index_bytes(config, L, dims[-1]) if config["output_sparsity"] < 1.0 else 0
     for layer, frac in enumerate(config["hidden_sparsity"]):

@@ -76,10 +76,15 @@ SumParam = namedtuple("SumParam", "w m v g g_t")
 #: The output layer's active-set selection (:func:`slide.engine.sampling.select_active`) and the
 #: sampled-softmax correction ``logq`` / ``qcount`` (see :func:`train_kernel`).
 Selection = namedtuple("Selection", "mode k_or_t min_active min_trigger logq qcount")
-#: Per-thread training scratch, one row per Numba thread id: the active-set ``stamp``/``counts`` and
-#: running ``stamp_values``, the ``active`` ids, targets ``tgt``, ``logits``, activations ``acts`` and
-#: their gradients ``dacts``.
+#: Per-thread training scratch, one row per Numba thread id: the active-set ``stamp`` (of dtype
+#: :data:`STAMP`)/``counts`` and running ``stamp_values``, the ``active`` ids, targets ``tgt``, ``logits``,
+#: activations ``acts`` and their gradients ``dacts``.
 Scratch = namedtuple("Scratch", "stamp counts stamp_values active tgt logits acts dacts")
+#: Dtype of every stamp array. A byte: a thread's stamps of 670,091 labels then fit its core's L2
+#: (654 KiB, against 2.6 MiB as int32), where the LSH lookup and the random padding test and set a
+#: thousand scattered ones per sample (select phase 15-17% faster, reports/benchmarks.md); the array
+#: is cleared once per 254 samples, when the running value wraps (:func:`_next_stamp`).
+STAMP = np.dtype(np.uint8)
 #: Hidden-layer sampling (:func:`hidden_forward_sampled`): per layer the table ``slot`` (-1: dense)
 #: and ``k``; per thread the scratch ``stamp``, ``counts``, active ids ``act``, their number ``n`` and
 #: the running stamp value ``sv``.
@@ -167,14 +172,14 @@ def _layer_seed(rng_seed, layer):
 
 @numba.njit(**NJIT)
 def _next_stamp(stamp, hsv):
-    """The next int32 stamp value from the running counter ``hsv`` (1,); at the int32 limit the
-    stamps wrap: ``stamp`` is cleared and the count restarts at 1."""
+    """The next stamp value (of ``stamp``'s dtype) from the running counter ``hsv`` (1,); at the dtype's
+    largest value the stamps wrap: ``stamp`` is cleared and the count restarts at 1."""
     v = hsv[0] + 1
-    if v >= 2147483647:
+    if v >= np.iinfo(stamp.dtype).max:
         stamp[:] = 0
         v = 1
     hsv[0] = v
-    return np.int32(v)
+    return stamp.dtype.type(v)
 
 
 @numba.njit(**FAST)

@@ -23,12 +23,13 @@ Modes (``mode_code``):
 ``MODE_THRESHOLD``
     Labels plus the retrieved ids found in at least ``k_or_t`` of the L tables.
 
-Thread safety: the index arrays are only read. ``stamp``, ``counts`` (int32, (num_items,)) and ``out``
-(int32, (num_items,)) are scratch written by the call, so each thread needs its own, e.g. rows of
-``(n_threads, num_items)`` arrays picked with ``numba.get_thread_id()``. ``stamp`` starts as zeros;
-``stamp_value`` must differ from every value used before with that ``stamp`` array (a running sample
-counter starting at 1 works; re-zero ``stamp`` before it overflows int32). After the call, ``stamp`` and
-``counts`` hold nothing the caller should rely on. The index must not be rebuilt during the calls.
+Thread safety: the index arrays are only read. ``stamp`` (any integer dtype; the engine's is a byte,
+:data:`slide.engine.network.STAMP`), ``counts`` (int32) and ``out`` (int32), each (num_items,), are scratch
+written by the call, so each thread needs its own, e.g. rows of ``(n_threads, num_items)`` arrays picked
+with ``numba.get_thread_id()``. ``stamp`` starts as zeros; ``stamp_value`` must differ from every value
+used before with that ``stamp`` array (a running sample counter starting at 1 works; re-zero ``stamp``
+before the counter passes the dtype's range). After the call, ``stamp`` and ``counts`` hold nothing the
+caller should rely on. The index must not be rebuilt during the calls.
 """
 
 from __future__ import annotations
