@@ -179,3 +179,11 @@ def test_byte_stamps_select_what_int32_stamps_select_across_their_wrap(index):
                                       scratch=(stamp, counts, out), stamp_value=_next_stamp(stamp, running)))
         assert running[0] == (6 if dtype == STAMP else np.iinfo(STAMP).max + 5)  # wrapped at the 7th lookup
     assert got[STAMP] == got[np.int32]
+
+
+def test_only_the_modes_that_rank_by_collisions_write_the_counts(index):
+    q = _queries(1, seed=5)[0]
+    for mode, k_or_t, written in ((MODE_VANILLA, 0, False), (MODE_TOPK, 5, True), (MODE_THRESHOLD, 2, True)):
+        stamp, counts, out = np.zeros(N, np.uint8), np.full(N, -7, np.int32), np.empty(N, np.int32)
+        got = _select(index, q, [3], mode=mode, k_or_t=k_or_t, scratch=(stamp, counts, out))
+        assert got and (counts != -7).any() == written, mode

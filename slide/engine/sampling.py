@@ -122,7 +122,8 @@ def _keep_threshold(out, n_labels, n, counts, t):
 @numba.njit(**NJIT)
 def _select(lsh_arrays, idx, val, dense, labels, mode, k_or_t, min_active, min_active_trigger, num_items,
             stamp, counts, stamp_value, rng_seed, out):
-    n_labels, n = retrieve(lsh_arrays, idx, val, dense, labels, stamp, counts, stamp_value, out)
+    # the vanilla mode keeps the whole union: the collision counts are for top-k and threshold only
+    n_labels, n = retrieve(lsh_arrays, idx, val, dense, labels, stamp, counts, stamp_value, out, mode != MODE_VANILLA)
     if mode == MODE_TOPK:
         return _keep_topk(out, n_labels, n, counts, k_or_t, lsh_arrays[0][M_L])
     if mode == MODE_THRESHOLD:

@@ -87,11 +87,13 @@ def find_slot(keys, ptr, t, key, direct, n_slots):
 
 
 @numba.njit(**NJIT)
-def retrieve(arrays, idx, val, dense, labels, stamp, counts, stamp_value, out):
+def retrieve(arrays, idx, val, dense, labels, stamp, counts, stamp_value, out, counted):
     """Write ``labels`` then the new items of the ``L`` buckets of a vector into ``out``.
 
-    ``counts[c]`` becomes the number of tables whose bucket holds ``c`` (labels start from 0); an id is
-    new when ``stamp[id] != stamp_value``. See ``hashing.hash_into`` for ``idx, val, dense``.
+    With ``counted``, ``counts[c]`` becomes the number of tables whose bucket holds ``c`` (labels start
+    from 0); without, ``counts`` is not touched (a scattered write per bucket item that the union alone
+    does not need). An id is new when ``stamp[id] != stamp_value``. See ``hashing.hash_into`` for
+    ``idx, val, dense``.
 
     Returns
     -------
@@ -105,7 +107,8 @@ def retrieve(arrays, idx, val, dense, labels, stamp, counts, stamp_value, out):
     for c in labels:
         if stamp[c] != stamp_value:
             stamp[c] = stamp_value
-            counts[c] = 0
+            if counted:
+                counts[c] = 0
             out[n] = c
             n += 1
     n_labels = n
@@ -117,10 +120,11 @@ def retrieve(arrays, idx, val, dense, labels, stamp, counts, stamp_value, out):
             c = items[t, e]
             if stamp[c] != stamp_value:
                 stamp[c] = stamp_value
-                counts[c] = 1
+                if counted:
+                    counts[c] = 1
                 out[n] = c
                 n += 1
-            else:
+            elif counted:
                 counts[c] += 1
     return n_labels, n
 
@@ -365,7 +369,7 @@ class LSHIndex:
         n = self.num_items
         out = np.empty(n, np.int32)
         _, m = retrieve(self._arrays, *self._vector(vec), np.empty(0, np.int32), np.zeros(n, np.int32),
-                        np.empty(n, np.int32), 1, out)
+                        np.empty(n, np.int32), 1, out, False)
         return np.sort(out[:m])
 
     def build_bytes(self) -> int:
