@@ -334,8 +334,9 @@ def _softmax_all(batch, sel, tgt_t, ids, logits, n, da_t, losses):
         labels = batch.y_indices[batch.y_indptr[r]:batch.y_indptr[r + 1]]
         tgt = tgt_t[t]
         loss, inv_z = softmax_loss(labels, ids[s], m, tgt, logits[s], sel.logq, sel.qcount)
+        w = np.float32(1.0) / np.float32(labels.shape[0])
         for i in range(m):
-            logits[s, i] = logit_grad(logits[s, i], inv_z, tgt[ids[s, i]], inv_b)
+            logits[s, i] = logit_grad(logits[s, i], inv_z, np.float32(w * tgt[ids[s, i]]), inv_b)
         for p in range(labels.shape[0]):
             tgt[labels[p]] = 0
         losses[s] = loss

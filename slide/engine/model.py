@@ -323,7 +323,7 @@ class SlideMethod(PersistentMixin, Method):
         self.active = np.empty((T, L), dtype=np.int32)
         if not self.sampled:
             self.active[:] = np.arange(L, dtype=np.int32)
-        self.tgt = np.zeros((T, L), dtype=FLOAT)
+        self.tgt = np.zeros((T, L), dtype=np.uint8)
         self.logits = np.empty((T, L), dtype=FLOAT)
         self.acts = np.zeros((T, total), dtype=FLOAT)
         self.dacts = np.zeros((T, total), dtype=FLOAT)
@@ -784,7 +784,7 @@ def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, thre
     per_row_param = 3 * STORAGE[config["precision"]].itemsize + 4
     flags = d + L
     index_buffers = 8 * (d + L)
-    scratch = threads * ((5 * 4 + net.STAMP.itemsize) * L + 4 * 8 * sum(dims) + 4 * (dims[0] + hidden + sum(dims)))
+    scratch = threads * ((4 * 4 + net.STAMP.itemsize + 1) * L + 4 * 8 * sum(dims) + 4 * (dims[0] + hidden + sum(dims)))
     score_buffers = scoring.scratch_bytes(threads, dims[-1]) + 4 * SCORE_POINTS * dims[-1]
     lsh = _index_bytes(config, L, dims[-1]) if config["output_sparsity"] < 1.0 else 0
     for layer, frac in enumerate(config["hidden_sparsity"]):

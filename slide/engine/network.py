@@ -77,8 +77,10 @@ SumParam = namedtuple("SumParam", "w m v g g_t")
 #: sampled-softmax correction ``logq`` / ``qcount`` (see :func:`train_kernel`).
 Selection = namedtuple("Selection", "mode k_or_t min_active min_trigger logq qcount")
 #: Per-thread training scratch, one row per Numba thread id: the active-set ``stamp`` (of dtype
-#: :data:`STAMP`)/``counts`` and running ``stamp_values``, the ``active`` ids, targets ``tgt``, ``logits``,
-#: activations ``acts`` and their gradients ``dacts``.
+#: :data:`STAMP`)/``counts`` and running ``stamp_values``, the ``active`` ids, label marks ``tgt`` (uint8:
+#: 1 on the sample's labels, whose soft target is 1/|labels|; a byte, for the reason of :data:`STAMP`:
+#: the softmax reads the mark of every active neuron), ``logits``, activations ``acts`` and their
+#: gradients ``dacts``.
 Scratch = namedtuple("Scratch", "stamp counts stamp_values active tgt logits acts dacts")
 #: Dtype of every stamp array. A byte: a thread's stamps of 670,091 labels then fit its core's L2
 #: (654 KiB, against 2.6 MiB as int32), where the LSH lookup and the random padding test and set a
@@ -277,7 +279,7 @@ def hidden_masks(x_indptr, x_indices, x_data, rows, W0, b0, Wh, bh, dims, hlsh, 
 def _output_forward(W2, b2, a, labels, active, n, tgt, logits, logq, qcount):
     """Softmax cross-entropy over the ``n`` active output neurons; returns (loss, 1 / sum of exp).
 
-    Sets ``tgt`` to the soft targets of ``labels`` (:func:`_output_backward` clears it) and leaves the
+    Marks ``labels`` in ``tgt`` (:func:`_output_backward` clears them) and leaves the
     unnormalised probabilities in ``logits``.
     """
     hl = a.shape[0]
@@ -327,21 +329,21 @@ def softmax_loss(labels, active, n, tgt, logits, logq, qcount):
     """Softmax cross-entropy of the logits ``logits[:n]`` of the neurons ``active[:n]``; returns
     (loss, 1 / sum of exp).
 
-    Sets ``tgt`` to the soft targets 1/|labels| of ``labels`` (the caller clears it) and leaves the
-    unnormalised probabilities in ``logits``. With a sampled-softmax correction (``logq`` not empty) a
+    Marks ``labels`` in ``tgt`` (1; each one's soft target is 1/|labels|; the caller clears them) and
+    leaves the unnormalised probabilities in ``logits``. With a sampled-softmax correction (``logq`` not empty) a
     sampled negative's logit becomes ``logit - logq`` (it stands for 1/q of its kind) and ``qcount``
     counts it.
     """
     w = np.float32(1.0) / np.float32(labels.shape[0])
     for p in range(labels.shape[0]):
-        tgt[labels[p]] = w
+        tgt[labels[p]] = 1
     correct = logq.shape[0] > 0
     mx = -np.inf
     zt = 0.0
     tsum = 0.0
     for i in range(n):
         j = active[i]
-        tj = tgt[j]
+        tj = np.float32(w * tgt[j])
         if correct and tj == 0:
             logits[i] -= logq[j]
             qcount[j] += 1
@@ -371,6 +373,7 @@ def _output_backward(W2, gW2, gb2, flag2, a, da, labels, active, n, tgt, logits,
     """Backward through the output layer: ``da`` (the last hidden layer's gradient) and the active
     rows of ``gW2`` / ``gb2`` (flagged in ``flag2``); clears ``tgt``."""
     hl = a.shape[0]
+    w = np.float32(1.0) / np.float32(labels.shape[0])
     for q in range(hl):
         da[q] = 0
     for i in range(n):
@@ -379,7 +382,7 @@ def _output_backward(W2, gW2, gb2, flag2, a, da, labels, active, n, tgt, logits,
             jn = active[i + PREFETCH_AHEAD]
             prefetch_row(W2, jn)
             prefetch_row(gW2, jn)
-        g = logit_grad(logits[i], inv_z, tgt[j], inv_b)
+        g = logit_grad(logits[i], inv_z, np.float32(w * tgt[j]), inv_b)
         for q in range(hl):
             da[q] += g * load(W2, j, q)
             gW2[j, q] += g * a[q]
