@@ -84,7 +84,7 @@ Selection = namedtuple("Selection", "mode k_or_t min_active min_trigger logq qco
 Scratch = namedtuple("Scratch", "stamp counts stamp_values active tgt logits acts dacts")
 #: Dtype of every stamp array. A byte: a thread's stamps of 670,091 labels then fit its core's L2
 #: (654 KiB, against 2.6 MiB as int32), where the LSH lookup and the random padding test and set a
-#: thousand scattered ones per sample (select phase 15-17% faster, reports/benchmarks.md); the array
+#: thousand scattered ones per sample (select phase 14-17% faster, reports/benchmarks.md); the array
 #: is cleared once per 254 samples, when the running value wraps (:func:`_next_stamp`).
 STAMP = np.dtype(np.uint8)
 #: Hidden-layer sampling (:func:`hidden_forward_sampled`): per layer the table ``slot`` (-1: dense)
