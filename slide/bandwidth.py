@@ -382,7 +382,8 @@ def floor_line(name: str, result: dict) -> str:
     """The one human line of :func:`slide.training.bench` about the floor."""
     return (f"{name}: touches {result['bytes_per_batch'] / 1e6:,.0f} MB per batch "
             f"({result['floor_bytes_per_batch'] / 1e6:,.0f} MB in distinct rows): {result['achieved_gbps']:.1f} GB/s "
-            f"touched; the distinct rows at the machine's {result['stream_gbps']:.1f} GB/s stream bandwidth take "
+            f"touched; the distinct rows at the machine's {result['stream_gbps']:.1f} GB/s stream bandwidth"
+            f"{f' (measured {when})' if (when := result.get('stream_measured')) else ''} take "
             f"{result['floor_seconds'] * 1e3:.1f} ms = {result['x_of_floor']:.2f}x the memory floor")
 
 
@@ -567,12 +568,21 @@ def _cached_gbps(entry) -> float | None:
 
 def stream_gbps(threads: int | None = None, *, array_bytes: int | None = None, repeats: int = REPEATS,
                 remeasure: bool | None = None) -> float:
-    """The machine's memory bandwidth in GB/s for ``threads`` threads, from the cache when it has it.
+    """The machine's memory bandwidth in GB/s for ``threads`` threads, from the cache when it has it
+    (the ``gbps`` of :func:`stream_entry`, which takes the same arguments)."""
+    return stream_entry(threads, array_bytes=array_bytes, repeats=repeats, remeasure=remeasure)["gbps"]
+
+
+def stream_entry(threads: int | None = None, *, array_bytes: int | None = None, repeats: int = REPEATS,
+                 remeasure: bool | None = None) -> dict:
+    """The machine's memory bandwidth for ``threads`` threads and when it was measured: ``gbps`` and
+    ``measured`` (UTC, ISO 8601), from the cache when it has them.
 
     Measured by :func:`measure_stream_gbps` when the cache (:func:`cache_file`) has no valid entry
     for :func:`machine_key`, or when ``remeasure`` (default: ``$SLIDE_REMEASURE_BANDWIDTH`` set to
     anything but ``""``/``0``); the measurement is then written back. A corrupt cache file, or a
-    corrupt entry, is ignored and rewritten; a cache that cannot be written is left as it is.
+    corrupt entry, is ignored and rewritten; a cache that cannot be written is left as it is. An entry
+    written before the time was kept has ``measured`` None.
     """
     threads, array_bytes, repeats = _checked(threads, array_bytes, repeats)
     if remeasure is None:
@@ -583,7 +593,8 @@ def stream_gbps(threads: int | None = None, *, array_bytes: int | None = None, r
     if not remeasure:
         cached = _cached_gbps(entries.get(key))
         if cached is not None:
-            return cached
+            measured = entries[key].get("measured")
+            return {"gbps": cached, "measured": measured if isinstance(measured, str) else None}
     gbps = measure_stream_gbps(threads, array_bytes=array_bytes, repeats=repeats)
     entries[key] = {"gbps": gbps, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "repeats": repeats}
@@ -594,8 +605,8 @@ def stream_gbps(threads: int | None = None, *, array_bytes: int | None = None, r
         atomic_write_text(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass
-    return gbps
+    return {"gbps": gbps, "measured": entries[key]["measured"]}
 
 
-__all__ = ["slide_bytes", "floor_figures", "floor_line", "stream_gbps", "measure_stream_gbps", "measure_rows",
-           "cache_file", "machine_key", "default_array_bytes", "CACHE_ENV", "REMEASURE_ENV"]
+__all__ = ["slide_bytes", "floor_figures", "floor_line", "stream_gbps", "stream_entry", "measure_stream_gbps",
+           "measure_rows", "cache_file", "machine_key", "default_array_bytes", "CACHE_ENV", "REMEASURE_ENV"]

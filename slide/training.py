@@ -539,8 +539,9 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     ``bytes_moved(data, counts)``, as SLIDE's) also gets ``bytes_per_batch`` (the mean over the timed
     batches, :func:`slide.bandwidth.slide_bytes`, table refreshes left out, since the median step has
     none; ``refresh_bytes_per_batch`` is their share), ``stream_gbps`` (the machine's bandwidth on the
-    method's threads, :func:`slide.bandwidth.stream_gbps`, measured after the timed window when not
-    cached, or when ``remeasure_bandwidth``), ``achieved_gbps``, ``floor_bytes_per_batch`` (the
+    method's threads, :func:`slide.bandwidth.stream_entry`, measured after the timed window when not
+    cached, or when ``remeasure_bandwidth``) and ``stream_measured`` (when: on a shared machine the
+    figure moves), ``achieved_gbps``, ``floor_bytes_per_batch`` (the
     distinct rows, refreshes left out), ``floor_seconds`` (the time to move those at ``stream_gbps``)
     and ``x_of_floor`` (median batch seconds over the floor), and one line about them on stderr; with
     phase timings, ``phase_floor``: each phase's mean seconds, floor bytes and seconds and its
@@ -600,7 +601,7 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         out["phase_seconds_per_batch"] = phases
     out.update(meter.figures())
     if traffic0 is not None and len(times):
-        from .bandwidth import floor_figures, floor_line, phase_floor, phase_table, rows_floor_line, stream_gbps
+        from .bandwidth import floor_figures, floor_line, phase_floor, phase_table, rows_floor_line, stream_entry
 
         counts = {k: v - traffic0[k] for k, v in method.traffic().items()}
         moved = method.bytes_moved(data, counts)
@@ -609,7 +610,8 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         out["bytes_per_batch"] = (moved["total"] - moved["refresh"]) / len(times)
         out["floor_bytes_per_batch"] = (moved["distinct_total"] - moved["refresh"]) / len(times)
         out["refresh_bytes_per_batch"] = moved["refresh"] / len(times)
-        out["stream_gbps"] = stream_gbps(method.threads, remeasure=remeasure_bandwidth)
+        stream = stream_entry(method.threads, remeasure=remeasure_bandwidth)
+        out["stream_gbps"], out["stream_measured"] = stream["gbps"], stream["measured"]
         out.update(floor_figures(out["bytes_per_batch"], out["floor_bytes_per_batch"], med, out["stream_gbps"]))
         _log(floor_line(method.name, out))
         if phases and moved.get("by_phase") is not None:

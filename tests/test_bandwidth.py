@@ -3,6 +3,7 @@ and a NumPy twin of the formula), the cached STREAM-like bandwidth, and bench's 
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -252,7 +253,10 @@ def _count_measurements(monkeypatch, value=12.5):
 def test_measurement_is_positive_and_read_back_from_the_cache(cache, monkeypatch):
     gbps = bandwidth.stream_gbps(1, array_bytes=2**20, repeats=2)
     assert math.isfinite(gbps) and gbps > 0
-    assert json.loads(cache.read_text())[bandwidth.machine_key(1, 2**20)]["gbps"] == gbps
+    entry = json.loads(cache.read_text())[bandwidth.machine_key(1, 2**20)]
+    assert entry["gbps"] == gbps
+    assert bandwidth.stream_entry(1, array_bytes=2**20) == {"gbps": gbps, "measured": entry["measured"]}
+    assert time.strptime(entry["measured"], "%Y-%m-%dT%H:%M:%SZ")
     calls = _count_measurements(monkeypatch)
     assert bandwidth.stream_gbps(1, array_bytes=2**20) == gbps and calls == []
     assert bandwidth.stream_gbps(1, array_bytes=2**20, remeasure=True) == 12.5 and calls == [1]
@@ -356,6 +360,7 @@ def test_bench_reports_its_distance_to_the_floor(cache, monkeypatch, capsys):
     out = bench(model, data, batches=3, warmup=1)
     med = out["median_batch_seconds"]
     assert out["stream_gbps"] == 20.0 and out["bytes_per_batch"] > 0
+    assert out["stream_measured"] is not None  # the fake measurement was written to the cache with its time
     assert 0 < out["floor_bytes_per_batch"] < out["bytes_per_batch"]  # rows shared by samples count once
     assert out["floor_seconds"] == out["floor_bytes_per_batch"] / (20.0 * 1e9)
     assert out["x_of_floor"] == med / out["floor_seconds"]
@@ -367,7 +372,7 @@ def test_bench_reports_its_distance_to_the_floor(cache, monkeypatch, capsys):
         assert f["seconds"] == out["phase_seconds_per_batch"][phase]
         assert f["x_of_floor"] == f["seconds"] / f["floor_seconds"]
     err = capsys.readouterr().err
-    assert "the memory floor" in err and "slide by phase" in err
+    assert "the memory floor" in err and "slide by phase" in err and f"(measured {out['stream_measured']})" in err
     # with hash tables: the refreshes (a rehash every 2 batches here) are left out of the median
     # step's figures and amortised in the table's rehash phase
     sampled = SlideMethod.from_config(5, 8, overrides=dict(hidden=[8], batch_size=10, output_sparsity=0.5,
@@ -389,7 +394,7 @@ def test_bench_reports_its_distance_to_the_floor(cache, monkeypatch, capsys):
         assert ("the gradient phase takes" in capsys.readouterr().err) == (output_pass == "row")
     plain = bench(Popularity.from_config(5, 8), data, batches=3, warmup=1)
     assert not {"bytes_per_batch", "floor_bytes_per_batch", "stream_gbps", "achieved_gbps", "floor_seconds", "x_of_floor",
-                "phase_floor", "refresh_bytes_per_batch", "rows_floor"} & set(plain)
+                "phase_floor", "refresh_bytes_per_batch", "rows_floor", "stream_measured"} & set(plain)
 
 
 def test_bench_flag_asks_for_a_new_measurement():
