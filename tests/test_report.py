@@ -99,7 +99,8 @@ def _phase_floor(median, gbps=20.0):
         s, f = share * median, nbytes / (gbps * 1e9)
         floor[phase] = {"seconds": s, "floor_bytes": nbytes, "floor_seconds": f, "x_of_floor": s / f if nbytes else None}
     # the batch's output rows rewritten scattered in half the gradient phase's time
-    return {"stream_gbps": gbps, "phase_floor": floor, "rows_floor": {"rows": 100, "seconds": 0.35 * median}}
+    return {"stream_gbps": gbps, "stream_measured": "2026-12-05T06:38:23Z", "phase_floor": floor,
+            "rows_floor": {"rows": 100, "seconds": 0.35 * median}}
 
 
 @pytest.fixture()
@@ -430,6 +431,7 @@ def test_memory_floor_figure_sets_each_phase_beside_its_floor(tmp_path):
     xs = list(tick.get_xdata())
     assert math.isnan(xs[0]) and math.isnan(xs[2]) and xs[1] == pytest.approx(3.5)
     assert any(DISTURBED_NOTE in t and "1-minute load 2.9" in t for t in labels)  # the benchmark's contention
+    assert any("20.0 GB/s (measured 2026-12-05T06:38:23Z)" in t for t in labels)  # which figure the floor took
     plt.close(fig)
     empty = figures_mod.fig_memory_floor(load_tables(_aggregate(tmp_path / "none", [], [], [])[1]), PLAN, PAPER)
     assert any("no SLIDE benchmark" in t.get_text() for t in empty.axes[0].texts)

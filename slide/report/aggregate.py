@@ -61,10 +61,11 @@ THREADS_COLUMNS = [
 #: ``phase_floor``): mean seconds per batch, the phase's distinct bytes and the time they take at the
 #: benchmark's ``stream_gbps``, and their ratio (empty where the phase moves no counted bytes); on the
 #: row pass's gradient phase, the time the batch's output rows take read and written back scattered
-#: with no arithmetic (the benchmark's ``rows_floor``; empty on other phases and older benchmarks).
+#: with no arithmetic (the benchmark's ``rows_floor``; empty on other phases and older benchmarks); and
+#: when the bandwidth figure was measured (``stream_measured``; empty for older benchmarks).
 PHASES_COLUMNS = [
     "dataset", "method", "threads", "seed", "phase", "seconds", "floor_bytes", "floor_seconds", "x_of_floor",
-    "rows_floor_seconds", "stream_gbps", "load_1m_start", "disturbed", "path",
+    "rows_floor_seconds", "stream_gbps", "stream_measured", "load_1m_start", "disturbed", "path",
 ]
 #: A common P@1 must beat label popularity by this much to count: curves are rounded to 6 digits and
 #: periodic evaluations use a sample of test points (about 0.015 standard error at 1,000 points).
@@ -412,7 +413,8 @@ def load_phases(paths) -> pd.DataFrame:
             rows.append(dict(**key, phase=phase, seconds=f["seconds"], floor_bytes=f["floor_bytes"],
                              floor_seconds=f["floor_seconds"], x_of_floor=_num(f["x_of_floor"]),
                              rows_floor_seconds=_num(scattered if phase == "row_grads" else None),
-                             stream_gbps=rec.get("stream_gbps"), load_1m_start=busy["load_1m_start"],
+                             stream_gbps=rec.get("stream_gbps"), stream_measured=rec.get("stream_measured"),
+                             load_1m_start=busy["load_1m_start"],
                              disturbed=busy["disturbed"], path=p))
     return pd.DataFrame(rows, columns=PHASES_COLUMNS)
 

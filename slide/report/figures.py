@@ -317,8 +317,9 @@ def fig_memory_floor(tables, plan, paper):
         first = g.iloc[0]
         note = (f"Mean step, table refreshes included: {ms.sum():.1f} ms against a floor of {floor.sum():.1f} ms "
                 f"({ms.sum() / floor.sum():.1f}x); "
-                f"stream bandwidth {first['stream_gbps']:.1f} GB/s, 1-minute load {first['load_1m_start']:.1f} "
-                "at the start.")
+                f"stream bandwidth {first['stream_gbps']:.1f} GB/s"
+                + (f" (measured {first['stream_measured']})" if isinstance(first["stream_measured"], str) else "")
+                + f", 1-minute load {first['load_1m_start']:.1f} at the start.")
         lines = [note] + ([f"{DISTURBED_NOTE}: {first['disturbed']}"] if first["disturbed"] else [])
         ax.text(0.0, -0.16, "\n".join(textwrap.fill(t, 95) for t in lines), transform=ax.transAxes, fontsize=7,
                 va="top", color="#555555")
