@@ -453,7 +453,7 @@ def measure_rows(arrays, rows_per_batch: int, threads: int | None = None, *, rep
     """
     threads, _, repeats = _checked(threads, None, repeats)
     a, b, c = (_as_unsigned(x) for x in arrays)
-    if not (a.ndim == 2 and a.shape[0] == b.shape[0] == c.shape[0] and all(x.flags.c_contiguous for x in (a, b, c))):
+    if not (all(x.ndim == 2 and x.flags.c_contiguous for x in (a, b, c)) and a.shape[0] == b.shape[0] == c.shape[0]):
         raise ValueError("measure_rows needs three C-contiguous 2-d arrays with the same number of rows")
     n = _check_int("rows_per_batch", rows_per_batch, 1, a.shape[0])
     rng = np.random.default_rng(seed)

@@ -335,6 +335,7 @@ def test_measure_rows_leaves_the_arrays_as_they_were_and_counts_their_bytes():
 @pytest.mark.parametrize("arrays, rows, error", [
     ((np.zeros((4, 2), np.float32),) * 2 + (np.zeros((5, 2), np.float32),), 2, ValueError),
     ((np.zeros((4, 4), np.float32)[:, ::2],) * 3, 2, ValueError),
+    ((np.zeros((4, 2), np.float32), np.zeros(4, np.float32), np.zeros((4, 2), np.float32)), 2, ValueError),
     ((np.zeros((4, 2), np.float32),) * 3, 5, ValueError),
     ((np.zeros((4, 2), np.float32),) * 3, 0, ValueError),
     ((np.zeros((4, 2), np.float32),) * 3, 1.5, TypeError)])

@@ -784,7 +784,8 @@ def memory_estimate_bytes(num_features: int, num_labels: int, config: dict, thre
     per_row_param = 3 * STORAGE[config["precision"]].itemsize + 4
     flags = d + L
     index_buffers = 8 * (d + L)
-    scratch = threads * ((4 * 4 + net.STAMP.itemsize + 1) * L + 4 * 8 * sum(dims) + 4 * (dims[0] + hidden + sum(dims)))
+    per_label = 4 * 4 + net.STAMP.itemsize + 1  # counts, active, logits, gb2_t; the stamp; the label mark
+    scratch = threads * (per_label * L + 4 * 8 * sum(dims) + 4 * (dims[0] + hidden + sum(dims)))
     score_buffers = scoring.scratch_bytes(threads, dims[-1]) + 4 * SCORE_POINTS * dims[-1]
     lsh = _index_bytes(config, L, dims[-1]) if config["output_sparsity"] < 1.0 else 0
     for layer, frac in enumerate(config["hidden_sparsity"]):
