@@ -369,10 +369,12 @@ def phase_table(name: str, by_phase: dict, gbps: float) -> str:
 
 
 def rows_floor_line(name: str, rows: dict, phase_seconds: float | None) -> str:
-    """The human line of :func:`slide.training.bench` about :func:`measure_rows` of the output layer,
-    set beside the gradient phase's mean ``phase_seconds`` when the steps ran by row."""
+    """The human line of :func:`slide.training.bench` about :func:`measure_rows` of the output layer
+    (with its ``x_of_step_floor``), set beside the gradient phase's mean ``phase_seconds`` when the
+    steps ran by row."""
     line = (f"{name}: {rows['rows']:,} scattered rows of W2 and its moments (a batch's), read and written back "
-            f"with no arithmetic: {rows['seconds'] * 1e3:.1f} ms = {rows['gbps']:.1f} GB/s")
+            f"with no arithmetic: {rows['seconds'] * 1e3:.1f} ms = {rows['gbps']:.1f} GB/s, "
+            f"{rows['x_of_step_floor']:.2f}x the whole step's memory floor on their own")
     if phase_seconds:
         line += f"; the gradient phase takes {phase_seconds / rows['seconds']:.2f}x that"
     return line

@@ -548,7 +548,10 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
     ``x_of_floor`` (:func:`slide.bandwidth.phase_floor`), printed as a table; and ``rows_floor``
     (``rows_floor(counts)``, SLIDE's: a batch's distinct output rows read and written back scattered with
     no arithmetic, :func:`slide.bandwidth.measure_rows`, the rate such rows move at) with
-    ``x_of_rows_floor``, the row pass's gradient phase over it (None without one), printed on a line.
+    ``x_of_rows_floor``, the row pass's gradient phase over it (None without one), and
+    ``x_of_step_floor``, it over ``floor_seconds`` (those rows alone, as a multiple of the whole
+    step's floor: a step that rewrites them cannot print a smaller ``x_of_floor`` unless its rows
+    move faster than these), printed on a line.
 
     A method whose :meth:`Method.stats` keeps running totals of :data:`PHASE_KEYS` also gets
     ``phase_seconds_per_batch``: each phase's seconds over the timed window per timed batch (the
@@ -620,8 +623,10 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
         rows = method.rows_floor(counts)
         if rows is not None:
             grads = phases.get("row_grads")
-            out["rows_floor"] = dict(rows, x_of_rows_floor=grads / rows["seconds"] if grads else None)
-            _log(rows_floor_line(method.name, rows, grads))
+            # the rows alone against the whole step's floor: how close any step that rewrites them can come
+            out["rows_floor"] = dict(rows, x_of_rows_floor=grads / rows["seconds"] if grads else None,
+                                     x_of_step_floor=rows["seconds"] / out["floor_seconds"])
+            _log(rows_floor_line(method.name, out["rows_floor"], grads))
     return out
 
 

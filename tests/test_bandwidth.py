@@ -392,7 +392,10 @@ def test_bench_reports_its_distance_to_the_floor(cache, monkeypatch, capsys):
         rows, grads = out["rows_floor"], out["phase_seconds_per_batch"].get("row_grads")
         assert 0 < rows["rows"] <= 8 and rows["bytes"] == 2 * rows["rows"] * 3 * 8 * model.W2.itemsize
         assert rows["x_of_rows_floor"] == (grads / rows["seconds"] if output_pass == "row" else None)
-        assert ("the gradient phase takes" in capsys.readouterr().err) == (output_pass == "row")
+        assert rows["x_of_step_floor"] == rows["seconds"] / out["floor_seconds"]
+        err = capsys.readouterr().err
+        assert f"{rows['x_of_step_floor']:.2f}x the whole step's memory floor on their own" in err
+        assert ("the gradient phase takes" in err) == (output_pass == "row")
     plain = bench(Popularity.from_config(5, 8), data, batches=3, warmup=1)
     assert not {"bytes_per_batch", "floor_bytes_per_batch", "stream_gbps", "achieved_gbps", "floor_seconds", "x_of_floor",
                 "phase_floor", "refresh_bytes_per_batch", "rows_floor", "stream_measured"} & set(plain)
