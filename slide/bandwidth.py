@@ -473,16 +473,10 @@ def measure_rows(arrays, rows_per_batch: int, threads: int | None = None, *, rep
 
 
 def last_level_cache_bytes() -> int:
-    """Size of the largest CPU cache (Linux sysfs), 32 MiB where it cannot be read."""
-    sizes = []
-    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        try:
-            text = f.read_text().strip().upper()
-            sizes.append(int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1] in "KMG"
-                         else int(text))
-        except (OSError, ValueError, IndexError):
-            continue
-    return max(sizes) if sizes else 32 * 2**20
+    """Size of the largest CPU cache (:func:`slide.runs.cpu_caches`), 32 MiB where it cannot be read."""
+    from .runs import cpu_caches
+
+    return max(cpu_caches().values(), default=32 * 2**20)
 
 
 def default_array_bytes() -> int:

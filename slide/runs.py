@@ -127,14 +127,46 @@ def peak_rss_mb() -> float:
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
 
 
-def cpu_model() -> str:
+def _size_bytes(text: str) -> int:
+    """Bytes of a sysfs cache size such as ``32K`` or ``1024K``."""
+    text = text.strip().upper()
+    return int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1:] in ("K", "M", "G") else int(text)
+
+
+def cpu_caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict[str, int]:
+    """The first core's caches in bytes by name (``L1d``, ``L1i``, ``L2``, ``L3``), from Linux sysfs;
+    caches it cannot read are left out (``{}`` off Linux)."""
+    out = {}
+    for d in sorted(root.glob("index*")):
+        try:
+            kind = {"Data": "d", "Instruction": "i"}.get((d / "type").read_text().strip(), "")
+            out[f"L{int((d / 'level').read_text())}{kind}"] = _size_bytes((d / "size").read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+def _binary(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n / 2**10:g} KiB"
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo"), caches: dict | None = None) -> str:
+    """The CPU in words: its model name and, where Linux tells them, its family, model and stepping
+    numbers and data cache sizes (``caches``: :func:`cpu_caches` by default). Virtual machines often
+    show one name, such as "AMD EPYC", for CPU generations whose speed differs by 2x."""
+    fields = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    ids = " ".join(f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if fields.get(k))
+    caches = cpu_caches() if caches is None else caches
+    sizes = ", ".join(f"{k} {_binary(v)}" for k, v in caches.items() if not k.endswith("i"))
+    detail = "; ".join(x for x in (ids, sizes) if x)
+    return f"{name} ({detail})" if detail else name
 
 
 def machine_info() -> dict:
