@@ -427,11 +427,14 @@ def test_memory_floor_figure_sets_each_phase_beside_its_floor(tmp_path):
     assert [b.get_width() for b in floor] == pytest.approx([0.0, 0.2, 0.01])
     labels = {t.get_text() for t in ax.texts}
     assert {"no counted bytes", "35.0x its floor,\n2.0x its rows' own time", "100.0x its floor"} <= labels
+    labels = {" ".join(t.split()) for t in labels}  # the note, unwrapped
     tick, = ax.lines  # on the gradient phase only
     xs = list(tick.get_xdata())
     assert math.isnan(xs[0]) and math.isnan(xs[2]) and xs[1] == pytest.approx(3.5)
     assert any(DISTURBED_NOTE in t and "1-minute load 2.9" in t for t in labels)  # the benchmark's contention
     assert any("20.0 GB/s (measured 2026-12-05T06:38:23Z)" in t for t in labels)  # which figure the floor took
+    # the rows alone (3.5 ms) against the whole step's floor (0.21 ms)
+    assert any("rows alone, scattered, take 3.5 ms (16.7x the floor" in t for t in labels)
     plt.close(fig)
     empty = figures_mod.fig_memory_floor(load_tables(_aggregate(tmp_path / "none", [], [], [])[1]), PLAN, PAPER)
     assert any("no SLIDE benchmark" in t.get_text() for t in empty.axes[0].texts)

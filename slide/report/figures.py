@@ -281,7 +281,8 @@ FLOOR_COLOR = "#555555"
 def fig_memory_floor(tables, plan, paper):
     """Per dataset, SLIDE's benchmark at its most threads: each phase's mean milliseconds per batch
     beside the time its distinct bytes take at the measured stream bandwidth, and their ratio; on the
-    gradient phase a tick where the batch's rows alone, read and written back scattered, take."""
+    gradient phase a tick where the batch's rows alone, read and written back scattered, take, and
+    that time beside the whole step's floor in the note."""
     ph = tables.get("phases")
     ph = ph[ph["method"] == "slide"] if ph is not None and len(ph) else None
     dids = _datasets(ph) or [None]
@@ -315,14 +316,17 @@ def fig_memory_floor(tables, plan, paper):
         ax.set_title(f"{dataset_label(plan, did)}: SLIDE, {threads} thread{'s' * (threads > 1)}", fontsize=10)
         ax.grid(alpha=0.3, axis="x")
         first = g.iloc[0]
+        rows = np.nansum(scattered) if np.isfinite(scattered).any() else None
         note = (f"Mean step, table refreshes included: {ms.sum():.1f} ms against a floor of {floor.sum():.1f} ms "
                 f"({ms.sum() / floor.sum():.1f}x); "
-                f"stream bandwidth {first['stream_gbps']:.1f} GB/s"
+                + (f"the batch's output rows alone, scattered, take {rows:.1f} ms ({rows / floor.sum():.1f}x the "
+                   "floor: no step that updates them comes closer on this machine); " if rows else "")
+                + f"stream bandwidth {first['stream_gbps']:.1f} GB/s"
                 + (f" (measured {first['stream_measured']})" if isinstance(first["stream_measured"], str) else "")
                 + f", 1-minute load {first['load_1m_start']:.1f} at the start.")
         lines = [note] + ([f"{DISTURBED_NOTE}: {first['disturbed']}"] if first["disturbed"] else [])
-        ax.text(0.0, -0.16, "\n".join(textwrap.fill(t, 95) for t in lines), transform=ax.transAxes, fontsize=7,
-                va="top", color="#555555")
+        ax.text(0.0, -0.16, "\n".join(textwrap.fill(t, 95, break_on_hyphens=False) for t in lines),
+                transform=ax.transAxes, fontsize=7, va="top", color="#555555")
     _legend(fig, axes)
     fig.suptitle(FIGURES["memory_floor"], fontsize=11)
     return fig

@@ -415,7 +415,9 @@ CAPTIONS = {
                     "machine's measured stream bandwidth, and their ratio. The tick on the gradient phase is the "
                     "time the batch's output rows take read and written back scattered with no arithmetic: "
                     "rows of a few cache lines move slower than a stream, so the stretch from the hatched bar "
-                    "to the tick is the rows' access pattern and the rest arithmetic or latency. 'no counted "
+                    "to the tick is the rows' access pattern and the rest arithmetic or latency; the note "
+                    "below sets those rows' time beside the whole step's floor, nearer than which no step that "
+                    "updates them can come on that machine. 'no counted "
                     "bytes' marks phases that work in per-thread scratch and hash buckets, which the count "
                     "leaves out.",
     "headline": "Left: speedup of SLIDE at equal P@1 (time for each method to reach the lower of the two "
