@@ -130,7 +130,8 @@ def peak_rss_mb() -> float:
 def _size_bytes(text: str) -> int:
     """Bytes of a sysfs cache size such as ``32K`` or ``1024K``."""
     text = text.strip().upper()
-    return int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1:] in ("K", "M", "G") else int(text)
+    unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:])
+    return int(text[:-1]) * unit if unit else int(text)
 
 
 def cpu_caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict[str, int]:
