@@ -320,12 +320,12 @@ def fig_memory_floor(tables, plan, paper):
         note = (f"Mean step, table refreshes included: {ms.sum():.1f} ms against a floor of {floor.sum():.1f} ms "
                 f"({ms.sum() / floor.sum():.1f}x); "
                 + (f"the batch's output rows alone, scattered, take {rows:.1f} ms ({rows / floor.sum():.1f}x the "
-                   "floor: no step that updates them comes closer on this machine); " if rows else "")
+                   "floor), which a step that updates them cannot beat on this machine; " if rows else "")
                 + f"stream bandwidth {first['stream_gbps']:.1f} GB/s"
                 + (f" (measured {first['stream_measured']})" if isinstance(first["stream_measured"], str) else "")
                 + f", 1-minute load {first['load_1m_start']:.1f} at the start.")
         lines = [note] + ([f"{DISTURBED_NOTE}: {first['disturbed']}"] if first["disturbed"] else [])
-        ax.text(0.0, -0.16, "\n".join(textwrap.fill(t, 95, break_on_hyphens=False) for t in lines),
+        ax.text(0.0, -0.16, "\n".join(textwrap.fill(t, 85, break_on_hyphens=False) for t in lines),
                 transform=ax.transAxes, fontsize=7, va="top", color="#555555")
     _legend(fig, axes)
     fig.suptitle(FIGURES["memory_floor"], fontsize=11)

@@ -416,8 +416,8 @@ CAPTIONS = {
                     "time the batch's output rows take read and written back scattered with no arithmetic: "
                     "rows of a few cache lines move slower than a stream, so the stretch from the hatched bar "
                     "to the tick is the rows' access pattern and the rest arithmetic or latency; the note "
-                    "below sets those rows' time beside the whole step's floor, nearer than which no step that "
-                    "updates them can come on that machine. 'no counted "
+                    "below sets those rows' time beside the whole step's floor: a time no step that updates "
+                    "them can beat on that machine. 'no counted "
                     "bytes' marks phases that work in per-thread scratch and hash buckets, which the count "
                     "leaves out.",
     "headline": "Left: speedup of SLIDE at equal P@1 (time for each method to reach the lower of the two "
