@@ -368,15 +368,14 @@ def phase_table(name: str, by_phase: dict, gbps: float) -> str:
     return "\n".join(lines)
 
 
-def rows_floor_line(name: str, rows: dict, phase_seconds: float | None) -> str:
-    """The human line of :func:`slide.training.bench` about :func:`measure_rows` of the output layer
-    (with its ``x_of_step_floor``), set beside the gradient phase's mean ``phase_seconds`` when the
-    steps ran by row."""
+def rows_floor_line(name: str, rows: dict) -> str:
+    """The human line of :func:`slide.training.bench` about its ``rows_floor`` (:func:`measure_rows` of
+    the output layer with ``x_of_step_floor`` and, when the steps ran by row, ``x_of_rows_floor``)."""
     line = (f"{name}: {rows['rows']:,} scattered rows of W2 and its moments (a batch's), read and written back "
             f"with no arithmetic: {rows['seconds'] * 1e3:.1f} ms = {rows['gbps']:.1f} GB/s, "
             f"{rows['x_of_step_floor']:.2f}x the whole step's memory floor on their own")
-    if phase_seconds:
-        line += f"; the gradient phase takes {phase_seconds / rows['seconds']:.2f}x that"
+    if rows["x_of_rows_floor"]:
+        line += f"; the gradient phase takes {rows['x_of_rows_floor']:.2f}x that"
     return line
 
 

@@ -626,7 +626,7 @@ def bench(method, data, *, batches: int = 20, warmup: int = 2, seed: int = 0, ma
             # the rows alone against the whole step's floor: how close any step that rewrites them can come
             out["rows_floor"] = dict(rows, x_of_rows_floor=grads / rows["seconds"] if grads else None,
                                      x_of_step_floor=rows["seconds"] / out["floor_seconds"])
-            _log(rows_floor_line(method.name, out["rows_floor"], grads))
+            _log(rows_floor_line(method.name, out["rows_floor"]))
     return out
 
 
